@@ -1,0 +1,37 @@
+# One entry point for humans and CI. The virtual environment lives outside the clone,
+# keyed on the dependency spec (requirements*.txt), so a new clone reuses it and a change to the
+# dependencies builds a fresh one.
+PYTHON ?= python3
+SPEC_HASH := $(shell cat requirements.txt requirements-test.txt | sha256sum | cut -c1-16)
+VENV ?= $(HOME)/.cache/vitx/venv-$(SPEC_HASH)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deps-installed
+
+.PHONY: venv install demo test test-fast bench clean-venv
+
+$(STAMP): requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Point the shared venv at this checkout (editable install: cheap, no dependency work).
+install: $(STAMP)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+
+demo: install
+	$(BIN)/vitx explain examples/images/*.png --out out/demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: install
+	$(BIN)/python benchmarks/bench_speed.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,26 @@
+"""Gradient rollout: attention weighted by its gradient for the target class, then rolled out."""
+import vitx
+from vitx.explainer import Explainer, Option
+from vitx.ops import discard_lowest, rollout_row, with_residual
+
+
+class GradRollout(Explainer):
+    name = "grad_rollout"
+    summary = "class-specific rollout: mean over heads of attention * d(logit)/d(attention), clamped at 0"
+    paper = "Gildenblat 2020, 'Exploring Explainability for Vision Transformers' (vit-explain)"
+    needs_grad = True
+    options = (
+        Option("discard_ratio", float, 0.9, "fraction of the lowest weighted attention dropped per layer", minimum=0.0, maximum=0.99),
+    )
+
+    def attribute(self, attentions, query, gradients=None):
+        layers = []
+        for attention, gradient in zip(attentions, gradients):
+            weighted = (attention * gradient).mean(dim=1).clamp(min=0)
+            layers.append(with_residual(discard_lowest(weighted, self.discard_ratio, query)))
+        return rollout_row(layers, query)
+
+
+@vitx.hookimpl
+def vitx_register_explainers(register):
+    register(GradRollout)

@@ -1,0 +1,36 @@
+"""Raw attention: what one layer's heads look at from the explained token."""
+import vitx
+from vitx.errors import VitxError
+from vitx.explainer import Explainer, Option
+from vitx.ops import HEAD_FUSIONS, fuse_heads
+
+
+class RawAttention(Explainer):
+    name = "raw_attention"
+    summary = "attention from the explained token to every patch, in one layer (one head or heads fused)"
+    paper = "Vaswani et al. 2017; Dosovitskiy et al. 2021 (ViT attention maps)"
+    options = (
+        Option("layer", int, -1, "layer to read (negative counts from the last)"),
+        Option("head", int, None, "single head to read; default fuses all heads"),
+        Option("head_fusion", str, "mean", "how heads are fused when no head is given", HEAD_FUSIONS),
+    )
+
+    def keep(self, layer, attention):
+        if self.layer >= 0 and layer != self.layer:
+            return None  # a layer counted from the front is known before the forward ends
+        if self.head is None:
+            return fuse_heads(attention, self.head_fusion)
+        if not 0 <= self.head < attention.shape[1]:
+            raise VitxError(f"raw_attention: head {self.head} out of range for {attention.shape[1]} heads")
+        return attention[:, self.head]
+
+    def attribute(self, attentions, query, gradients=None):
+        if not -len(attentions) <= self.layer < len(attentions):
+            raise VitxError(f"raw_attention: layer {self.layer} out of range for {len(attentions)} layers")
+        per_token = attentions[self.layer]
+        return query.to(per_token.dtype) @ per_token
+
+
+@vitx.hookimpl
+def vitx_register_explainers(register):
+    register(RawAttention)

@@ -1,0 +1,43 @@
+"""Packaging for vitx.
+
+`plugins/` and `reference_models/` are installed inside the `vitx` namespace
+(`vitx.plugins`, `vitx.reference_models`) so nothing generic such as a top-level
+`plugins` package lands in site-packages. Built-in explainers register through the
+`vitx` entry-point group, exactly like a third-party plugin would.
+"""
+from setuptools import setup
+
+def requirements(path):
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+
+
+INSTALL_REQUIRES = requirements("requirements.txt")
+TEST_REQUIRES = requirements("requirements-test.txt")
+
+setup(
+    name="vitx",
+    version="0.1.0",
+    description="Explainability for Vision Transformers: attention capture for any ViT, "
+    "explainers as pluggy plugins, a library API and a CLI.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["vitx", "vitx.plugins", "vitx.reference_models"],
+    package_dir={
+        "vitx": "vitx",
+        "vitx.plugins": "plugins",
+        "vitx.reference_models": "reference_models",
+    },
+    package_data={"vitx.reference_models": ["weights/*.safetensors", "weights/*.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={
+        "console_scripts": ["vitx = vitx.cli:main"],
+        "vitx": [
+            "raw_attention = vitx.plugins.raw_attention",
+            "rollout = vitx.plugins.rollout",
+            "grad_rollout = vitx.plugins.grad_rollout",
+        ],
+    },
+)

@@ -1,0 +1,125 @@
+"""`AttentionRecorder`: record the attention of one forward pass, then leave no trace.
+
+The recorder owns every hook and flag change (through its adapter and an ExitStack), so
+explainers never touch the model, and the model is restored on exit even when the forward
+raises.
+"""
+from contextlib import ExitStack
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+
+from .errors import VitxError
+from .layout import TokenLayout
+
+Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
+
+SUPPORTED = (
+    "timm attention modules (ViT, DeiT, distilled, register tokens), torch.nn.MultiheadAttention "
+    "(torchvision ViT) and models that call F.scaled_dot_product_attention"
+)
+
+
+class AttentionRecorder:
+    """Context manager that records post-softmax attention, layer by layer, in call order.
+
+    `attentions[i]` is layer i's attention, (B, heads, N, N), for the last call of the
+    model inside the context. `keep(layer, attention)` may shrink what is stored (e.g.
+    fuse the heads, or drop layers an explainer does not read: those become None); it is
+    only safe when no gradient is needed, since gradients need the tensors of the graph.
+    """
+
+    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None):
+        self.model = model
+        self.adapter = adapter
+        self.keep = keep
+        self.attentions: List[Optional[torch.Tensor]] = []
+        self.graph_attentions: List[torch.Tensor] = []
+        self.input_size = None
+        self.num_tokens = None
+        self._stack: Optional[ExitStack] = None
+
+    def __enter__(self) -> "AttentionRecorder":
+        if self.adapter is None:
+            from .registry import find_adapter
+
+            self.adapter = find_adapter(self.model)
+        stack = ExitStack()
+        try:
+            handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
+            stack.callback(handle.remove)
+            stack.enter_context(self.adapter.attach(self.model, self._record))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        self._stack.close()
+        return False
+
+    def _on_model_call(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        self.input_size = tuple(x.shape[-2:]) if torch.is_tensor(x) and x.dim() >= 3 else None
+        self.attentions = []
+        self.graph_attentions = []
+
+    def _record(self, attention: torch.Tensor) -> torch.Tensor:
+        self.num_tokens = attention.shape[-1]
+        if self.keep is None:
+            self.attentions.append(attention)
+        else:
+            self.attentions.append(self.keep(len(self.attentions), attention))
+        if attention.requires_grad:
+            self.graph_attentions.append(attention)
+        return attention
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attentions)
+
+    def check_recorded(self) -> None:
+        if not self.attentions:
+            raise VitxError(
+                f"no attention was recorded for {type(self.model).__name__}: vitx supports "
+                f"{SUPPORTED}. For another architecture write an adapter (README, 'Adapters')."
+            )
+
+    @property
+    def layout(self) -> TokenLayout:
+        """Which token is which, for the input of the last forward."""
+        self.check_recorded()
+        layout = self.adapter.layout(self.model, self.input_size, self.num_tokens)
+        if layout.num_tokens != self.num_tokens:
+            raise VitxError(
+                f"adapter {self.adapter.name!r} describes {layout.num_tokens} tokens "
+                f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches) "
+                f"but the attention has {self.num_tokens}"
+            )
+        return layout
+
+    def gradients(self, score: torch.Tensor) -> List[torch.Tensor]:
+        """d(score)/d(attention) for every layer, paired with `attentions` by construction.
+
+        Uses autograd.grad, so no parameter's .grad is touched and nothing accumulates.
+        """
+        self.check_recorded()
+        if len(self.graph_attentions) != len(self.attentions):
+            raise VitxError(
+                "attention gradients need a forward with gradients enabled "
+                "(torch.enable_grad(), input or parameters requiring grad)"
+            )
+        grads = torch.autograd.grad(score, self.graph_attentions, allow_unused=True)
+        return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
+
+
+def record_attention(model: nn.Module, adapter=None) -> AttentionRecorder:
+    """Record the attention of `model` inside a `with` block (the library's raw access).
+
+    >>> with record_attention(model) as rec:
+    ...     logits = model(x)
+    >>> rec.attentions[-1].shape, rec.layout.grid
+    """
+    return AttentionRecorder(model, adapter=adapter)

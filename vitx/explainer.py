@@ -1,0 +1,88 @@
+"""The Explainer base: a method is its options plus the math, nothing else.
+
+Everything around the math (finding attention, hooks, the forward and backward pass,
+targets, token layout, batching, restoring the model) belongs to `vitx.explain`. A
+subclass declares `name`, `options`, whether it `needs_grad`, and implements
+`attribute(attentions, query, gradients)`, the same signature for every method.
+"""
+from dataclasses import dataclass
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple
+
+import torch
+
+from .errors import VitxError, suggest
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of an explainer, declared once and used by the library, CLI and docs."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: Optional[Tuple[Any, ...]] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+
+    def parse(self, value: Any, method: str) -> Any:
+        if value is None:
+            return None if self.default is None else self.parse(self.default, method)
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise VitxError(f"{method}: option {self.name} expects {self.type.__name__}, got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise VitxError(
+                f"{method}: option {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+            )
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and value > self.maximum
+        if too_low or too_high:
+            raise VitxError(f"{method}: option {self.name} must be in [{self.minimum}, {self.maximum}], got {value}")
+        return value
+
+
+class Explainer:
+    """Base class of every explanation method (built-in or plugin).
+
+    `attribute` receives per-layer attention (B, heads, N, N), or whatever `keep` reduced
+    it to, the explained token as a (N,) weight vector `query`, and, when `needs_grad`,
+    d(target logit)/d(attention) per layer. It returns (B, N): one relevance per token.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    needs_grad: ClassVar[bool] = False
+    options: ClassVar[Sequence[Option]] = ()
+
+    def __init__(self, **options: Any):
+        known = {o.name: o for o in self.options}
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise VitxError(
+                f"method {self.name!r} has no option {unknown[0]!r}.{suggest(unknown[0], known)} Its options: {names}"
+            )
+        for option in self.options:
+            setattr(self, option.name, option.parse(options.get(option.name), self.name))
+
+    @property
+    def settings(self) -> dict:
+        return {o.name: getattr(self, o.name) for o in self.options}
+
+    def keep(self, layer: int, attention: torch.Tensor) -> Optional[torch.Tensor]:
+        """What to store of one layer's attention when no gradient is needed.
+
+        Override to record less (fuse heads, skip layers: return None).
+        """
+        return attention
+
+    def attribute(
+        self,
+        attentions: List[Optional[torch.Tensor]],
+        query: torch.Tensor,
+        gradients: Optional[List[torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,78 @@
+"""Reading images with clear errors, and drawing heatmaps and overlays with OpenCV."""
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import VitxError
+
+COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
+             "turbo": cv2.COLORMAP_TURBO, "magma": cv2.COLORMAP_MAGMA}
+
+
+def read_image(path: Union[str, Path]) -> Image.Image:
+    """Open any image as 8-bit RGB: grayscale, palette, RGBA (on white), 16-bit and float
+    images are converted, EXIF rotation applied. Unreadable files raise a VitxError."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitxError(f"image not found: {path}" if not path.exists() else f"not a file: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        raise VitxError(f"cannot read image {path}: not an image format vitx can read") from None
+    except Image.DecompressionBombError as exc:
+        raise VitxError(f"cannot read image {path}: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise VitxError(f"cannot read image {path}: {exc}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB version of a PIL image of any mode."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            low, high = values.min(), values.max()
+            values = (values - low) / max(high - low, 1e-12) * 255.0
+        elif values.max() > 255:
+            values = values / 257.0  # 16-bit range onto 8-bit
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def heatmap(relevance: np.ndarray, size, colormap: str = "jet") -> np.ndarray:
+    """(h, w) relevance in [0, 1] -> (H, W, 3) uint8 RGB colour map at `size` = (H, W)."""
+    if colormap not in COLORMAPS:
+        raise VitxError(f"unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}")
+    up = cv2.resize(relevance.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+    scaled = np.uint8(np.clip(up, 0.0, 1.0) * 255)
+    return cv2.applyColorMap(scaled, COLORMAPS[colormap])[..., ::-1].copy()
+
+
+def overlay(image: np.ndarray, relevance: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend the colour map of `relevance` over an (H, W, 3) uint8 RGB image."""
+    heat = heatmap(relevance, image.shape[:2], colormap)
+    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
+
+
+def panel(image: np.ndarray, relevance: np.ndarray, min_side: int = 224, colormap: str = "jet") -> np.ndarray:
+    """Input | heatmap | overlay side by side, upscaled so that small inputs stay visible."""
+    scale = max(1, int(np.ceil(min_side / min(image.shape[:2]))))
+    if scale > 1:
+        image = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    heat = heatmap(relevance, image.shape[:2], colormap)
+    return np.concatenate([image, heat, overlay(image, relevance, colormap=colormap)], axis=1)
+
+
+def save_png(path: Union[str, Path], rgb: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise VitxError(f"could not write {path}")

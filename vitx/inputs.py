@@ -1,0 +1,76 @@
+"""Turn what a user has (file paths, PIL images, arrays, a tensor batch) into a model batch.
+
+File and PIL inputs are preprocessed with the model's own data config (timm's
+`create_transform`), and the geometric part of that transform (resize, crop) also gives the
+"view": the picture the model actually saw, on which overlays are drawn.
+"""
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import VitxError
+from .imaging import read_image
+
+
+def split_transform(config: dict):
+    """(geometric part, tensor part) of timm's eval transform for `config`."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    transform = create_transform(**{k: config[k] for k in keys if k in config})
+    steps = list(transform.transforms)
+    cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
+    return transforms.Compose(steps[:cut]), transforms.Compose(steps[cut:])
+
+
+def _to_pil(item) -> Tuple[Image.Image, Optional[str]]:
+    if isinstance(item, (str, Path)):
+        return read_image(item), str(item)
+    if isinstance(item, Image.Image):
+        from .imaging import to_rgb
+
+        return to_rgb(item), None
+    if isinstance(item, np.ndarray):
+        array = item if item.dtype == np.uint8 else np.clip(item * 255, 0, 255).astype(np.uint8)
+        return Image.fromarray(array).convert("RGB"), None
+    raise VitxError(f"cannot use {type(item).__name__} as an image: pass paths, PIL images, arrays or a tensor")
+
+
+def denormalise(batch: torch.Tensor, config: dict) -> List[np.ndarray]:
+    """Preprocessed (B, C, H, W) tensor -> uint8 RGB views, for overlays."""
+    mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"]).view(1, -1, 1, 1)
+    pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1)
+    if pixels.shape[1] == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    return [np.uint8(p.permute(1, 2, 0).numpy()[..., :3] * 255) for p in pixels]
+
+
+def prepare_images(images, config: dict):
+    """-> (batch tensor on CPU, uint8 RGB views, source names or None)."""
+    if torch.is_tensor(images):
+        batch = images.unsqueeze(0) if images.dim() == 3 else images
+        if batch.dim() != 4:
+            raise VitxError(f"an image tensor must be (B, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
+        channels = config["input_size"][0]
+        if batch.shape[1] != channels:
+            raise VitxError(f"the model expects {channels}-channel images, the tensor has {batch.shape[1]} channels")
+        return batch, denormalise(batch, config), None
+    if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        images = [images]
+    if not isinstance(images, Sequence) or len(images) == 0:
+        raise VitxError("no images given")
+    geometric, to_tensor = split_transform(config)
+    grayscale = config["input_size"][0] == 1
+    tensors, views, names = [], [], []
+    for item in images:
+        pil, name = _to_pil(item)
+        view = geometric(pil.convert("L") if grayscale else pil)
+        tensors.append(to_tensor(view))
+        views.append(np.asarray(view.convert("RGB")))
+        names.append(name)
+    return torch.stack(tensors), views, names
