@@ -17,10 +17,11 @@ from .explanation import Explanation, Prediction
 from .hookspecs import hookimpl
 from .layout import TokenLayout
 from .models import load_model
+from .registry import register_plugin
 
 __version__ = "0.1.0"
 __all__ = [
     "Adapter", "AttentionRecorder", "Explainer", "Explanation", "Option", "Prediction",
     "TokenLayout", "VitxError", "explain", "hookimpl", "list_methods", "load_model",
-    "record_attention",
+    "record_attention", "register_plugin",
 ]

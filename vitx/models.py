@@ -4,6 +4,7 @@ Names resolve in this order: a name registered through `vitx_register_models` (a
 below, reference models, plugins), `torchvision/<name>`, any timm model name.
 """
 import pickle
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Dict, Optional
@@ -41,14 +42,15 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise VitxError(f"checkpoint not found: {path}")
     try:
-        return load_state_dict(str(path), use_ema=False, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise VitxError(
-            f"refusing to load {path}: it holds pickled Python objects, not only tensors ({first}). "
-            "Save model.state_dict() or use safetensors"
-        ) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol chatter; errors still raise
+            return load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            raise VitxError(
+                f"refusing to load {path}: it holds pickled Python objects, not only tensors, and "
+                "loading it could run code. Save model.state_dict() or use safetensors"
+            ) from None
         raise VitxError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 

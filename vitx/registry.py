@@ -107,7 +107,16 @@ def _build() -> Registry:
     manager._vitx_sources.update({"vitx.adapters": CORE_PLUGIN, "vitx.models": CORE_PLUGIN})
     registry = Registry(manager=manager)
     _load_entry_points(manager, registry.failed)
+    _populate(registry)
+    return registry
 
+
+def _populate(registry: Registry) -> None:
+    """(Re)collect explainers, adapters and models from every registered plugin."""
+    manager = registry.manager
+    registry.explainers.clear()
+    registry.adapters.clear()
+    registry.models.clear()
     for plugin, (cls, *_), _ in _collect(manager, "vitx_register_explainers"):
         name = getattr(cls, "name", None)
         if not name:
@@ -125,7 +134,14 @@ def _build() -> Registry:
     for plugin, args, kwargs in _collect(manager, "vitx_register_models"):
         entry = ModelEntry(*args, plugin=plugin, **kwargs)
         registry.models[entry.name] = entry
-    return registry
+
+
+def register_plugin(plugin, name: Optional[str] = None) -> None:
+    """Register a plugin object or module in this process (notebooks, tests), as an
+    installed entry point would."""
+    registry = get_registry()
+    registry.manager.register(plugin, name=name)
+    _populate(registry)
 
 
 def get_registry() -> Registry:

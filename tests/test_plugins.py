@@ -1,0 +1,155 @@
+"""Plugins: a real third-party package, a broken one, and the debugging switches."""
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import vitx
+from helpers import FAMILIES, images_for, reference_attention
+from vitx import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "vitx-example-plugin"
+
+
+@pytest.fixture(scope="module")
+def installed_example(tmp_path_factory):
+    """pip-install the example plugin into its own folder (the test venv stays untouched)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True)
+    return target
+
+
+def vitx_cli(*args, pythonpath=None, extra_env=None):
+    env = {**os.environ, **(extra_env or {})}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "vitx.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_installed_plugin_is_listed_and_runs(installed_example, tmp_path):
+    listed = vitx_cli("methods", pythonpath=installed_example)
+    assert listed.returncode == 0, listed.stderr
+    assert "layer_mean  (plugin: vitx-example-plugin)" in listed.stdout
+    assert "--first-layer=0" in listed.stdout
+
+    model = FAMILIES["vit"][0]()
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), checkpoint)
+    image = ROOT / "examples" / "images" / "chelsea.png"
+    # a tiny model through the CLI: timm name + overrides are not CLI flags, so use a
+    # full-size name with the library instead, and the CLI with the plugin's method
+    ran = vitx_cli("explain", str(image), "--model", "vit_tiny_patch16_224", "--no-pretrained",
+                   "--method", "layer_mean", "-o", "first_layer=1", "--out", str(tmp_path),
+                   pythonpath=installed_example)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "chelsea_layer_mean.png").exists()
+
+
+def test_plugin_math_in_process(installed_example, monkeypatch):
+    monkeypatch.syspath_prepend(str(installed_example))
+    registry.reset()
+    methods = vitx.list_methods()
+    assert methods["layer_mean"][1] == "vitx-example-plugin"
+    model = FAMILIES["vit"][0]()
+    x = images_for((32, 32), batch=2)
+    exp = vitx.explain(model, x, method="layer_mean", first_layer=1)
+    expected = sum(a.mean(1)[:, 0] for a in reference_attention(model, x)[1:]) / 2
+    torch.testing.assert_close(exp.relevance, expected, atol=1e-6, rtol=1e-5)
+
+
+def _fake_distribution(site, name, entry_point, module_source=None):
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[vitx]\n{entry_point}\n")
+    if module_source is not None:
+        module = entry_point.split("=")[1].strip()
+        (site / f"{module}.py").write_text(module_source)
+
+
+def test_broken_plugin_warns_and_the_rest_works(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, "broken-plugin", "broken = broken_vitx_plugin",
+                       "raise ImportError('this plugin is broken on purpose')\n")
+    ran = vitx_cli("methods", pythonpath=tmp_path)
+    assert ran.returncode == 0
+    assert "plugin 'broken'" in ran.stderr and "broken on purpose" in ran.stderr
+    assert "Traceback" not in ran.stderr and "rollout" in ran.stdout
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.reset()
+    with pytest.warns(UserWarning, match="plugin 'broken'"):
+        methods = vitx.list_methods()
+    assert {"raw_attention", "rollout", "grad_rollout"} <= set(methods)
+
+
+def test_disable_and_allow_list(monkeypatch):
+    monkeypatch.setenv("VITX_DISABLE_PLUGINS", "rollout")
+    registry.reset()
+    assert "rollout" not in vitx.list_methods() and "grad_rollout" in vitx.list_methods()
+    with pytest.raises(vitx.VitxError, match="unknown method 'rollout'"):
+        vitx.explain(FAMILIES["vit"][0](), images_for((32, 32)), method="rollout")
+    monkeypatch.delenv("VITX_DISABLE_PLUGINS")
+    monkeypatch.setenv("VITX_PLUGINS", "raw_attention")
+    registry.reset()
+    assert list(vitx.list_methods()) == ["raw_attention"]
+
+
+def test_builtins_come_through_the_entry_point_group():
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="vitx") if ep.value.startswith("vitx.plugins.")}
+    assert names == {"raw_attention", "rollout", "grad_rollout"}
+    assert all(plugin == "vitx" for _, plugin in vitx.list_methods().values())
+
+
+def test_adapter_plugin_for_an_unknown_architecture():
+    """A model vitx cannot see into becomes explainable through a registered adapter."""
+    from contextlib import contextmanager
+
+    from helpers import SDPAViT
+
+    class OpaqueAttention(SDPAViT):
+        pass
+
+    class OpaqueAdapter(vitx.Adapter):
+        name, priority = "opaque", 1000
+
+        def matches(self, model):
+            return isinstance(model, OpaqueAttention)
+
+        @contextmanager
+        def attach(self, model, record):
+            for block in model.blocks:
+                block.explicit = True
+            def on_block(module, args, output):
+                record(module.last_attention)  # returns None: the block's output is untouched
+
+            handles = [b.register_forward_hook(on_block) for b in model.blocks]
+            try:
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+                for block in model.blocks:
+                    block.explicit = False
+
+        def layout(self, model, input_size, num_tokens):
+            return vitx.TokenLayout(prefix={"cls": 0}, num_prefix=1, grid=(4, 4))
+
+    class Plugin:
+        @vitx.hookimpl
+        def vitx_register_adapters(self, register):
+            register(OpaqueAdapter())
+
+    before = registry.find_adapter(OpaqueAttention()).name
+    vitx.register_plugin(Plugin(), name="opaque-test")
+    model = OpaqueAttention().eval()
+    assert before == "sdpa" and registry.find_adapter(model).name == "opaque"
+    exp = vitx.explain(model, images_for((32, 32)), method="rollout")
+    assert exp.maps.shape == (3, 4, 4)
