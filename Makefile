@@ -22,7 +22,7 @@ install: $(STAMP)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 demo: install
-	$(BIN)/vitx explain examples/images/*.png --out out/demo
+	$(BIN)/vitx explain examples/images/*.png --no-pretrained --out out/demo
 
 test: install
 	$(BIN)/python -m pytest -q tests

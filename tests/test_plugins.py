@@ -38,12 +38,7 @@ def test_installed_plugin_is_listed_and_runs(installed_example, tmp_path):
     assert "layer_mean  (plugin: vitx-example-plugin)" in listed.stdout
     assert "--first-layer=0" in listed.stdout
 
-    model = FAMILIES["vit"][0]()
-    checkpoint = tmp_path / "tiny.pth"
-    torch.save(model.state_dict(), checkpoint)
     image = ROOT / "examples" / "images" / "chelsea.png"
-    # a tiny model through the CLI: timm name + overrides are not CLI flags, so use a
-    # full-size name with the library instead, and the CLI with the plugin's method
     ran = vitx_cli("explain", str(image), "--model", "vit_tiny_patch16_224", "--no-pretrained",
                    "--method", "layer_mean", "-o", "first_layer=1", "--out", str(tmp_path),
                    pythonpath=installed_example)

@@ -22,7 +22,8 @@ from .registry import find_adapter, get_explainer
 def evaluation_mode(model: nn.Module):
     """Eval mode inside, and each module's own training flag restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    for module, _ in flags:
+        module.training = False
     try:
         yield model
     finally:

@@ -1,6 +1,6 @@
 """`Explanation`: what `vitx.explain` returns: maps, predictions, and ways to look at them."""
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class Explanation:
     token: str
     layout: TokenLayout
     views: List[np.ndarray]
-    class_names: Optional[List[str]] = None
+    class_names: Optional[Sequence[str]] = None
     sources: Optional[List[Optional[str]]] = None
 
     def __len__(self) -> int:
