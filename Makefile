@@ -18,7 +18,9 @@ $(STAMP): requirements.txt requirements-test.txt
 venv: $(STAMP)
 
 # Point the shared venv at this checkout (editable install: cheap, no dependency work).
+# A leftover vitx.egg-info in the checkout would shadow the installed entry points.
 install: $(STAMP)
+	rm -rf vitx.egg-info
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 demo: install

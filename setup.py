@@ -38,6 +38,8 @@ setup(
             "raw_attention = vitx.plugins.raw_attention",
             "rollout = vitx.plugins.rollout",
             "grad_rollout = vitx.plugins.grad_rollout",
+            "chefer2021 = vitx.plugins.chefer2021",
+            "reference_models = vitx.reference_models.plugin",
         ],
     },
 )

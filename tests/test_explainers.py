@@ -79,7 +79,7 @@ def test_raw_attention_matches_reference(family):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("method", ["raw_attention", "rollout", "grad_rollout"])
+@pytest.mark.parametrize("method", ["raw_attention", "rollout", "grad_rollout", "chefer2021"])
 def test_batch_equals_single_images(family, method):
     factory, _, size = FAMILIES[family]
     model = factory()
@@ -142,3 +142,19 @@ def test_known_structure_every_token_looks_at_one_patch():
     grad_rollout = methods["grad_rollout"][0](discard_ratio=0.0)
     relevance = grad_rollout.attribute([attention] * 4, query, [torch.ones_like(attention)] * 4)
     assert relevance[:, 1:].argmax(-1).tolist() == [5, 5]
+
+
+@pytest.mark.parametrize("family,token", [("deit", "cls"), ("deit_distilled", "dist"), ("custom_sdpa", "cls")])
+def test_chefer2021_matches_reference(family, token):
+    """Written as in the paper: R = I; R = R + mean_h((dA * A)^+) @ R, per image."""
+    factory, _, size = FAMILIES[family]
+    model = factory()
+    x = images_for(size, batch=2)
+    exp = vitx.explain(model, x, method="chefer2021", target=[0, 4], token=token)
+    t = token_index(family, token)
+    for i, target in enumerate([0, 4]):
+        attentions, grads = reference_attention_and_grads(model, x[i:i + 1], target)
+        relevance = torch.eye(attentions[0].shape[-1])
+        for a, g in zip(attentions, grads):
+            relevance = relevance + (g[0] * a[0]).clamp(min=0).mean(0) @ relevance
+        torch.testing.assert_close(exp.relevance[i], relevance[t], atol=1e-5, rtol=1e-4)

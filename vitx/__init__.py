@@ -8,6 +8,7 @@
         logits = model(x)
     rec.attentions, rec.layout
 """
+from . import imaging
 from .adapters import Adapter
 from .api import explain, list_methods
 from .capture import AttentionRecorder, record_attention

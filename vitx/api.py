@@ -112,16 +112,15 @@ def explain(
     device = model_device(model)
     pixels = pixels.to(device)
 
+    count = pixels.shape[0]
+    targets = None if target is None else torch.as_tensor(target, dtype=torch.long).flatten()
+    if targets is not None and targets.numel() not in (1, count):
+        raise VitxError(f"got {targets.numel()} targets for {count} images")
     chunks = []
     with evaluation_mode(model):
-        for start in range(0, pixels.shape[0], batch_size):
+        for start in range(0, count, batch_size):
             stop = start + batch_size
-            chunk_target = target
-            if target is not None and not isinstance(target, int):
-                chunk_target = torch.as_tensor(target).flatten()
-                if chunk_target.numel() != pixels.shape[0]:
-                    raise VitxError(f"got {chunk_target.numel()} targets for {pixels.shape[0]} images")
-                chunk_target = chunk_target[start:stop]
+            chunk_target = targets if targets is None or targets.numel() == 1 else targets[start:stop]
             chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token))
 
     logits = torch.cat([c[0] for c in chunks]).cpu()

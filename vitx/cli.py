@@ -141,7 +141,6 @@ def models():
     import timm
     import torchvision
 
-    from .cli import DEFAULT_MODEL
     from .registry import get_registry
 
     click.echo("Named models (use with --model):")
@@ -155,6 +154,18 @@ def models():
     click.echo(f"  torchvision/<name>   {', '.join(vits)}")
     click.echo("  any model calling F.scaled_dot_product_attention, or any model with an adapter plugin")
 
+
+def _add_plugin_commands():
+    """Commands contributed by plugins (hook vitx_register_commands), e.g. `vitx train`."""
+    from .registry import get_registry
+
+    warnings.formatwarning = _one_line_warning  # plugin load warnings, printed as one line
+    for command in get_registry().manager.hook.vitx_register_commands():
+        for cmd in command or ():
+            main.add_command(cmd)
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":
     main()

@@ -33,3 +33,13 @@ def vitx_register_models(register):
 
     `loader(checkpoint=None, pretrained=None, **kwargs)` returns an nn.Module.
     """
+
+
+@hookspec
+def vitx_register_commands():
+    """Return a list of click commands to add to the `vitx` CLI."""
+
+
+@hookspec(firstresult=True)
+def vitx_load_model_file(path):
+    """Return an nn.Module built from the model file at `path`, or None if not yours."""

@@ -44,6 +44,7 @@ class Registry:
     adapters: List[object] = field(default_factory=list)
     models: Dict[str, ModelEntry] = field(default_factory=dict)
     failed: Dict[str, str] = field(default_factory=dict)
+    sources: Dict[str, str] = field(default_factory=dict)  # plugin name -> distribution
 
 
 _registry: Optional[Registry] = None
@@ -54,7 +55,8 @@ def _env_list(name: str):
     return {v.strip() for v in value.split(",") if v.strip()} if value else None
 
 
-def _load_entry_points(manager: pluggy.PluginManager, failed: Dict[str, str]) -> None:
+def _load_entry_points(registry: "Registry") -> None:
+    manager = registry.manager
     disabled = _env_list("VITX_DISABLE_PLUGINS") or set()
     allowed = _env_list("VITX_PLUGINS")
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -66,26 +68,23 @@ def _load_entry_points(manager: pluggy.PluginManager, failed: Dict[str, str]) ->
             module = ep.load()
             manager.register(module, name=ep.name)
         except Exception as exc:  # a broken plugin must not take vitx down with it
-            failed[ep.name] = f"{type(exc).__name__}: {exc}"
+            registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"vitx: plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
             continue
         dist = getattr(ep, "dist", None)
-        manager._vitx_sources[ep.name] = dist.name if dist is not None else ep.value
+        registry.sources[ep.name] = dist.name if dist is not None else ep.value
 
 
-def _plugin_label(manager, plugin) -> str:
-    name = manager.get_name(plugin)
-    return manager._vitx_sources.get(name, name)
-
-
-def _collect(manager: pluggy.PluginManager, hook_name: str):
+def _collect(registry: "Registry", hook_name: str):
     """Call one register-style hook plugin by plugin, remembering who registered what.
 
     Yields (plugin label, args, kwargs) for every register(...) call. A plugin whose hook
     raises is reported as a warning and skipped.
     """
+    manager = registry.manager
     for impl in getattr(manager.hook, hook_name).get_hookimpls():
-        label = _plugin_label(manager, impl.plugin)
+        name = manager.get_name(impl.plugin)
+        label = registry.sources.get(name, name)
         calls = []
         try:
             impl.function(lambda *args, **kwargs: calls.append((args, kwargs)))
@@ -100,24 +99,21 @@ def _build() -> Registry:
     from . import adapters, models
 
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
-    manager._vitx_sources = {}
     manager.add_hookspecs(hookspecs)
     manager.register(adapters, name="vitx.adapters")
     manager.register(models, name="vitx.models")
-    manager._vitx_sources.update({"vitx.adapters": CORE_PLUGIN, "vitx.models": CORE_PLUGIN})
-    registry = Registry(manager=manager)
-    _load_entry_points(manager, registry.failed)
+    registry = Registry(manager=manager, sources={"vitx.adapters": CORE_PLUGIN, "vitx.models": CORE_PLUGIN})
+    _load_entry_points(registry)
     _populate(registry)
     return registry
 
 
 def _populate(registry: Registry) -> None:
     """(Re)collect explainers, adapters and models from every registered plugin."""
-    manager = registry.manager
     registry.explainers.clear()
     registry.adapters.clear()
     registry.models.clear()
-    for plugin, (cls, *_), _ in _collect(manager, "vitx_register_explainers"):
+    for plugin, (cls, *_), _ in _collect(registry, "vitx_register_explainers"):
         name = getattr(cls, "name", None)
         if not name:
             warnings.warn(f"vitx: plugin {plugin!r} registered an explainer without a name; ignored")
@@ -128,10 +124,10 @@ def _populate(registry: Registry) -> None:
             )
         else:
             registry.explainers[name] = ExplainerEntry(cls, plugin)
-    for plugin, (adapter, *_), _ in _collect(manager, "vitx_register_adapters"):
+    for plugin, (adapter, *_), _ in _collect(registry, "vitx_register_adapters"):
         registry.adapters.append(adapter)
     registry.adapters.sort(key=lambda a: -getattr(a, "priority", 0))
-    for plugin, args, kwargs in _collect(manager, "vitx_register_models"):
+    for plugin, args, kwargs in _collect(registry, "vitx_register_models"):
         entry = ModelEntry(*args, plugin=plugin, **kwargs)
         registry.models[entry.name] = entry
 

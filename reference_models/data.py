@@ -1,0 +1,95 @@
+"""CIFAR-10, MNIST and Fashion-MNIST through torchvision, found wherever they already are.
+
+Order: the data folder (torchvision layout); a download when the network allows; for
+Fashion-MNIST, Debian's `dataset-fashion-mnist` IDX files, unpacked into the data folder.
+"""
+import gzip
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from vitx.errors import VitxError
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "vitx" / "data"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    cls: type
+    channels: int
+    size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    classes: Tuple[str, ...]
+
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DATASETS = {
+    "fashion_mnist": DatasetInfo(datasets.FashionMNIST, 1, 28, (0.2860,), (0.3530,), FASHION_CLASSES),
+    "mnist": DatasetInfo(datasets.MNIST, 1, 28, (0.1307,), (0.3081,), tuple(str(i) for i in range(10))),
+    "cifar10": DatasetInfo(datasets.CIFAR10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise VitxError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def transforms(name: str, train: bool):
+    info = dataset_info(name)
+    steps = [v2.ToImage()]
+    if train:
+        if name == "cifar10":
+            steps += [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+        elif name == "fashion_mnist":
+            steps += [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]
+        else:
+            steps += [v2.RandomAffine(degrees=8, translate=(0.08, 0.08))]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    return v2.Compose(steps)
+
+
+def _unpack_debian_fashion(data_dir: Path) -> bool:
+    if not DEBIAN_FASHION.is_dir():
+        return False
+    raw = data_dir / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for packed in DEBIAN_FASHION.glob("*.gz"):
+        target = raw / packed.stem
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(target)
+    return True
+
+
+def load_split(name: str, train: bool, data_dir=None, download: bool = True, augment: bool = None):
+    """A torchvision dataset for one split, with the right transforms."""
+    info = dataset_info(name)
+    data_dir = Path(data_dir or DEFAULT_DATA_DIR)
+    transform = transforms(name, train if augment is None else augment)
+    attempts: List[str] = []
+    for how in ("local", "download", "debian"):
+        if how == "download" and not download:
+            continue
+        if how == "debian" and not (name == "fashion_mnist" and _unpack_debian_fashion(data_dir)):
+            continue
+        try:
+            return info.cls(str(data_dir), train=train, transform=transform, download=how == "download")
+        except Exception as exc:  # not found, or no network
+            attempts.append(f"{how}: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
+    hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
+    raise VitxError(
+        f"{name} not found in {data_dir} and could not be downloaded ({'; '.join(attempts)}). "
+        f"Put the torchvision files under --data-dir, run where the network is reachable{hint}"
+    )

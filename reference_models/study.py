@@ -1,0 +1,99 @@
+"""The three-way study: baseline ViT vs. ViT + classic KD vs. DeiT (distillation token),
+all from scratch with the same CNN teacher; accuracy table and attention-map figure.
+
+Presets: `smoke` (a subset, a few epochs: minutes on a 2-core CPU) and `full` (the recipe
+for one GPU). Each run lives in OUT/<name>/ and is reused (resumed) when present, so an
+interrupted study continues where it stopped.
+"""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import vitx
+
+from .checkpoint import load_model_file
+from .data import dataset_info, load_split
+from .train import TrainConfig, train
+
+PRESETS = {
+    "smoke": dict(epochs=3, train_limit=12000, test_limit=2000, batch_size=128, teacher_epochs=2,
+                  vit=dict(dim=64, depth=4, heads=4, patch_size=4, mlp_ratio=2.0)),
+    "full": dict(epochs=100, train_limit=0, test_limit=0, batch_size=128, teacher_epochs=30,
+                 vit=dict(dim=192, depth=9, heads=12, patch_size=4, mlp_ratio=2.0, drop_path=0.1, local_ffn=True)),
+}
+STUDENTS = ("baseline", "kd", "deit")
+
+
+def study_configs(dataset, preset, out, data_dir=None, device="cpu", download=True):
+    settings = dict(PRESETS[preset])
+    teacher_epochs = settings.pop("teacher_epochs")
+    base = TrainConfig(dataset=dataset, data_dir=data_dir, device=device, download=download, **settings)
+    out = Path(out)
+    configs = {"teacher": replace(base, mode="teacher", epochs=teacher_epochs, out=str(out / "teacher"), lr=3e-3)}
+    teacher_path = str(out / "teacher" / "model.safetensors")
+    for mode in STUDENTS:
+        configs[mode] = replace(base, mode=mode, out=str(out / mode), teacher=teacher_path if mode != "baseline" else None)
+    return configs
+
+
+def attention_figure(models, images, labels, class_names, path, cell=84):
+    """Rows: each test image; columns: the image, then each model's maps side by side."""
+    columns = [("input", None, None, None)]
+    for name, model in models.items():
+        columns += [(f"{name} rollout", name, "rollout", "cls"), (f"{name} grad", name, "grad_rollout", "cls")]
+        if name == "deit":
+            columns.append(("deit dist rollout", name, "rollout", "dist"))
+    maps = {}
+    for title, name, method, token in columns[1:]:
+        maps[title] = vitx.explain(models[name], images, method=method, token=token, target=labels)
+    header = 28
+    canvas = np.full((header + cell * len(images), cell * len(columns), 3), 255, np.uint8)
+    for c, (title, *_rest) in enumerate(columns):
+        cv2.putText(canvas, title[:16], (c * cell + 2, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+        for r in range(len(images)):
+            if title == "input":
+                any_exp = next(iter(maps.values()))
+                tile = cv2.resize(any_exp.views[r], (cell, cell), interpolation=cv2.INTER_NEAREST)
+                cv2.putText(tile, class_names[int(labels[r])][:10], (2, cell - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 0, 0), 1)
+            else:
+                exp = maps[title]
+                view = cv2.resize(exp.views[r], (cell, cell), interpolation=cv2.INTER_NEAREST)
+                tile = vitx.imaging.overlay(view, exp.maps[r].numpy())
+            canvas[header + r * cell: header + (r + 1) * cell, c * cell:(c + 1) * cell] = tile
+    vitx.imaging.save_png(path, canvas)
+
+
+def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=None, device="cpu",
+              download=True, num_images=6, progress=True):
+    if preset not in PRESETS:
+        raise vitx.VitxError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    out = Path(out)
+    configs = study_configs(dataset, preset, out, data_dir, device, download)
+    results = {}
+    for name, config in configs.items():
+        history = train(config, resume=True, progress=progress)
+        results[name] = {"test_accuracy": history[-1]["test_accuracy"], "epochs": history[-1]["epoch"],
+                         "train_seconds": round(sum(h["seconds"] for h in history), 1)}
+    baseline = results["baseline"]["test_accuracy"]
+    for name in ("kd", "deit"):
+        results[name]["beats_baseline"] = results[name]["test_accuracy"] > baseline
+    (out / "results.json").write_text(json.dumps({"dataset": dataset, "preset": preset, "results": results}, indent=1))
+    lines = [f"# {dataset} study ({preset})", "", "| model | test accuracy | epochs | train s | beats baseline |",
+             "|---|---|---|---|---|"]
+    for name, r in results.items():
+        beats = {True: "yes", False: "no"}.get(r.get("beats_baseline"), "-")
+        lines.append(f"| {name} | {r['test_accuracy']:.4f} | {r['epochs']} | {r['train_seconds']} | {beats} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    test = load_split(dataset, False, data_dir, download)
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randperm(len(test), generator=generator)[:num_images].tolist()
+    images = torch.stack([test[i][0] for i in picks])
+    labels = [int(test[i][1]) for i in picks]
+    students = {name: load_model_file(out / name / "model.safetensors") for name in STUDENTS}
+    attention_figure(students, images, labels, dataset_info(dataset).classes, out / "attention_maps.png")
+    return results

@@ -1,0 +1,218 @@
+"""One trainer for the teacher and the three students.
+
+Modes: `teacher` (the CNN), `baseline` (ViT, cross-entropy with label smoothing), `kd`
+(classic distillation into the cls head: soft KL at temperature T, or hard teacher
+labels), `deit` (ViT with a distillation token trained on the teacher's hard labels).
+Resumable at epoch boundaries with every state that affects the result (model,
+optimizer, scheduler, EMA, epoch, history, RNG), so a resumed run reproduces the
+uninterrupted one.
+"""
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from vitx.errors import VitxError
+
+from .checkpoint import load_model_file, load_state, save_model, save_state
+from .data import dataset_info, load_split
+from .teacher import TeacherCNN
+from .vit import ViT, ViTConfig
+
+MODES = ("teacher", "baseline", "kd", "deit")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "fashion_mnist"
+    mode: str = "baseline"
+    out: str = "runs/model"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+    teacher: Optional[str] = None
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    kd_hard: bool = False
+    curriculum: List[int] = field(default_factory=list)
+    ema: float = 0.0
+    mixup: float = 0.0
+    teacher_width: int = 16
+    train_limit: int = 0
+    test_limit: int = 0
+    data_dir: Optional[str] = None
+    download: bool = True
+    device: str = "cpu"
+    vit: dict = field(default_factory=dict)
+
+
+def curriculum_size(config: TrainConfig, epoch: int, full: int) -> int:
+    """Low-to-high resolution: the sizes split the epochs into equal stages."""
+    if not config.curriculum:
+        return full
+    stage = min(len(config.curriculum) - 1, epoch * len(config.curriculum) // config.epochs)
+    return config.curriculum[stage]
+
+
+def build(config: TrainConfig):
+    info = dataset_info(config.dataset)
+    if config.mode == "teacher":
+        arch = dict(in_chans=info.channels, num_classes=len(info.classes), width=config.teacher_width)
+        return TeacherCNN(**arch), {"kind": "teacher", "config": arch}
+    vit = ViTConfig(img_size=info.size, in_chans=info.channels, num_classes=len(info.classes),
+                    mean=list(info.mean), std=list(info.std), class_names=list(info.classes),
+                    distill_token=config.mode == "deit", **config.vit)
+    return ViT(vit), {"kind": "vit", "config": vit.to_dict()}
+
+
+def loss_fn(config: TrainConfig, model, teacher, x, y):
+    """y: class indices, or class probabilities when Mixup/CutMix mixed the batch."""
+    output = model(x)
+    if config.mode in ("teacher", "baseline"):
+        return F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    if config.mode == "deit":
+        cls_logits, dist_logits = output
+        return 0.5 * F.cross_entropy(cls_logits, y, label_smoothing=config.label_smoothing) + \
+            0.5 * F.cross_entropy(dist_logits, teacher_logits.argmax(-1))
+    true_loss = F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
+    if config.kd_hard:
+        return 0.5 * true_loss + 0.5 * F.cross_entropy(output, teacher_logits.argmax(-1))
+    t = config.kd_temperature
+    soft = F.kl_div(F.log_softmax(output / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+    return (1 - config.kd_alpha) * true_loss + config.kd_alpha * soft
+
+
+@torch.no_grad()
+def evaluate(model, loader, device) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x.to(device)).argmax(-1).cpu() == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def _subset(dataset, limit, seed):
+    if not limit or limit >= len(dataset):
+        return dataset
+    return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+def write_history(out: Path, history: List[dict]) -> None:
+    from .curves import draw_curves
+
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    with open(out / "history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    draw_curves(history, out / "curves.png")
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> List[dict]:
+    if config.mode not in MODES:
+        raise VitxError(f"unknown mode {config.mode!r}; use one of {', '.join(MODES)}")
+    if config.mode in ("kd", "deit") and not config.teacher:
+        raise VitxError(f"mode {config.mode} needs --teacher CHECKPOINT (train one with --mode teacher)")
+    device = torch.device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    info = dataset_info(config.dataset)
+    train_set = _subset(load_split(config.dataset, True, config.data_dir, config.download), config.train_limit, config.seed)
+    test_set = _subset(load_split(config.dataset, False, config.data_dir, config.download), config.test_limit, config.seed)
+    test_loader = DataLoader(test_set, batch_size=256)
+    model, meta = build(config)
+    amp = device.type == "cuda"  # mixed precision and channels-last only pay off on a GPU
+    model.to(device, memory_format=torch.channels_last if amp else torch.contiguous_format)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    mixer = None
+    if config.mixup > 0:
+        from torchvision.transforms import v2
+
+        classes = len(info.classes)
+        mixer = v2.RandomChoice([v2.MixUp(alpha=config.mixup, num_classes=classes),
+                                 v2.CutMix(alpha=1.0, num_classes=classes)])
+    teacher = load_model_file(config.teacher).to(device) if config.mode in ("kd", "deit") else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = len(train_set) // config.batch_size
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, warmup_t=int(config.warmup_epochs * steps),
+                                  warmup_lr_init=config.lr * 0.01, lr_min=config.lr * 0.01, t_in_epochs=False)
+    ema = ModelEmaV3(model, decay=config.ema) if config.ema else None
+    start_epoch, history = 0, []
+    state_path = out / "state.pt"
+    if resume and state_path.exists():
+        state = load_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start_epoch, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            size = curriculum_size(config, epoch, info.size)
+            loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            model.train()
+            started, total_loss = time.time(), 0.0
+            bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
+            for step, (x, y) in enumerate(bar):
+                x, y = x.to(device), y.to(device)
+                if size != info.size:
+                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                if mixer is not None:
+                    x, y = mixer(x, y)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    loss = loss_fn(config, model, teacher, x, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step_update(epoch * steps + step + 1)
+                if ema is not None:
+                    ema.update(model)
+                total_loss += float(loss.detach())
+                bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
+            evaluated = ema.module if ema is not None else model
+            accuracy = evaluate(evaluated, test_loader, device)
+            history.append({"epoch": epoch + 1, "size": size, "train_loss": round(total_loss / max(steps, 1), 6),
+                            "test_accuracy": accuracy, "lr": optimizer.param_groups[0]["lr"],
+                            "seconds": round(time.time() - started, 1)})
+            if progress:
+                print(f"{config.mode} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f}")
+            meta.update(dataset=config.dataset, class_names=list(info.classes), history=history,
+                        test_accuracy=accuracy, train=asdict(config))
+            save_model(evaluated, meta, out / "model")
+            save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                        "ema": ema.state_dict() if ema else None,
+                        "epoch": epoch + 1, "history": history, "torch_rng": torch.get_rng_state(),
+                        "python_rng": random.getstate()}, state_path)
+            write_history(out, history)
+    except KeyboardInterrupt:
+        done = history[-1]["epoch"] if history else 0
+        print(f"\ninterrupted: {done} epoch(s) saved in {out}; continue with --resume")
+    return history

@@ -1,0 +1,166 @@
+"""Faithfulness of explanations: does removing what a map calls relevant hurt the model?
+
+- Perturbation tests (Chefer et al., CVPR 2021): for p = 0.1 ... 0.9 remove the most
+  relevant (positive test: lower AUC is better) or least relevant (negative test: higher
+  is better) fraction of patches, replaced by a baseline; record top-1 accuracy and the
+  target-class probability.
+- Deletion / insertion (Petsiuk et al. 2018, RISE): remove (insert) patches from most to
+  least relevant, 0 ... 100%, and integrate the target-class probability (deletion: lower
+  is better; insertion: higher is better).
+Every perturbation step of a batch is one forward pass. A random map is always evaluated
+alongside, so a number means something.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import VitxError
+
+PERTURBATION_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+DELETION_STEPS = 10
+BASELINES = ("black", "mean", "blur")
+
+
+def auc(values: Sequence[float], xs: Sequence[float]) -> float:
+    """Area under a curve by the trapezoid rule, divided by the x range (so it is in the
+    units of the values: a constant curve c has AUC c)."""
+    values, xs = np.asarray(values, dtype=np.float64), np.asarray(xs, dtype=np.float64)
+    if len(xs) < 2:
+        return float(values[0]) if len(values) else float("nan")
+    area = float(np.sum((values[1:] + values[:-1]) * np.diff(xs)) / 2)
+    return area / float(xs[-1] - xs[0])
+
+
+def baseline_images(pixels: torch.Tensor, kind: str, config: dict) -> torch.Tensor:
+    """What removed pixels become, in the model's (normalised) input space."""
+    if kind == "black":
+        mean = torch.tensor(config["mean"], device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(config["std"], device=pixels.device).view(1, -1, 1, 1)
+        return ((0.0 - mean) / std).expand_as(pixels)
+    if kind == "mean":
+        return torch.zeros_like(pixels)  # the dataset mean is 0 after normalisation
+    if kind == "blur":
+        from torchvision.transforms.v2.functional import gaussian_blur
+
+        size = max(3, (min(pixels.shape[-2:]) // 4) | 1)
+        return gaussian_blur(pixels, kernel_size=[size, size], sigma=size / 3)
+    raise VitxError(f"unknown baseline {kind!r}; use one of {', '.join(BASELINES)}")
+
+
+def patch_order(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, h, w) maps -> (B, h*w) patch indices from most to least relevant (ties broken
+    at random, deterministically for a seeded generator)."""
+    flat = maps.flatten(1).float()
+    jitter = torch.rand(flat.shape, generator=generator) * 1e-6 * (flat.abs().amax(1, keepdim=True) + 1e-12)
+    return torch.argsort(flat + jitter.to(flat.device), dim=1, descending=True)
+
+
+def _masks(order: torch.Tensor, counts: Sequence[int], grid, size) -> torch.Tensor:
+    """(steps, B, 1, H, W) masks, 1 where the first `count` patches of `order` are."""
+    batch, patches = order.shape
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(patches, device=order.device).expand(batch, -1))
+    stacked = torch.stack([(ranks < c).float() for c in counts])  # (steps, B, h*w)
+    stacked = stacked.view(len(counts) * batch, 1, *grid)
+    return F.interpolate(stacked, size=size, mode="nearest").view(len(counts), batch, 1, *size)
+
+
+@torch.no_grad()
+def _curve(model, pixels, fill, masks, labels, targets):
+    accuracy, probability = [], []
+    for mask in masks:
+        logits = model(pixels * (1 - mask) + fill * mask)
+        probs = logits.float().softmax(-1)
+        accuracy.append((logits.argmax(-1) == labels).float())
+        probability.append(probs.gather(1, targets[:, None])[:, 0])
+    return torch.stack(accuracy, 1), torch.stack(probability, 1)  # (B, steps)
+
+
+@dataclass
+class Curves:
+    """Per-image curves of one method: (B, steps) tensors for each test."""
+
+    positive_accuracy: List[torch.Tensor] = field(default_factory=list)
+    positive_probability: List[torch.Tensor] = field(default_factory=list)
+    negative_accuracy: List[torch.Tensor] = field(default_factory=list)
+    negative_probability: List[torch.Tensor] = field(default_factory=list)
+    deletion: List[torch.Tensor] = field(default_factory=list)
+    insertion: List[torch.Tensor] = field(default_factory=list)
+
+    def mean(self) -> Dict[str, List[float]]:
+        return {name: torch.cat(parts).mean(0).tolist() for name, parts in vars(self).items() if parts}
+
+
+def perturbation_curves(model, pixels, maps, labels, targets, config, baseline="black", curves=None) -> Curves:
+    """Add one batch's curves (all six tests) to `curves`. maps: (B, h, w) on any device."""
+    curves = curves or Curves()
+    grid, size = tuple(maps.shape[-2:]), tuple(pixels.shape[-2:])
+    patches = grid[0] * grid[1]
+    generator = torch.Generator().manual_seed(0)
+    order = patch_order(maps, generator).to(pixels.device)
+    fill = baseline_images(pixels, baseline, config)
+    counts = [round(p * patches) for p in PERTURBATION_FRACTIONS]
+    positive = _curve(model, pixels, fill, _masks(order, counts, grid, size), labels, targets)
+    negative = _curve(model, pixels, fill, _masks(order.flip(1), counts, grid, size), labels, targets)
+    steps = [round(i * patches / DELETION_STEPS) for i in range(DELETION_STEPS + 1)]
+    deletion_masks = _masks(order, steps, grid, size)
+    deletion = _curve(model, pixels, fill, deletion_masks, labels, targets)[1]
+    insertion = _curve(model, pixels, fill, 1 - deletion_masks, labels, targets)[1]
+    curves.positive_accuracy.append(positive[0].cpu())
+    curves.positive_probability.append(positive[1].cpu())
+    curves.negative_accuracy.append(negative[0].cpu())
+    curves.negative_probability.append(negative[1].cpu())
+    curves.deletion.append(deletion.cpu())
+    curves.insertion.append(insertion.cpu())
+    return curves
+
+
+def summarise(curves: Curves) -> Dict[str, float]:
+    """AUCs of the mean curves (positive/deletion: lower is better; negative/insertion: higher)."""
+    mean = curves.mean()
+    fractions = PERTURBATION_FRACTIONS
+    steps = [i / DELETION_STEPS for i in range(DELETION_STEPS + 1)]
+    return {
+        "positive_accuracy_auc": auc(mean["positive_accuracy"], fractions),
+        "positive_probability_auc": auc(mean["positive_probability"], fractions),
+        "negative_accuracy_auc": auc(mean["negative_accuracy"], fractions),
+        "negative_probability_auc": auc(mean["negative_probability"], fractions),
+        "deletion_auc": auc(mean["deletion"], steps),
+        "insertion_auc": auc(mean["insertion"], steps),
+    }
+
+
+def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", seed=0, progress=False,
+                     options: Optional[Dict[str, dict]] = None):
+    """Faithfulness of each method (and of a random map) on labelled batches.
+
+    batches: iterable of (pixels (B, C, H, W) preprocessed, labels (B,)). Targets are the
+    model's predicted classes (the class each map explains). Returns
+    {method: {"auc": {...}, "curves": {...}}}, deterministic for a fixed seed.
+    """
+    from tqdm import tqdm
+
+    from .api import explain
+    from .models import model_device
+    from .registry import find_adapter
+
+    options = options or {}
+    config = find_adapter(model).data_config(model)
+    device = model_device(model)
+    names = list(methods) + ["random"]
+    curves = {name: Curves() for name in names}
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    for pixels, labels in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+        pixels, labels = pixels.to(device), labels.to(device)
+        explanations = {m: explain(model, pixels, method=m, batch_size=len(pixels), **options.get(m, {})) for m in methods}
+        any_exp = next(iter(explanations.values())) if explanations else explain(model, pixels, method="raw_attention")
+        targets = any_exp.targets.to(device)
+        maps = {m: e.maps for m, e in explanations.items()}
+        maps["random"] = torch.rand(any_exp.maps.shape, generator=generator)
+        for name in names:
+            perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline, curves[name])
+    return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
