@@ -155,6 +155,12 @@ def models():
     click.echo("  any model calling F.scaled_dot_product_attention, or any model with an adapter plugin")
 
 
+def _add_builtin_commands():
+    from .evaluate_cli import evaluate_command
+
+    main.add_command(evaluate_command)
+
+
 def _add_plugin_commands():
     """Commands contributed by plugins (hook vitx_register_commands), e.g. `vitx train`."""
     from .registry import get_registry
@@ -165,6 +171,7 @@ def _add_plugin_commands():
             main.add_command(cmd)
 
 
+_add_builtin_commands()
 _add_plugin_commands()
 
 if __name__ == "__main__":

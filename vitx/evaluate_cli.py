@@ -1,0 +1,113 @@
+"""`vitx evaluate`: faithfulness of several methods on a labelled dataset or image folder."""
+import json
+from pathlib import Path
+
+import click
+
+from .errors import VitxError
+
+
+def _batches(dataset, indices, batch_size):
+    import torch
+
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def _folder_dataset(folder, config):
+    """An ImageFolder (one sub-folder per class, named by class index or class name)."""
+    from torchvision.datasets import ImageFolder
+
+    from .inputs import split_transform
+
+    geometric, to_tensor = split_transform(config)
+    grayscale = config["input_size"][0] == 1
+
+    def transform(image):
+        return to_tensor(geometric(image.convert("L" if grayscale else "RGB")))
+
+    try:
+        return ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, OSError) as exc:
+        raise VitxError(f"cannot use {folder} as a labelled image folder: {exc}") from None
+
+
+def draw_curves(results, path):
+    import cv2
+    import numpy as np
+
+    from .imaging import save_png
+
+    tests = ["positive_accuracy", "negative_accuracy", "deletion", "insertion"]
+    width, height, pad = 300, 220, 30
+    canvas = np.full((height, width * len(tests), 3), 255, np.uint8)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (60, 60, 60)]
+    for t, test in enumerate(tests):
+        x0 = t * width
+        cv2.putText(canvas, test, (x0 + pad, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.rectangle(canvas, (x0 + pad, pad), (x0 + width - 10, height - pad), (200, 200, 200), 1)
+        for m, (method, result) in enumerate(results.items()):
+            values = result["curves"][test]
+            xs = np.linspace(x0 + pad, x0 + width - 10, len(values))
+            ys = height - pad - np.asarray(values) * (height - 2 * pad)
+            colour = colours[m % len(colours)] if method != "random" else (120, 120, 120)
+            cv2.polylines(canvas, [np.stack([xs, ys], 1).astype(np.int32)], False, colour, 2, cv2.LINE_AA)
+            if t == 0:
+                cv2.putText(canvas, method, (x0 + pad + 4, pad + 14 + 13 * m), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
+    save_png(path, canvas)
+
+
+@click.command("evaluate")
+@click.option("--model", "-m", default=None, help="Model name or checkpoint path [default: the CLI default].")
+@click.option("--checkpoint", type=click.Path())
+@click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]), help="Test split of a dataset.")
+@click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
+@click.option("--methods", default="raw_attention,rollout,grad_rollout,chefer2021", show_default=True)
+@click.option("--n", "count", default=1000, show_default=True, help="Number of images (a seeded random subset).")
+@click.option("--baseline", default="black", show_default=True, type=click.Choice(["black", "mean", "blur"]))
+@click.option("--batch-size", default=100, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--data-dir", type=click.Path())
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
+def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device, out_dir):
+    """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
+    import torch
+
+    from .cli import DEFAULT_MODEL
+    from .metrics import evaluate_methods
+    from .models import load_model
+    from .registry import find_adapter, get_explainer
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        get_explainer(name)
+    if (dataset is None) == (folder is None):
+        raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
+    net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, device=device)
+    if dataset:
+        from vitx.reference_models.data import load_split
+
+        data = load_split(dataset, train=False, data_dir=data_dir, augment=False)
+    else:
+        data = _folder_dataset(folder, find_adapter(net).data_config(net))
+    if len(data) == 0:
+        raise VitxError("no images to evaluate")
+    indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    results = evaluate_methods(net, _batches(data, indices, batch_size), names, baseline=baseline, seed=seed, progress=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"n": len(indices), "baseline": baseline, "seed": seed, "results": results}, indent=1))
+    draw_curves(results, out / "curves.png")
+    header = ["method", "pos. acc AUC (lower)", "neg. acc AUC (higher)", "pos. prob AUC (lower)", "neg. prob AUC (higher)",
+              "deletion (lower)", "insertion (higher)"]
+    keys = ["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc", "negative_probability_auc",
+            "deletion_auc", "insertion_auc"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{result['auc'][k]:.4f}" for k in keys) + " |")
+    table = "\n".join(lines)
+    (out / "results.md").write_text(f"{len(indices)} images, baseline {baseline}, seed {seed}\n\n{table}\n")
+    click.echo(table)
+    click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
