@@ -24,7 +24,7 @@ install: $(STAMP)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 demo: install
-	$(BIN)/vitx explain examples/images/*.png --no-pretrained --out out/demo
+	$(BIN)/vitx explain examples/fashion_mnist/*.png --method grad_rollout --out out/demo
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -152,8 +152,8 @@ def test_deit_inference_averages_the_two_heads():
 
 @pytest.mark.slow
 def test_end_to_end_on_real_fashion_mnist(tmp_path):
-    """A small ViT on 10k real training images for 2 epochs: far above chance (10%)."""
-    config = tiny_config(tmp_path, "e2e", epochs=2, batch_size=64, train_limit=10000, test_limit=2000,
+    """A small ViT on 20k real training images for 3 epochs: far above chance (10%)."""
+    config = tiny_config(tmp_path, "e2e", epochs=3, batch_size=64, train_limit=20000, test_limit=2000,
                          vit=dict(dim=48, depth=3, heads=3, patch_size=4))
     history = train(config, progress=False)
     assert history[-1]["test_accuracy"] > 0.7

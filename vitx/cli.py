@@ -12,7 +12,7 @@ import click
 
 from .errors import VitxError
 
-DEFAULT_MODEL = "deit_tiny"
+DEFAULT_MODEL = "fashion_vit"  # bundled reference ViT (vitx.reference_models.weights): works offline
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
