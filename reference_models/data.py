@@ -1,7 +1,8 @@
 """CIFAR-10, MNIST and Fashion-MNIST through torchvision, found wherever they already are.
 
-Order: the data folder (torchvision layout); a download when the network allows; for
-Fashion-MNIST, Debian's `dataset-fashion-mnist` IDX files, unpacked into the data folder.
+Order: the data folder (torchvision layout); for Fashion-MNIST, Debian's
+`dataset-fashion-mnist` IDX files, unpacked into the data folder; a download when the
+network allows (last, so an offline machine never waits on a dataset host).
 """
 import gzip
 import shutil
@@ -79,7 +80,7 @@ def load_split(name: str, train: bool, data_dir=None, download: bool = True, aug
     data_dir = Path(data_dir or DEFAULT_DATA_DIR)
     transform = transforms(name, train if augment is None else augment)
     attempts: List[str] = []
-    for how in ("local", "download", "debian"):
+    for how in ("local", "debian", "download"):
         if how == "download" and not download:
             continue
         if how == "debian" and not (name == "fashion_mnist" and _unpack_debian_fashion(data_dir)):

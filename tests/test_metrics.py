@@ -78,3 +78,33 @@ def test_evaluate_methods_on_a_tiny_vit_ranks_random_as_a_baseline():
         assert all(0.0 <= v <= 1.0 for v in result["auc"].values())
     again = evaluate_methods(model, batches, ["rollout", "chefer2021"])
     assert again == results
+
+
+def test_evaluate_cli_on_an_image_folder_and_on_the_dataset(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from vitx.cli import main
+    from vitx.reference_models.data import DEBIAN_FASHION
+
+    examples = Path(__file__).parent.parent / "examples" / "fashion_mnist"
+    for image in examples.glob("*.png"):
+        label = image.stem.split("_", 1)[1]
+        (tmp_path / "folder" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, tmp_path / "folder" / label / image.name)
+    result = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path / "folder"), "--methods", "rollout",
+                                       "--n", "6", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["n"] == 6 and set(saved["results"]) == {"rollout", "random"}
+    assert (tmp_path / "eval" / "curves.png").exists()
+    bad = CliRunner().invoke(main, ["evaluate", "--methods", "rollout", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "exactly one of --dataset" in bad.output
+    if DEBIAN_FASHION.is_dir():
+        result = CliRunner().invoke(main, ["evaluate", "--dataset", "fashion_mnist", "--methods", "rollout,chefer2021",
+                                           "--n", "20", "--out", str(tmp_path / "ds")])
+        assert result.exit_code == 0, result.output
+        assert "| chefer2021 |" in result.output and "| random |" in result.output
