@@ -62,7 +62,7 @@ def study_command(**options):
     """Teacher, baseline ViT, ViT + KD and DeiT: accuracy table and attention-map figure."""
     from .study import run_study
 
-    results = run_study(**options)
+    run_study(**options)
     out = options["out"]
     click.echo(open(f"{out}/results.md").read())
     click.echo(f"figure: {out}/attention_maps.png")

@@ -9,7 +9,6 @@ uninterrupted one.
 """
 import csv
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field

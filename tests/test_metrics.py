@@ -1,10 +1,9 @@
 """Faithfulness metrics: hand-computed AUCs and a model whose evidence is known by construction."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from vitx.metrics import Curves, _masks, auc, patch_order, perturbation_curves, summarise
+from vitx.metrics import _masks, auc, patch_order, perturbation_curves, summarise
 
 CONFIG = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "input_size": (3, 32, 32)}
 
@@ -65,7 +64,6 @@ def test_curves_are_deterministic():
 
 
 def test_evaluate_methods_on_a_tiny_vit_ranks_random_as_a_baseline():
-    import vitx
     from helpers import FAMILIES, images_for
     from vitx.metrics import evaluate_methods
 

@@ -8,7 +8,7 @@
         logits = model(x)
     rec.attentions, rec.layout
 """
-from . import imaging
+from . import imaging  # noqa: F401  (vitx.imaging.overlay etc. for research code)
 from .adapters import Adapter
 from .api import explain, list_methods
 from .capture import AttentionRecorder, record_attention

@@ -9,7 +9,6 @@ an adapter plugin (hook `vitx_register_adapters`), not a special case elsewhere.
 from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
