@@ -147,6 +147,8 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     from .models import model_device
     from .registry import find_adapter
 
+    if not methods:
+        raise VitxError("no methods to evaluate")
     options = options or {}
     config = find_adapter(model).data_config(model)
     device = model_device(model)
@@ -157,10 +159,10 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     for pixels, labels in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
         pixels, labels = pixels.to(device), labels.to(device)
         explanations = {m: explain(model, pixels, method=m, batch_size=len(pixels), **options.get(m, {})) for m in methods}
-        any_exp = next(iter(explanations.values())) if explanations else explain(model, pixels, method="raw_attention")
-        targets = any_exp.targets.to(device)
+        first = explanations[methods[0]]
+        targets = first.targets.to(device)  # every map explains the predicted class
         maps = {m: e.maps for m, e in explanations.items()}
-        maps["random"] = torch.rand(any_exp.maps.shape, generator=generator)
+        maps["random"] = torch.rand(first.maps.shape, generator=generator)
         for name in names:
             perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline, curves[name])
     return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
