@@ -176,7 +176,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
             loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
                                 generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             model.train()
-            started, total_loss = time.time(), 0.0
+            started, total_loss = time.time(), torch.zeros((), device=device)
             bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
             for step, (x, y) in enumerate(bar):
                 x, y = x.to(device), y.to(device)
@@ -193,11 +193,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
                 scheduler.step_update(epoch * steps + step + 1)
                 if ema is not None:
                     ema.update(model)
-                total_loss += float(loss.detach())
-                bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
+                total_loss += loss.detach()  # summed on the device: no host sync per step
+                if progress and step % 50 == 0:
+                    bar.set_postfix(loss=f"{float(total_loss) / (step + 1):.3f}")
             evaluated = ema.module if ema is not None else model
             accuracy = evaluate(evaluated, test_loader, device)
-            history.append({"epoch": epoch + 1, "size": size, "train_loss": round(total_loss / max(steps, 1), 6),
+            history.append({"epoch": epoch + 1, "size": size, "train_loss": round(float(total_loss) / max(steps, 1), 6),
                             "test_accuracy": accuracy, "lr": optimizer.param_groups[0]["lr"],
                             "seconds": round(time.time() - started, 1)})
             if progress:

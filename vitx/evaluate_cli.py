@@ -19,43 +19,28 @@ def _folder_dataset(folder, config):
     """An ImageFolder (one sub-folder per class, named by class index or class name)."""
     from torchvision.datasets import ImageFolder
 
-    from .inputs import split_transform
+    from .inputs import image_transform
 
-    geometric, to_tensor = split_transform(config)
-    grayscale = config["input_size"][0] == 1
-
-    def transform(image):
-        return to_tensor(geometric(image.convert("L" if grayscale else "RGB")))
-
+    transform = image_transform(config)
     try:
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder), transform=lambda image: transform(image)[0])
     except (FileNotFoundError, OSError) as exc:
         raise VitxError(f"cannot use {folder} as a labelled image folder: {exc}") from None
 
 
 def draw_curves(results, path):
-    import cv2
+    """One panel per test; every method a line, random in grey."""
     import numpy as np
 
-    from .imaging import save_png
+    from .imaging import line_chart, save_png
 
-    tests = ["positive_accuracy", "negative_accuracy", "deletion", "insertion"]
-    width, height, pad = 300, 220, 30
-    canvas = np.full((height, width * len(tests), 3), 255, np.uint8)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (60, 60, 60)]
-    for t, test in enumerate(tests):
-        x0 = t * width
-        cv2.putText(canvas, test, (x0 + pad, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.rectangle(canvas, (x0 + pad, pad), (x0 + width - 10, height - pad), (200, 200, 200), 1)
-        for m, (method, result) in enumerate(results.items()):
-            values = result["curves"][test]
-            xs = np.linspace(x0 + pad, x0 + width - 10, len(values))
-            ys = height - pad - np.asarray(values) * (height - 2 * pad)
-            colour = colours[m % len(colours)] if method != "random" else (120, 120, 120)
-            cv2.polylines(canvas, [np.stack([xs, ys], 1).astype(np.int32)], False, colour, 2, cv2.LINE_AA)
-            if t == 0:
-                cv2.putText(canvas, method, (x0 + pad + 4, pad + 14 + 13 * m), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
-    save_png(path, canvas)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    panels = []
+    for test in ("positive_accuracy", "negative_accuracy", "deletion", "insertion"):
+        series = {method: (result["curves"][test], (120, 120, 120) if method == "random" else colours[i % len(colours)])
+                  for i, (method, result) in enumerate(results.items())}
+        panels.append(line_chart(test, series, y_range=(0.0, 1.0)))
+    save_png(path, np.concatenate(panels, axis=1))
 
 
 @click.command("evaluate")

@@ -76,3 +76,27 @@ def save_png(path: Union[str, Path], rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
         raise VitxError(f"could not write {path}")
+
+
+def line_chart(title: str, series, size=(220, 300), y_range=None) -> np.ndarray:
+    """One chart panel, (H, W, 3) uint8 RGB: `series` maps a name to (values, rgb colour).
+
+    With `y_range` every series shares that axis; without it each is scaled to its own
+    range (so a loss and an accuracy can share a panel) and its legend line says the range.
+    """
+    height, width = size
+    left, right, top, bottom = 12, width - 10, 26, height - 10
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(canvas, title, (left, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.rectangle(canvas, (left, top), (right, bottom), (200, 200, 200), 1)
+    for row, (name, (values, colour)) in enumerate(series.items()):
+        values = np.asarray(values, dtype=np.float64)
+        low, high = y_range if y_range is not None else (values.min(), values.max())
+        scaled = (values - low) / ((high - low) or 1.0)
+        xs = np.linspace(left, right, len(values)) if len(values) > 1 else np.array([(left + right) / 2])
+        ys = bottom - scaled * (bottom - top)
+        points = np.stack([xs, ys], 1).astype(np.int32)
+        cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
+        label = name if y_range is not None else f"{name} {values[-1]:.4f} ({low:.3f}-{high:.3f})"
+        cv2.putText(canvas, label, (left + 4, top + 14 + 13 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
+    return canvas

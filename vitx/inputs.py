@@ -27,6 +27,19 @@ def split_transform(config: dict):
     return transforms.Compose(steps[:cut]), transforms.Compose(steps[cut:])
 
 
+def image_transform(config: dict):
+    """PIL image -> (model input tensor, view): the model's eval transform, after converting
+    to the channel count it expects; the view is the resized / cropped picture it sees."""
+    geometric, to_tensor = split_transform(config)
+    mode = "L" if config["input_size"][0] == 1 else "RGB"
+
+    def transform(image: Image.Image):
+        view = geometric(image.convert(mode))
+        return to_tensor(view), view
+
+    return transform
+
+
 def _to_pil(item) -> Tuple[Image.Image, Optional[str]]:
     if isinstance(item, (str, Path)):
         return read_image(item), str(item)
@@ -64,13 +77,12 @@ def prepare_images(images, config: dict):
         images = [images]
     if not isinstance(images, Sequence) or len(images) == 0:
         raise VitxError("no images given")
-    geometric, to_tensor = split_transform(config)
-    grayscale = config["input_size"][0] == 1
+    transform = image_transform(config)
     tensors, views, names = [], [], []
     for item in images:
         pil, name = _to_pil(item)
-        view = geometric(pil.convert("L") if grayscale else pil)
-        tensors.append(to_tensor(view))
+        tensor, view = transform(pil)
+        tensors.append(tensor)
         views.append(np.asarray(view.convert("RGB")))
         names.append(name)
     return torch.stack(tensors), views, names

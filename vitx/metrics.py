@@ -70,9 +70,11 @@ def _masks(order: torch.Tensor, counts: Sequence[int], grid, size) -> torch.Tens
 
 @torch.no_grad()
 def _curve(model, pixels, fill, masks, labels, targets):
+    from .api import as_logits
+
     accuracy, probability = [], []
     for mask in masks:
-        logits = model(pixels * (1 - mask) + fill * mask)
+        logits = as_logits(model(pixels * (1 - mask) + fill * mask))
         probs = logits.float().softmax(-1)
         accuracy.append((logits.argmax(-1) == labels).float())
         probability.append(probs.gather(1, targets[:, None])[:, 0])
@@ -143,7 +145,7 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     """
     from tqdm import tqdm
 
-    from .api import explain
+    from .api import evaluation_mode, explain
     from .models import model_device
     from .registry import find_adapter
 
@@ -155,14 +157,15 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     names = list(methods) + ["random"]
     curves = {name: Curves() for name in names}
     generator = torch.Generator().manual_seed(seed)
-    model.eval()
-    for pixels, labels in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
-        pixels, labels = pixels.to(device), labels.to(device)
-        explanations = {m: explain(model, pixels, method=m, batch_size=len(pixels), **options.get(m, {})) for m in methods}
-        first = explanations[methods[0]]
-        targets = first.targets.to(device)  # every map explains the predicted class
-        maps = {m: e.maps for m, e in explanations.items()}
-        maps["random"] = torch.rand(first.maps.shape, generator=generator)
-        for name in names:
-            perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline, curves[name])
+    with evaluation_mode(model):
+        for pixels, labels in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+            pixels, labels = pixels.to(device), labels.to(device)
+            explanations = {m: explain(model, pixels, method=m, batch_size=len(pixels), **options.get(m, {}))
+                            for m in methods}
+            first = explanations[methods[0]]
+            targets = first.targets.to(device)  # every map explains the predicted class
+            maps = {m: e.maps for m, e in explanations.items()}
+            maps["random"] = torch.rand(first.maps.shape, generator=generator)
+            for name in names:
+                perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline, curves[name])
     return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
