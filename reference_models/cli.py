@@ -25,6 +25,8 @@ def _sizes(value):
 @click.option("--kd-hard", is_flag=True, help="kd with the teacher's hard labels instead of soft KL.")
 @click.option("--curriculum", default="", help="Resolutions in equal stages, e.g. 16,24,28.")
 @click.option("--ema", default=0.0, help="EMA decay (0: off).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random crop/flip (CIFAR-10, Fashion-MNIST) or affine (MNIST); off: the split is decoded once, in memory.")
 @click.option("--mixup", default=0.0, help="Mixup alpha; > 0 mixes batches with Mixup or CutMix (torchvision v2).")
 @click.option("--dim", default=64, show_default=True)
 @click.option("--depth", default=4, show_default=True)
@@ -65,4 +67,4 @@ def study_command(**options):
     run_study(**options)
     out = options["out"]
     click.echo(open(f"{out}/results.md").read())
-    click.echo(f"figure: {out}/attention_maps.png")
+    click.echo(f"figure: {out}/attention_maps.png, report: {out}/report/report.html")

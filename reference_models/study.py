@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import vitx
+from vitx.inspection import inspect_models
 
 from .checkpoint import load_model_file
 from .data import dataset_info, load_split
@@ -65,10 +66,11 @@ def attention_figure(models, images, labels, class_names, path, cell=84):
                 tile = vitx.imaging.overlay(view, exp.maps[r].numpy())
             canvas[header + r * cell: header + (r + 1) * cell, c * cell:(c + 1) * cell] = tile
     vitx.imaging.save_png(path, canvas)
+    return canvas
 
 
 def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=None, device="cpu",
-              download=True, num_images=6, progress=True):
+              download=True, num_images=6, statistics_images=64, progress=True):
     if preset not in PRESETS:
         raise vitx.VitxError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     out = Path(out)
@@ -91,9 +93,23 @@ def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=Non
 
     test = load_split(dataset, False, data_dir, download)
     generator = torch.Generator().manual_seed(0)
-    picks = torch.randperm(len(test), generator=generator)[:num_images].tolist()
+    picks = torch.randperm(len(test), generator=generator)[:max(num_images, statistics_images)].tolist()
     images = torch.stack([test[i][0] for i in picks])
     labels = [int(test[i][1]) for i in picks]
     students = {name: load_model_file(out / name / "model.safetensors") for name in STUDENTS}
-    attention_figure(students, images, labels, dataset_info(dataset).classes, out / "attention_maps.png")
+    figure = attention_figure(students, images[:num_images], labels[:num_images], dataset_info(dataset).classes,
+                              out / "attention_maps.png")
+
+    def study_section(report):
+        section = report.section("Study results")
+        section.text(f"{dataset}, preset {preset}: test accuracy of the teacher and the three students.")
+        section.table(["model", "test accuracy", "epochs", "train s", "beats baseline"],
+                      [row.strip("|").split("|") for row in lines[4:]])
+        section.image(figure, "Rollout and grad_rollout of each student (and DeiT's dist token) on the same "
+                              "test images", "study-attention-maps")
+
+    report = inspect_models(students, images, out / "report", show=num_images, extra=study_section,
+                            title=f"vitx study: {dataset} ({preset})")
+    with open(out / "results.md", "a") as handle:
+        handle.write(f"\nReport (attention of the three students, side by side): {report}\n")
     return results

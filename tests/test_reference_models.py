@@ -173,6 +173,11 @@ def test_study_end_to_end_on_a_micro_preset(tmp_path, monkeypatch):
     figure = np.asarray(Image.open(tmp_path / "study" / "attention_maps.png"))
     # input + 2 maps for baseline and kd + 3 for deit (cls rollout, grad, dist rollout) = 8 columns
     assert figure.shape[1] == 8 * 84 and figure.shape[0] == 28 + 3 * 84
+    page = (tmp_path / "study" / "report" / "report.html").read_text()
+    assert "<h2>Study results</h2>" in page and "study-attention-maps.png" in page
+    for name in ("baseline", "kd", "deit"):  # the three students side by side in one report
+        assert f"{name}-attention-cls.png" in page and f"{name}-positions.png" in page
+    assert "deit-attention-dist.png" in page and "report/report.html" in table
     again = study.run_study(out=str(tmp_path / "study"), data_dir=str(tmp_path.parent / "data"),
                             download=False, num_images=3, progress=False)
     assert again == results  # finished runs are reused, not retrained

@@ -157,8 +157,10 @@ def models():
 
 def _add_builtin_commands():
     from .evaluate_cli import evaluate_command
+    from .inspect_cli import inspect_command
 
     main.add_command(evaluate_command)
+    main.add_command(inspect_command)
 
 
 def _add_plugin_commands():

@@ -1,0 +1,202 @@
+"""`inspect_models`: one HTML report of what one or more ViTs learned and where they look.
+
+Sections (each skipped, with a note saying why, when a model lacks what it needs, e.g. a
+model with rotary positions has no position embedding to show):
+overview, method maps, attention per layer and head, patch-embedding filters, patch-embedding
+activations, position-embedding similarity, attention distance and entropy, training curves.
+With several models, the per-layer statistics share one plot so they can be compared.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from torch import nn
+
+from . import figures, views
+from .api import explain
+from .errors import VitxError
+from .imaging import read_image
+from .registry import find_adapter, get_registry
+from .report import Report
+
+SECTIONS = ("Overview", "Method maps", "Attention per layer and head", "Patch-embedding filters",
+            "Patch-embedding activations", "Position-embedding similarity", "Attention distance and entropy",
+            "Training curves")
+DEFAULT_METHODS = ("raw_attention", "rollout", "grad_rollout", "chefer2021")
+
+
+def _history(model) -> Optional[List[dict]]:
+    """A reference checkpoint carries its training history in `vitx_meta`."""
+    history = (getattr(model, "vitx_meta", None) or {}).get("history")
+    return history if history and all("train_loss" in h and "test_accuracy" in h for h in history) else None
+
+
+def _skip(section, name, exc):
+    section.text(f"{name}: not shown ({exc})", "note")
+
+
+def _overview(report, models, images):
+    rows = []
+    for name, model in models.items():
+        meta = getattr(model, "vitx_meta", None) or {}
+        accuracy = meta.get("test_accuracy")
+        rows.append([name, type(model).__name__, find_adapter(model).name,
+                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M",
+                     f"{100 * accuracy:.2f} %" if accuracy is not None else "-"])
+    section = report.section(SECTIONS[0])
+    section.text(f"{len(models)} model(s), {len(images)} image(s).")
+    section.table(["model", "class", "adapter", "parameters", "test accuracy (checkpoint)"], rows)
+
+
+def _method_maps(report, models, images, methods, show):
+    section = report.section(SECTIONS[1])
+    section.text("Each method's map for the predicted class, over the input the model saw "
+                 "(bright = relevant; every map scaled to its own maximum).")
+    for name, model in models.items():
+        explanations = {}
+        for method in methods:
+            try:
+                explanations[method] = explain(model, images[:show], method=method)
+            except VitxError as exc:
+                _skip(section, f"{name} {method}", exc)
+        if not explanations:
+            continue
+        first = next(iter(explanations.values()))
+        if "dist" in first.layout.prefix:
+            explanations["rollout (dist token)"] = explain(model, images[:show], method="rollout", token="dist")
+        section.heading(name)
+        for i in range(len(first)):
+            top = first.predictions[i][0]
+            label = top.name or str(top.index)
+            row = figures.method_row(first.views[i], {m: e.maps[i].numpy() for m, e in explanations.items()})
+            source = Path(first.sources[i]).name if first.sources and first.sources[i] else f"image {i}"
+            section.image(row, f"{name} on {source}: predicted {label} ({100 * top.probability:.1f} %)",
+                          f"{name}-methods-{i}")
+
+
+def _attention(report, models, images):
+    section = report.section(SECTIONS[2])
+    section.text("Attention from each prefix token (cls; dist for a distilled model) to every patch, "
+                 "a row per layer and a column per head, for the first image.")
+    for name, model in models.items():
+        try:
+            result = views.attention_maps(model, images[:1])
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        for token, maps in result.maps.items():
+            section.image(figures.attention_grid(maps.numpy(), result.view),
+                          f"{name}: attention from the {token} token (layers x heads)", f"{name}-attention-{token}")
+
+
+def _filters(report, models):
+    section = report.section(SECTIONS[3])
+    section.text("The first principal components of the patch projection's filters (mid-grey = 0) "
+                 "and the share of the filters' variance each explains.")
+    for name, model in models.items():
+        try:
+            components, variance = views.patch_filters(model)
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        section.image(figures.filters_figure(components.numpy(), variance.numpy()),
+                      f"{name}: principal components of the patch-embedding filters", f"{name}-filters")
+
+
+def _activations(report, models, images):
+    section = report.section(SECTIONS[4])
+    section.text("The patch projection's output on the first image: the channels that vary most across it.")
+    for name, model in models.items():
+        try:
+            activations, view = views.patch_activations(model, images[:1])
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        section.image(figures.activations_figure(activations.numpy(), view),
+                      f"{name}: patch-embedding activations", f"{name}-activations")
+
+
+def _positions(report, models):
+    section = report.section(SECTIONS[5])
+    section.text("Cosine similarity of each patch position's embedding to every other position "
+                 "(tile (row, column) = one position; yellow = similar, blue = opposite).")
+    for name, model in models.items():
+        try:
+            embedding, grid = views.position_embedding(model)
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        section.image(figures.position_similarity_figure(views.position_similarity(embedding, grid).numpy()),
+                      f"{name}: position-embedding similarity ({grid[0]}x{grid[1]} grid)", f"{name}-positions")
+
+
+def _statistics(report, models, images):
+    section = report.section(SECTIONS[6])
+    section.text("Mean attention distance: how far, in input pixels, each head looks from a patch "
+                 "(attention-weighted distance between patch centres). Entropy: how spread its attention "
+                 "is (0 = one token, log N = uniform). One dot per head, over all images.")
+    distance, entropy, rows, uniform = {}, {}, [], set()
+    for name, model in models.items():
+        try:
+            stats = views.attention_statistics(model, images)
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        distance[name], entropy[name] = stats.distance.numpy(), stats.entropy.numpy()
+        for layer in range(stats.distance.shape[0]):
+            rows.append([name, layer, float(stats.distance[layer].mean()), float(stats.distance[layer].min()),
+                         float(stats.distance[layer].max()), float(stats.entropy[layer].mean()),
+                         stats.uniform_distance, stats.uniform_entropy])
+        uniform.add((round(stats.uniform_distance, 6), round(stats.uniform_entropy, 6)))
+    if distance:
+        # one uniform reference line when every model sees the same grid and token count
+        reference = dict(zip(("distance", "entropy"), uniform.pop())) if len(uniform) == 1 else {}
+        section.image(figures.layer_scatter(distance, "mean attention distance", "pixels",
+                                            reference={"uniform": reference["distance"]} if reference else None),
+                      "Mean attention distance per layer (one dot per head)", "attention-distance")
+        section.image(figures.layer_scatter(entropy, "attention entropy", "nats",
+                                            reference={"uniform": reference["entropy"]} if reference else None),
+                      "Attention entropy per layer (one dot per head)", "attention-entropy")
+        section.table(["model", "layer", "distance mean (px)", "min head", "max head", "entropy mean (nats)",
+                       "uniform distance (px)", "uniform entropy = log N"], rows)
+
+
+def _curves(report, models):
+    section = report.section(SECTIONS[7])
+    shown = False
+    for name, model in models.items():
+        history = _history(model)
+        if history:
+            section.image(figures.training_curves(history), f"{name}: train loss and test accuracy per epoch",
+                          f"{name}-curves")
+            shown = True
+    if not shown:
+        section.text("No model carries a training history (reference checkpoints do).", "note")
+
+
+def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
+                   title: str = "vitx inspect", show: int = 4, extra=None) -> Path:
+    """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
+    PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
+    the statistics use all of them. `extra(report)` may add sections (the study does)."""
+    if not models:
+        raise VitxError("no model to inspect")
+    if len(images) == 0:
+        raise VitxError("no images to inspect")
+    for item in images if isinstance(images, (list, tuple)) else ():
+        if isinstance(item, (str, Path)):
+            read_image(item)  # a missing or unreadable file stops here, not as a skipped section
+    registered = get_registry().explainers
+    methods = [m for m in methods if m in registered]
+    report = Report(title, "What the models learned (patch and position embeddings) and where they look "
+                           "(attention per layer and head, explanation methods, attention distance).")
+    _overview(report, models, images)
+    if extra is not None:
+        extra(report)
+    _method_maps(report, models, images, methods, show)
+    _attention(report, models, images)
+    _filters(report, models)
+    _activations(report, models, images)
+    _positions(report, models)
+    _statistics(report, models, images)
+    _curves(report, models)
+    return report.write(out)

@@ -1,0 +1,211 @@
+"""What a ViT learned and where it looks, as arrays: the numbers behind `vitx inspect`.
+
+Every view works on any model vitx can record (through its adapter), and returns tensors,
+not pictures, so research code can test and compare them; `vitx.figures` draws them.
+
+- `attention_maps`: every layer x head attention from a token to the patches, one image.
+- `patch_filters` / `patch_activations`: principal components of the patch projection
+  (as in the ViT paper, Fig. 7 left) and its output on an image.
+- `position_embedding` / `position_similarity`: cosine similarity of each patch position's
+  learned embedding to all others (ViT paper, Fig. 7 centre).
+- `attention_distance` / `attention_entropy` / `attention_statistics`: how far (in pixels)
+  and how diffusely each head looks, averaged over a set of images (ViT paper, Fig. 7 right).
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import patch_conv
+from .api import as_logits, evaluation_mode
+from .capture import AttentionRecorder
+from .errors import VitxError
+from .inputs import prepare_images
+from .layout import TokenLayout
+from .models import model_device
+from .registry import find_adapter
+
+
+def _batch(model, images, adapter):
+    adapter = adapter or find_adapter(model)
+    pixels, views, sources = prepare_images(images, adapter.data_config(model))
+    return adapter, pixels.to(model_device(model)), views, sources
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@dataclass
+class AttentionMaps:
+    """maps[token]: (layers, heads, h, w) attention from `token` to every patch, one image."""
+
+    maps: Dict[str, torch.Tensor]
+    layout: TokenLayout
+    view: np.ndarray
+    logits: torch.Tensor
+
+
+def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
+    """Each layer's and head's attention row of every prefix token (cls, dist, registers),
+    or of the mean patch token for a model without one, on the patch grid."""
+    adapter, pixels, views, _ = _batch(model, image, adapter)
+    with evaluation_mode(model), torch.no_grad(), AttentionRecorder(model, adapter=adapter) as recorder:
+        logits = as_logits(model(pixels[:1]))
+        layout = recorder.layout
+    stacked = torch.stack([a[0] for a in recorder.attentions])  # (L, H, N, N)
+    tokens = tokens or (list(layout.prefix) or [layout.default_token])
+    maps = {}
+    for token in tokens:
+        rows = torch.einsum("n,lhnm->lhm", layout.query(token, device=stacked.device), stacked)
+        maps[token] = layout.patch_map(rows).float().cpu()
+    return AttentionMaps(maps=maps, layout=layout, view=views[0], logits=logits[0].cpu())
+
+
+def patch_distances(grid: Tuple[int, int], pixels_per_patch: Tuple[float, float]) -> torch.Tensor:
+    """(P, P) Euclidean distance in pixels between the centres of every pair of patches."""
+    ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    centres = torch.stack([ys.flatten() * pixels_per_patch[0], xs.flatten() * pixels_per_patch[1]], 1).double()
+    return torch.cdist(centres, centres)
+
+
+def attention_distance(attention: torch.Tensor, layout: TokenLayout, pixels_per_patch) -> torch.Tensor:
+    """(B, H, N, N) attention -> (H,) mean attention distance in pixels.
+
+    For every patch query, the attention-weighted distance to the patch keys, averaged over
+    queries and images (the ViT paper's "attention distance"). Prefix tokens have no place
+    in the image, so each row is renormalised over the patch keys: a head that parks its
+    attention on the cls token is judged by where the rest of it goes.
+    """
+    start, count = layout.patch_start, layout.num_patches
+    patches = attention[..., start:start + count, start:start + count].double()
+    patches = patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)
+    distances = patch_distances(layout.grid, pixels_per_patch).to(patches.device)
+    return (patches * distances).sum(-1).mean(dim=(0, 2)).float()
+
+
+def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, N) attention -> (H,) mean entropy (nats) of the attention rows.
+
+    0 when every token attends to one token; log N when attention is uniform.
+    """
+    a = attention.double()
+    return -(a * a.clamp_min(1e-30).log()).sum(-1).mean(dim=(0, 2)).float()
+
+
+@dataclass
+class AttentionStatistics:
+    """distance, entropy: (layers, heads), averaged over `count` images; the values a head
+    with uniform attention would have, for reference."""
+
+    distance: torch.Tensor
+    entropy: torch.Tensor
+    count: int
+    num_tokens: int
+    uniform_distance: float
+
+    @property
+    def uniform_entropy(self) -> float:
+        return float(np.log(self.num_tokens))
+
+
+def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter=None) -> AttentionStatistics:
+    """Mean attention distance and entropy per layer and head over a set of images.
+
+    Each layer is reduced as it is recorded, so memory stays at one layer's attention.
+    """
+    adapter, pixels, _, _ = _batch(model, images, adapter)
+    sums: Optional[torch.Tensor] = None
+    geometry = {}
+    with evaluation_mode(model), torch.no_grad():
+        for start in range(0, pixels.shape[0], batch_size):
+            chunk = pixels[start:start + batch_size]
+            recorder = AttentionRecorder(model, adapter=adapter)
+
+            def reduce(layer, attention, recorder=recorder, chunk=chunk):
+                layout = adapter.layout(model, recorder.input_size, attention.shape[-1])
+                per_pixel = (chunk.shape[-2] / layout.grid[0], chunk.shape[-1] / layout.grid[1])
+                weight = attention.shape[0]
+                geometry.update(grid=layout.grid, per_pixel=per_pixel, tokens=attention.shape[-1])
+                return torch.stack([attention_distance(attention, layout, per_pixel),
+                                    attention_entropy(attention)]).cpu() * weight
+
+            recorder.keep = reduce
+            with recorder:
+                model(chunk)
+                recorder.check_recorded()
+            layer_sums = torch.stack(recorder.attentions)  # (L, 2, H)
+            sums = layer_sums if sums is None else sums + layer_sums
+    count = pixels.shape[0]
+    uniform = float(patch_distances(geometry["grid"], geometry["per_pixel"]).mean())
+    return AttentionStatistics(distance=sums[:, 0] / count, entropy=sums[:, 1] / count, count=count,
+                               num_tokens=geometry["tokens"], uniform_distance=uniform)
+
+
+# ----------------------------------------------------------------------- patch embedding
+
+
+def patch_embedding(model: nn.Module) -> nn.Conv2d:
+    conv = patch_conv(model)
+    if conv is None:
+        raise VitxError(f"{type(model).__name__} has no patch-embedding Conv2d (kernel == stride)")
+    return conv
+
+
+def patch_filters(model: nn.Module, count: int = 28) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` principal components of the patch projection's filters.
+
+    -> (components (k, C, p, p), explained variance ratio (k,)). Each of the D filters is a
+    point in C*p*p space; the components are the directions along which they vary most.
+    """
+    weight = patch_embedding(model).weight.detach().float().cpu()
+    filters = weight.flatten(1)
+    centred = filters - filters.mean(0, keepdim=True)
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)
+    variance = singular ** 2
+    k = min(count, directions.shape[0])
+    return directions[:k].reshape(k, *weight.shape[1:]), (variance / variance.sum().clamp_min(1e-12))[:k]
+
+
+def patch_activations(model: nn.Module, image, adapter=None) -> Tuple[torch.Tensor, np.ndarray]:
+    """The patch projection's output for one image: (D, h, w), and the view."""
+    adapter, pixels, views, _ = _batch(model, image, adapter)
+    conv = patch_embedding(model)
+    captured: List[torch.Tensor] = []
+    handle = conv.register_forward_hook(lambda module, args, output: captured.append(output.detach()))
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            model(pixels[:1])
+    finally:
+        handle.remove()
+    return captured[0][0].float().cpu(), views[0]
+
+
+# -------------------------------------------------------------------- position embedding
+
+
+def position_embedding(model: nn.Module, adapter=None) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """The learned position embedding of the patch tokens, (h*w, D), and its grid.
+
+    Found by name (`pos_embed`: timm and the reference models; `pos_embedding`:
+    torchvision); the prefix tokens' rows (if the embedding has them) come first and are
+    dropped. The grid is the model's native one, from its input size and patch stride.
+    """
+    adapter = adapter or find_adapter(model)
+    size = adapter.data_config(model)["input_size"][-2:]
+    stride = patch_embedding(model).stride
+    grid = (size[0] // stride[0], size[1] // stride[1])
+    patches = grid[0] * grid[1]
+    for name, parameter in model.named_parameters():
+        if name.split(".")[-1] in ("pos_embed", "pos_embedding") and parameter.dim() == 3 \
+                and parameter.shape[1] >= patches:
+            return parameter.detach()[0, -patches:].float().cpu(), grid
+    raise VitxError(f"{type(model).__name__} has no learned position embedding for a {grid[0]}x{grid[1]} grid "
+                    "(models with relative or rotary positions have none to show)")
+
+
+def position_similarity(embedding: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """(h*w, D) -> (h, w, h, w): [i, j] is the cosine similarity map of position (i, j)."""
+    unit = torch.nn.functional.normalize(embedding.double(), dim=-1)
+    return (unit @ unit.T).reshape(*grid, *grid).float()
