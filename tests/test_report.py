@@ -119,3 +119,14 @@ def test_inspect_cli_errors_are_one_line(args, message, tmp_path):
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_inspect_cli_on_a_dataset_sample(tmp_path):
+    result = CliRunner().invoke(main, ["inspect", "--dataset", "fashion_mnist", "--n", "8", "--show", "1",
+                                       "--methods", "rollout", "--data-dir", str(tmp_path / "data"),
+                                       "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "1 model(s), 8 image(s)." in page and "fashion-vit-methods-0.png" in page
+    assert "fashion-vit-methods-1.png" not in page  # --show 1

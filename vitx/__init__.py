@@ -8,13 +8,14 @@
         logits = model(x)
     rec.attentions, rec.layout
 """
-from . import imaging  # noqa: F401  (vitx.imaging.overlay etc. for research code)
+from . import figures, imaging, views  # noqa: F401  (vitx.views.attention_statistics etc. for research code)
 from .adapters import Adapter
 from .api import explain, list_methods
 from .capture import AttentionRecorder, record_attention
 from .errors import VitxError
 from .explainer import Explainer, Option
 from .explanation import Explanation, Prediction
+from .inspection import inspect_models
 from .hookspecs import hookimpl
 from .layout import TokenLayout
 from .models import load_model
@@ -23,6 +24,6 @@ from .registry import register_plugin
 __version__ = "0.1.0"
 __all__ = [
     "Adapter", "AttentionRecorder", "Explainer", "Explanation", "Option", "Prediction",
-    "TokenLayout", "VitxError", "explain", "hookimpl", "list_methods", "load_model",
+    "TokenLayout", "VitxError", "explain", "hookimpl", "inspect_models", "list_methods", "load_model",
     "record_attention", "register_plugin",
 ]
