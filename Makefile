@@ -7,7 +7,7 @@ VENV ?= $(HOME)/.cache/vitx/venv-$(SPEC_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: venv install demo test test-fast bench clean-venv
+.PHONY: venv install demo report test test-fast bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/vitx explain examples/fashion_mnist/*.png --method grad_rollout --out out/demo
+
+# The HTML report of the two bundled reference models (README screenshot).
+report: install
+	$(BIN)/vitx inspect -m fashion_vit -m fashion_deit examples/fashion_mnist --out out/report
 
 test: install
 	$(BIN)/python -m pytest -q tests

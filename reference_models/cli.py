@@ -1,7 +1,7 @@
 """`vitx train` and `vitx study`, added to the vitx CLI by the reference-models plugin."""
 import click
 
-from .train import MODES, TrainConfig
+from .train import AUGMENTS, MODES, TrainConfig
 
 
 def _sizes(value):
@@ -25,8 +25,9 @@ def _sizes(value):
 @click.option("--kd-hard", is_flag=True, help="kd with the teacher's hard labels instead of soft KL.")
 @click.option("--curriculum", default="", help="Resolutions in equal stages, e.g. 16,24,28.")
 @click.option("--ema", default=0.0, help="EMA decay (0: off).")
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random crop/flip (CIFAR-10, Fashion-MNIST) or affine (MNIST); off: the split is decoded once, in memory.")
+@click.option("--augment", default="default", show_default=True, type=click.Choice(AUGMENTS),
+              help="default: random crop+flip (CIFAR-10, Fashion-MNIST) or affine (MNIST) per image; flip: random "
+                   "horizontal flip only; none. flip and none decode the split once, in memory (faster on a CPU).")
 @click.option("--mixup", default=0.0, help="Mixup alpha; > 0 mixes batches with Mixup or CutMix (torchvision v2).")
 @click.option("--dim", default=64, show_default=True)
 @click.option("--depth", default=4, show_default=True)

@@ -30,6 +30,7 @@ from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
 
 MODES = ("teacher", "baseline", "kd", "deit")
+AUGMENTS = ("default", "flip", "none")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TrainConfig:
     curriculum: List[int] = field(default_factory=list)
     ema: float = 0.0
     mixup: float = 0.0
-    augment: bool = True
+    augment: str = "default"  # default (the dataset's transforms), flip (in memory), none (in memory)
     teacher_width: int = 16
     train_limit: int = 0
     test_limit: int = 0
@@ -145,9 +146,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     info = dataset_info(config.dataset)
-    train_set = _subset(load_split(config.dataset, True, config.data_dir, config.download, augment=config.augment),
+    if config.augment not in AUGMENTS:
+        raise VitxError(f"unknown augmentation {config.augment!r}; use one of {', '.join(AUGMENTS)}")
+    in_memory_split = config.augment != "default"
+    train_set = _subset(load_split(config.dataset, True, config.data_dir, config.download, augment=not in_memory_split),
                         config.train_limit, config.seed)
-    if not config.augment:
+    if in_memory_split:
         train_set = in_memory(train_set)
     test_set = in_memory(_subset(load_split(config.dataset, False, config.data_dir, config.download),
                                  config.test_limit, config.seed))
@@ -192,6 +196,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
             bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
             for step, (x, y) in enumerate(bar):
                 x, y = x.to(device), y.to(device)
+                if config.augment == "flip":  # per image, on the batch: the split stays decoded
+                    x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)
                 if size != info.size:
                     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
                 if mixer is not None:

@@ -53,8 +53,10 @@ def test_distillation_modes_need_a_teacher(tmp_path):
         train(tiny_config(tmp_path, "x", mode="deit"), progress=False)
 
 
-def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, "straight", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28])
+@pytest.mark.parametrize("augment", ["default", "flip"])
+def test_resume_after_interrupt_reproduces_the_uninterrupted_run(augment, tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, "straight", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28],
+                         augment=augment)
     straight = train(config, progress=False)
 
     real_evaluate = train_module.evaluate
@@ -67,7 +69,8 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path, monke
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate", interrupted)
-    resumed_config = tiny_config(tmp_path, "resumed", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28])
+    resumed_config = tiny_config(tmp_path, "resumed", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28],
+                                 augment=augment)
     partial = train(resumed_config, progress=False)
     assert len(partial) == 1
     monkeypatch.setattr(train_module, "evaluate", real_evaluate)
@@ -78,6 +81,21 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tmp_path, monke
     a, b = load_model_file(tmp_path / "straight" / "model.safetensors"), load_model_file(tmp_path / "resumed" / "model.safetensors")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, msg=name)
+
+
+def test_in_memory_split_holds_the_same_images_and_labels(tmp_path):
+    from vitx.reference_models.data import load_split
+
+    split = train_module._subset(load_split("fashion_mnist", False, tmp_path.parent / "data", False), 50, 0)
+    decoded = train_module.in_memory(split)
+    assert len(decoded) == 50
+    for i in (0, 17, 49):
+        assert torch.equal(decoded[i][0], split[i][0]) and int(decoded[i][1]) == int(split[i][1])
+
+
+def test_unknown_augmentation_is_a_clear_error(tmp_path):
+    with pytest.raises(vitx.VitxError, match="unknown augmentation 'crop'"):
+        train(tiny_config(tmp_path, "x", augment="crop"), progress=False)
 
 
 def test_curriculum_changes_resolution_and_keeps_training(tmp_path):
