@@ -21,8 +21,8 @@ from .data import dataset_info, load_split
 from .train import TrainConfig, train
 
 PRESETS = {
-    "smoke": dict(epochs=3, train_limit=12000, test_limit=2000, batch_size=128, teacher_epochs=2,
-                  vit=dict(dim=64, depth=4, heads=4, patch_size=4, mlp_ratio=2.0)),
+    "smoke": dict(epochs=3, train_limit=12000, test_limit=2000, batch_size=128, teacher_epochs=2, augment="flip",
+                  vit=dict(dim=64, depth=4, heads=4, patch_size=4, mlp_ratio=2.0, local_ffn=True)),
     "full": dict(epochs=100, train_limit=0, test_limit=0, batch_size=128, teacher_epochs=30,
                  vit=dict(dim=192, depth=9, heads=12, patch_size=4, mlp_ratio=2.0, drop_path=0.1, local_ffn=True)),
 }
@@ -34,7 +34,8 @@ def study_configs(dataset, preset, out, data_dir=None, device="cpu", download=Tr
     teacher_epochs = settings.pop("teacher_epochs")
     base = TrainConfig(dataset=dataset, data_dir=data_dir, device=device, download=download, **settings)
     out = Path(out)
-    configs = {"teacher": replace(base, mode="teacher", epochs=teacher_epochs, out=str(out / "teacher"), lr=3e-3)}
+    configs = {"teacher": replace(base, mode="teacher", epochs=teacher_epochs, out=str(out / "teacher"), lr=3e-3,
+                                  augment="default")}
     teacher_path = str(out / "teacher" / "model.safetensors")
     for mode in STUDENTS:
         configs[mode] = replace(base, mode=mode, out=str(out / mode), teacher=teacher_path if mode != "baseline" else None)

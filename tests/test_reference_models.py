@@ -215,3 +215,22 @@ def test_train_cli_errors_are_one_line(tmp_path):
 
     result = CliRunner().invoke(main, ["train", "--mode", "deit", "--out", str(tmp_path / "x"), "--no-download"])
     assert result.exit_code == 1 and result.output.strip().startswith("Error: mode deit needs --teacher")
+
+
+def _example_label(path):
+    """test00019_tshirt_top.png -> 'tshirttop' (compared with class names reduced the same way)."""
+    return "".join(ch for ch in path.stem.split("_", 1)[1] if ch.isalpha())
+
+
+@pytest.mark.parametrize("name,tokens", [("fashion_vit", ["cls"]), ("fashion_deit", ["cls", "dist"])])
+def test_bundled_models_load_offline_and_classify_the_example_images(name, tokens):
+    model = vitx.load_model(name)
+    meta = model.vitx_meta
+    assert meta["test_accuracy"] >= 0.90 and meta["history"][-1]["test_accuracy"] == meta["test_accuracy"]
+    files = sorted((Path(__file__).parent.parent / "examples" / "fashion_mnist").glob("*.png"))
+    for token in tokens:
+        exp = vitx.explain(model, [str(f) for f in files], method="rollout", token=token)
+        assert exp.maps.shape == (len(files), 7, 7)
+    predicted = ["".join(ch for ch in p[0].name.lower() if ch.isalpha()) for p in exp.predictions]
+    correct = sum(p == _example_label(f) for p, f in zip(predicted, files))
+    assert correct >= len(files) - 1  # ~90 % models on six real test images: at most one miss

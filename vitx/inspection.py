@@ -61,7 +61,7 @@ def _method_maps(report, models, images, methods, show):
         if not explanations:
             continue
         first = next(iter(explanations.values()))
-        if "dist" in first.layout.prefix:
+        if "dist" in first.layout.prefix and "rollout" in methods:
             explanations["rollout (dist token)"] = explain(model, images[:show], method="rollout", token="dist")
         section.heading(name)
         for i in range(len(first)):
