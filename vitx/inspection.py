@@ -129,12 +129,19 @@ def _positions(report, models):
                       f"{name}: position-embedding similarity ({grid[0]}x{grid[1]} grid)", f"{name}-positions")
 
 
+def _uniform_line(values):
+    """The uniform-attention reference, drawn only when it is the same for every model
+    (distance: same grid and pixels per patch; entropy: same number of tokens)."""
+    return {"uniform": next(iter(values))} if len(values) == 1 else None
+
+
 def _statistics(report, models, images):
     section = report.section(SECTIONS[6])
     section.text("Mean attention distance: how far, in input pixels, each head looks from a patch "
                  "(attention-weighted distance between patch centres). Entropy: how spread its attention "
                  "is (0 = one token, log N = uniform). One dot per head, over all images.")
-    distance, entropy, rows, uniform = {}, {}, [], set()
+    distance, entropy, rows = {}, {}, []
+    uniform_distance, uniform_entropy = set(), set()
     for name, model in models.items():
         try:
             stats = views.attention_statistics(model, images)
@@ -146,15 +153,14 @@ def _statistics(report, models, images):
             rows.append([name, layer, float(stats.distance[layer].mean()), float(stats.distance[layer].min()),
                          float(stats.distance[layer].max()), float(stats.entropy[layer].mean()),
                          stats.uniform_distance, stats.uniform_entropy])
-        uniform.add((round(stats.uniform_distance, 6), round(stats.uniform_entropy, 6)))
+        uniform_distance.add(round(stats.uniform_distance, 6))
+        uniform_entropy.add(round(stats.uniform_entropy, 6))
     if distance:
-        # one uniform reference line when every model sees the same grid and token count
-        reference = dict(zip(("distance", "entropy"), uniform.pop())) if len(uniform) == 1 else {}
         section.image(figures.layer_scatter(distance, "mean attention distance", "pixels",
-                                            reference={"uniform": reference["distance"]} if reference else None),
+                                            reference=_uniform_line(uniform_distance)),
                       "Mean attention distance per layer (one dot per head)", "attention-distance")
         section.image(figures.layer_scatter(entropy, "attention entropy", "nats",
-                                            reference={"uniform": reference["entropy"]} if reference else None),
+                                            reference=_uniform_line(uniform_entropy)),
                       "Attention entropy per layer (one dot per head)", "attention-entropy")
         section.table(["model", "layer", "distance mean (px)", "min head", "max head", "entropy mean (nats)",
                        "uniform distance (px)", "uniform entropy = log N"], rows)
