@@ -15,6 +15,7 @@ import torch
 
 import vitx
 from vitx.inspection import inspect_models
+from vitx.report import markdown_table
 
 from .checkpoint import load_model_file
 from .data import dataset_info, load_split
@@ -85,18 +86,16 @@ def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=Non
     for name in ("kd", "deit"):
         results[name]["beats_baseline"] = results[name]["test_accuracy"] > baseline
     (out / "results.json").write_text(json.dumps({"dataset": dataset, "preset": preset, "results": results}, indent=1))
-    lines = [f"# {dataset} study ({preset})", "", "| model | test accuracy | epochs | train s | beats baseline |",
-             "|---|---|---|---|---|"]
-    for name, r in results.items():
-        beats = {True: "yes", False: "no"}.get(r.get("beats_baseline"), "-")
-        lines.append(f"| {name} | {r['test_accuracy']:.4f} | {r['epochs']} | {r['train_seconds']} | {beats} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    header = ["model", "test accuracy", "epochs", "train s", "beats baseline"]
+    rows = [[name, f"{r['test_accuracy']:.4f}", r["epochs"], r["train_seconds"],
+             {True: "yes", False: "no"}.get(r.get("beats_baseline"), "-")] for name, r in results.items()]
 
     test = load_split(dataset, False, data_dir, download)
     generator = torch.Generator().manual_seed(0)
     picks = torch.randperm(len(test), generator=generator)[:max(num_images, statistics_images)].tolist()
-    images = torch.stack([test[i][0] for i in picks])
-    labels = [int(test[i][1]) for i in picks]
+    items = [test[i] for i in picks]  # each image decoded once
+    images = torch.stack([x for x, _ in items])
+    labels = [int(y) for _, y in items]
     students = {name: load_model_file(out / name / "model.safetensors") for name in STUDENTS}
     figure = attention_figure(students, images[:num_images], labels[:num_images], dataset_info(dataset).classes,
                               out / "attention_maps.png")
@@ -104,13 +103,12 @@ def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=Non
     def study_section(report):
         section = report.section("Study results")
         section.text(f"{dataset}, preset {preset}: test accuracy of the teacher and the three students.")
-        section.table(["model", "test accuracy", "epochs", "train s", "beats baseline"],
-                      [row.strip("|").split("|") for row in lines[4:]])
+        section.table(header, rows)
         section.image(figure, "Rollout and grad_rollout of each student (and DeiT's dist token) on the same "
                               "test images", "study-attention-maps")
 
     report = inspect_models(students, images, out / "report", show=num_images, extra=study_section,
                             title=f"vitx study: {dataset} ({preset})")
-    with open(out / "results.md", "a") as handle:
-        handle.write(f"\nReport (attention of the three students, side by side): {report}\n")
+    (out / "results.md").write_text(f"# {dataset} study ({preset})\n\n{markdown_table(header, rows)}\n\n"
+                                    f"Report (attention of the three students, side by side): {report}\n")
     return results

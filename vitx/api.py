@@ -31,6 +31,14 @@ def evaluation_mode(model: nn.Module):
             module.training = training
 
 
+def model_inputs(model: nn.Module, images, adapter=None):
+    """(adapter, pixels on the model's device, views, sources): `images` preprocessed with the
+    data config of the adapter that recognises `model`."""
+    adapter = adapter or find_adapter(model)
+    pixels, views, sources = prepare_images(images, adapter.data_config(model))
+    return adapter, pixels.to(model_device(model)), views, sources
+
+
 def as_logits(output) -> torch.Tensor:
     """Logits from whatever a model returns (tensor, tuple, or an object with .logits)."""
     if torch.is_tensor(output):
@@ -106,11 +114,7 @@ def explain(
         model = load_model(model, device=device)
     if batch_size < 1:
         raise VitxError(f"batch size must be at least 1, got {batch_size}")
-    adapter = adapter or find_adapter(model)
-    config = adapter.data_config(model)
-    pixels, views, sources = prepare_images(images, config)
-    device = model_device(model)
-    pixels = pixels.to(device)
+    adapter, pixels, views, sources = model_inputs(model, images, adapter)
 
     count = pixels.shape[0]
     targets = None if target is None else torch.as_tensor(target, dtype=torch.long).flatten()

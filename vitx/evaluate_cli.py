@@ -32,9 +32,9 @@ def draw_curves(results, path):
     """One panel per test; every method a line, random in grey."""
     import numpy as np
 
+    from .figures import PALETTE as colours
     from .imaging import line_chart, save_png
 
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
     panels = []
     for test in ("positive_accuracy", "negative_accuracy", "deletion", "insertion"):
         series = {method: (result["curves"][test], (120, 120, 120) if method == "random" else colours[i % len(colours)])
@@ -64,6 +64,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     from .metrics import evaluate_methods
     from .models import load_model
     from .registry import find_adapter, get_explainer
+    from .report import markdown_table
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
@@ -89,10 +90,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
               "deletion (lower)", "insertion (higher)"]
     keys = ["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc", "negative_probability_auc",
             "deletion_auc", "insertion_auc"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, result in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{result['auc'][k]:.4f}" for k in keys) + " |")
-    table = "\n".join(lines)
+    table = markdown_table(header, [[name] + [f"{result['auc'][k]:.4f}" for k in keys] for name, result in results.items()])
     (out / "results.md").write_text(f"{len(indices)} images, baseline {baseline}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")

@@ -123,17 +123,20 @@ def layer_scatter(series: Dict[str, np.ndarray], title: str, y_label: str, size=
                             [np.asarray(list(reference.values()), dtype=np.float64)])
     low, high = y_range if y_range is not None else (0.0, float(values.max()) * 1.05 or 1.0)
     layers = max(np.asarray(v).shape[0] for v in series.values())
+
+    def to_y(value):
+        return int(bottom - (value - low) / ((high - low) or 1.0) * (bottom - top))
+
     cv2.rectangle(canvas, (left, top), (right, bottom), (200, 200, 200), 1)
     for tick in np.linspace(low, high, 5):
-        y = int(bottom - (tick - low) / ((high - low) or 1.0) * (bottom - top))
-        _text(canvas, f"{tick:.3g}", (2, y + 4), 0.33, (90, 90, 90))
+        _text(canvas, f"{tick:.3g}", (2, to_y(tick) + 4), 0.33, (90, 90, 90))
     span = (right - left) / max(layers, 1)
     for layer in range(layers):
         _text(canvas, str(layer), (int(left + (layer + 0.5) * span) - 3, bottom + 14), 0.35, (90, 90, 90))
     _text(canvas, "layer", (right - 36, height - 4), 0.35, (90, 90, 90))
     _text(canvas, y_label, (left, top - 4), 0.35, (90, 90, 90))
     for label, value in reference.items():
-        y = int(bottom - (value - low) / ((high - low) or 1.0) * (bottom - top))
+        y = to_y(value)
         for x in range(left, right, 8):
             cv2.line(canvas, (x, y), (min(x + 4, right), y), (150, 150, 150), 1)
         _text(canvas, label, (right - 7 * len(label) - 4, y - 4), 0.33, (120, 120, 120))
@@ -143,8 +146,7 @@ def layer_scatter(series: Dict[str, np.ndarray], title: str, y_label: str, size=
         for layer, heads in enumerate(np.asarray(value, dtype=np.float64)):
             x = int(left + (layer + 0.5 + 0.6 * offset) * span)
             for v in heads:
-                y = int(bottom - (v - low) / ((high - low) or 1.0) * (bottom - top))
-                cv2.circle(canvas, (x, y), 3, colour, -1, cv2.LINE_AA)
+                cv2.circle(canvas, (x, to_y(v)), 3, colour, -1, cv2.LINE_AA)
         _text(canvas, name, (left + 4, 28 + 14 * m), 0.38, colour)
     return canvas
 

@@ -73,60 +73,69 @@ def _method_maps(report, models, images, methods, show):
                           f"{name}-methods-{i}")
 
 
+def _per_model(section, models, figures_of):
+    """Add each model's figures to `section`; `figures_of(name, model)` yields
+    (image, caption, file name). A model the view does not apply to gets a note saying why."""
+    for name, model in models.items():
+        try:
+            drawn = list(figures_of(name, model))
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        for image, caption, filename in drawn:
+            section.image(image, caption, filename)
+
+
 def _attention(report, models, images):
     section = report.section(SECTIONS[2])
     section.text("Attention from each prefix token (cls; dist for a distilled model) to every patch, "
                  "a row per layer and a column per head, for the first image.")
-    for name, model in models.items():
-        try:
-            result = views.attention_maps(model, images[:1])
-        except VitxError as exc:
-            _skip(section, name, exc)
-            continue
+
+    def draw(name, model):
+        result = views.attention_maps(model, images[:1])
         for token, maps in result.maps.items():
-            section.image(figures.attention_grid(maps.numpy(), result.view),
-                          f"{name}: attention from the {token} token (layers x heads)", f"{name}-attention-{token}")
+            yield (figures.attention_grid(maps.numpy(), result.view),
+                   f"{name}: attention from the {token} token (layers x heads)", f"{name}-attention-{token}")
+
+    _per_model(section, models, draw)
 
 
 def _filters(report, models):
     section = report.section(SECTIONS[3])
     section.text("The first principal components of the patch projection's filters (mid-grey = 0) "
                  "and the share of the filters' variance each explains.")
-    for name, model in models.items():
-        try:
-            components, variance = views.patch_filters(model)
-        except VitxError as exc:
-            _skip(section, name, exc)
-            continue
-        section.image(figures.filters_figure(components.numpy(), variance.numpy()),
-                      f"{name}: principal components of the patch-embedding filters", f"{name}-filters")
+
+    def draw(name, model):
+        components, variance = views.patch_filters(model)
+        yield (figures.filters_figure(components.numpy(), variance.numpy()),
+               f"{name}: principal components of the patch-embedding filters", f"{name}-filters")
+
+    _per_model(section, models, draw)
 
 
 def _activations(report, models, images):
     section = report.section(SECTIONS[4])
     section.text("The patch projection's output on the first image: the channels that vary most across it.")
-    for name, model in models.items():
-        try:
-            activations, view = views.patch_activations(model, images[:1])
-        except VitxError as exc:
-            _skip(section, name, exc)
-            continue
-        section.image(figures.activations_figure(activations.numpy(), view),
-                      f"{name}: patch-embedding activations", f"{name}-activations")
+
+    def draw(name, model):
+        activations, view = views.patch_activations(model, images[:1])
+        yield figures.activations_figure(activations.numpy(), view), f"{name}: patch-embedding activations", \
+            f"{name}-activations"
+
+    _per_model(section, models, draw)
 
 
 def _positions(report, models):
     section = report.section(SECTIONS[5])
     section.text("Cosine similarity of each patch position's embedding to every other position "
                  "(tile (row, column) = one position; yellow = similar, blue = opposite).")
-    for name, model in models.items():
-        try:
-            embedding, grid = views.position_embedding(model)
-        except VitxError as exc:
-            _skip(section, name, exc)
-            continue
-        section.image(figures.position_similarity_figure(views.position_similarity(embedding, grid).numpy()),
-                      f"{name}: position-embedding similarity ({grid[0]}x{grid[1]} grid)", f"{name}-positions")
+
+    def draw(name, model):
+        embedding, grid = views.position_embedding(model)
+        yield (figures.position_similarity_figure(views.position_similarity(embedding, grid).numpy()),
+               f"{name}: position-embedding similarity ({grid[0]}x{grid[1]} grid)", f"{name}-positions")
+
+    _per_model(section, models, draw)
 
 
 def _uniform_line(values):

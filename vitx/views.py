@@ -12,6 +12,7 @@ not pictures, so research code can test and compare them; `vitx.figures` draws t
   and how diffusely each head looks, averaged over a set of images (ViT paper, Fig. 7 right).
 """
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -19,19 +20,11 @@ import torch
 from torch import nn
 
 from .adapters import patch_conv
-from .api import as_logits, evaluation_mode
+from .api import as_logits, evaluation_mode, model_inputs
 from .capture import AttentionRecorder
 from .errors import VitxError
-from .inputs import prepare_images
 from .layout import TokenLayout
-from .models import model_device
 from .registry import find_adapter
-
-
-def _batch(model, images, adapter):
-    adapter = adapter or find_adapter(model)
-    pixels, views, sources = prepare_images(images, adapter.data_config(model))
-    return adapter, pixels.to(model_device(model)), views, sources
 
 
 # ----------------------------------------------------------------------------- attention
@@ -50,7 +43,7 @@ class AttentionMaps:
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
     """Each layer's and head's attention row of every prefix token (cls, dist, registers),
     or of the mean patch token for a model without one, on the patch grid."""
-    adapter, pixels, views, _ = _batch(model, image, adapter)
+    adapter, pixels, views, _ = model_inputs(model, image, adapter)
     with evaluation_mode(model), torch.no_grad(), AttentionRecorder(model, adapter=adapter) as recorder:
         logits = as_logits(model(pixels[:1]))
         layout = recorder.layout
@@ -63,8 +56,10 @@ def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> Attent
     return AttentionMaps(maps=maps, layout=layout, view=views[0], logits=logits[0].cpu())
 
 
+@lru_cache(maxsize=16)
 def patch_distances(grid: Tuple[int, int], pixels_per_patch: Tuple[float, float]) -> torch.Tensor:
-    """(P, P) Euclidean distance in pixels between the centres of every pair of patches."""
+    """(P, P) Euclidean distance in pixels between the centres of every pair of patches
+    (cached: every layer of every batch asks for the same grid)."""
     ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
     centres = torch.stack([ys.flatten() * pixels_per_patch[0], xs.flatten() * pixels_per_patch[1]], 1).double()
     return torch.cdist(centres, centres)
@@ -81,7 +76,7 @@ def attention_distance(attention: torch.Tensor, layout: TokenLayout, pixels_per_
     start, count = layout.patch_start, layout.num_patches
     patches = attention[..., start:start + count, start:start + count].double()
     patches = patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)
-    distances = patch_distances(layout.grid, pixels_per_patch).to(patches.device)
+    distances = patch_distances(tuple(layout.grid), tuple(pixels_per_patch)).to(patches.device)
     return (patches * distances).sum(-1).mean(dim=(0, 2)).float()
 
 
@@ -115,29 +110,28 @@ def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter
 
     Each layer is reduced as it is recorded, so memory stays at one layer's attention.
     """
-    adapter, pixels, _, _ = _batch(model, images, adapter)
+    adapter, pixels, _, _ = model_inputs(model, images, adapter)
     sums: Optional[torch.Tensor] = None
     geometry = {}
     with evaluation_mode(model), torch.no_grad():
         for start in range(0, pixels.shape[0], batch_size):
             chunk = pixels[start:start + batch_size]
-            recorder = AttentionRecorder(model, adapter=adapter)
+            size = tuple(chunk.shape[-2:])
 
-            def reduce(layer, attention, recorder=recorder, chunk=chunk):
-                layout = adapter.layout(model, recorder.input_size, attention.shape[-1])
-                per_pixel = (chunk.shape[-2] / layout.grid[0], chunk.shape[-1] / layout.grid[1])
-                weight = attention.shape[0]
-                geometry.update(grid=layout.grid, per_pixel=per_pixel, tokens=attention.shape[-1])
+            def reduce(layer, attention, size=size):
+                layout = adapter.layout(model, size, attention.shape[-1])
+                per_pixel = (size[0] / layout.grid[0], size[1] / layout.grid[1])
+                geometry.update(grid=tuple(layout.grid), per_pixel=per_pixel, tokens=attention.shape[-1])
                 return torch.stack([attention_distance(attention, layout, per_pixel),
-                                    attention_entropy(attention)]).cpu() * weight
+                                    attention_entropy(attention)]) * attention.shape[0]
 
-            recorder.keep = reduce
-            with recorder:
+            with AttentionRecorder(model, adapter=adapter, keep=reduce) as recorder:
                 model(chunk)
                 recorder.check_recorded()
-            layer_sums = torch.stack(recorder.attentions)  # (L, 2, H)
+            layer_sums = torch.stack(recorder.attentions)  # (L, 2, H), on the model's device
             sums = layer_sums if sums is None else sums + layer_sums
     count = pixels.shape[0]
+    sums = sums.cpu()  # one host copy for the whole set
     uniform = float(patch_distances(geometry["grid"], geometry["per_pixel"]).mean())
     return AttentionStatistics(distance=sums[:, 0] / count, entropy=sums[:, 1] / count, count=count,
                                num_tokens=geometry["tokens"], uniform_distance=uniform)
@@ -170,7 +164,7 @@ def patch_filters(model: nn.Module, count: int = 28) -> Tuple[torch.Tensor, torc
 
 def patch_activations(model: nn.Module, image, adapter=None) -> Tuple[torch.Tensor, np.ndarray]:
     """The patch projection's output for one image: (D, h, w), and the view."""
-    adapter, pixels, views, _ = _batch(model, image, adapter)
+    adapter, pixels, views, _ = model_inputs(model, image, adapter)
     conv = patch_embedding(model)
     captured: List[torch.Tensor] = []
     handle = conv.register_forward_hook(lambda module, args, output: captured.append(output.detach()))
