@@ -5,7 +5,7 @@
 `plugins` package lands in site-packages. Built-in explainers register through the
 `vitx` entry-point group, exactly like a third-party plugin would.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 def requirements(path):
     with open(path, encoding="utf-8") as handle:
@@ -23,7 +23,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["vitx", "vitx.plugins", "vitx.reference_models"],
+    packages=find_packages(include=["vitx", "vitx.*"]) + ["vitx.plugins", "vitx.reference_models"],
     package_dir={
         "vitx": "vitx",
         "vitx.plugins": "plugins",
@@ -33,7 +33,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={
-        "console_scripts": ["vitx = vitx.cli:main"],
+        "console_scripts": ["vitx = vitx.cli.main:main"],
         "vitx": [
             "raw_attention = vitx.plugins.raw_attention",
             "rollout = vitx.plugins.rollout",

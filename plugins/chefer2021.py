@@ -7,8 +7,8 @@ R_L = (I + Abar_L) ... (I + Abar_1), the explained token's row is a rollout of (
 import torch
 
 import vitx
-from vitx.explainer import Explainer
-from vitx.ops import rollout_row
+from vitx.attribution.explainer import Explainer
+from vitx.attribution.ops import rollout_row
 
 
 class Chefer2021(Explainer):

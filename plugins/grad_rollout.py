@@ -1,7 +1,7 @@
 """Gradient rollout: attention weighted by its gradient for the target class, then rolled out."""
 import vitx
-from vitx.explainer import Explainer, Option
-from vitx.ops import discard_lowest, rollout_row, with_residual
+from vitx.attribution.explainer import Explainer, Option
+from vitx.attribution.ops import discard_lowest, rollout_row, with_residual
 
 
 class GradRollout(Explainer):

@@ -1,8 +1,8 @@
 """Raw attention: what one layer's heads look at from the explained token."""
 import vitx
 from vitx.errors import VitxError
-from vitx.explainer import Explainer, Option
-from vitx.ops import HEAD_FUSIONS, fuse_heads
+from vitx.attribution.explainer import Explainer, Option
+from vitx.attribution.ops import HEAD_FUSIONS, fuse_heads
 
 
 class RawAttention(Explainer):

@@ -1,7 +1,7 @@
 """Attention rollout (Abnar & Zuidema 2020): attention propagated through the residual path."""
 import vitx
-from vitx.explainer import Explainer, Option
-from vitx.ops import HEAD_FUSIONS, discard_lowest, fuse_heads, rollout_row, with_residual
+from vitx.attribution.explainer import Explainer, Option
+from vitx.attribution.ops import HEAD_FUSIONS, discard_lowest, fuse_heads, rollout_row, with_residual
 
 
 class Rollout(Explainer):

@@ -1,5 +1,5 @@
 """Loss and accuracy curves of a training run as a PNG (drawn by vitx.figures)."""
-from vitx.figures import training_curves
+from vitx.inspect.figures import training_curves
 from vitx.imaging import save_png
 
 

@@ -4,8 +4,8 @@ dist token, 1-channel 28 px preprocessing), named bundled models, loading by pat
 from pathlib import Path
 
 import vitx
-from vitx.adapters import SDPAAdapter
-from vitx.layout import TokenLayout
+from vitx.capture.adapters import SDPAAdapter
+from vitx.capture.layout import TokenLayout
 
 from .vit import ViT
 

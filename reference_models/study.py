@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 import vitx
-from vitx.inspection import inspect_models
-from vitx.report import markdown_table
+from vitx.inspect.inspection import inspect_models
+from vitx.inspect.report import markdown_table
 
 from .checkpoint import load_model_file
 from .data import dataset_info, load_split

@@ -9,7 +9,7 @@ import torch
 
 import vitx
 from helpers import FAMILIES, images_for, reference_attention, reference_attention_and_grads
-from vitx.ops import discard_lowest, rollout_row, with_residual
+from vitx.attribution.ops import discard_lowest, rollout_row, with_residual
 
 FUSE = {"mean": lambda a: a.mean(0), "max": lambda a: a.amax(0), "min": lambda a: a.amin(0)}
 

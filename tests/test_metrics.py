@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from vitx.metrics import _masks, auc, patch_order, perturbation_curves, summarise
+from vitx.evaluate.metrics import _masks, auc, patch_order, perturbation_curves, summarise
 
 CONFIG = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "input_size": (3, 32, 32)}
 
@@ -65,7 +65,7 @@ def test_curves_are_deterministic():
 
 def test_evaluate_methods_on_a_tiny_vit_ranks_random_as_a_baseline():
     from helpers import FAMILIES, images_for
-    from vitx.metrics import evaluate_methods
+    from vitx.evaluate.metrics import evaluate_methods
 
     model = FAMILIES["deit"][0]()
     batches = [(images_for((32, 32), batch=4, seed=s), torch.randint(0, 5, (4,))) for s in range(2)]

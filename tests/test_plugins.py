@@ -28,7 +28,7 @@ def vitx_cli(*args, pythonpath=None, extra_env=None):
     env = {**os.environ, **(extra_env or {})}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "vitx.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "vitx", *args], capture_output=True, text=True, env=env)
 
 
 def test_installed_plugin_is_listed_and_runs(installed_example, tmp_path):

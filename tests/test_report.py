@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from helpers import images_for, tiny_timm
 
 from vitx.cli import main
-from vitx.inspection import SECTIONS, inspect_models
+from vitx.inspect.inspection import SECTIONS, inspect_models
 from vitx.reference_models.vit import ViT, ViTConfig
-from vitx.report import Report
+from vitx.inspect.report import Report
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "fashion_mnist"
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import FAMILIES, fingerprint, images_for, reference_attention, tiny_timm, tiny_torchvision
 
 from vitx import VitxError, figures, views
-from vitx.layout import TokenLayout
+from vitx.capture.layout import TokenLayout
 from vitx.reference_models.vit import ViT, ViTConfig
 
 

@@ -8,16 +8,15 @@
         logits = model(x)
     rec.attentions, rec.layout
 """
-from . import figures, imaging, views  # noqa: F401  (vitx.views.attention_statistics etc. for research code)
-from .adapters import Adapter
-from .api import explain, list_methods
-from .capture import AttentionRecorder, record_attention
+from . import imaging, ops  # noqa: F401  (vitx.ops: the math plugins share)
+from .attribution.api import explain, list_methods
+from .attribution.explainer import Explainer, Option
+from .attribution.explanation import Explanation, Prediction
+from .capture import Adapter, AttentionRecorder, TokenLayout, record_attention
 from .errors import VitxError
-from .explainer import Explainer, Option
-from .explanation import Explanation, Prediction
-from .inspection import inspect_models
 from .hookspecs import hookimpl
-from .layout import TokenLayout
+from .inspect import figures, views  # noqa: F401  (vitx.views.attention_statistics etc. for research code)
+from .inspect.inspection import inspect_models
 from .models import load_model
 from .registry import register_plugin
 

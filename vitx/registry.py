@@ -96,7 +96,8 @@ def _collect(registry: "Registry", hook_name: str):
 
 
 def _build() -> Registry:
-    from . import adapters, models
+    from .capture import adapters
+    from . import models
 
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)

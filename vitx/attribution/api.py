@@ -10,12 +10,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .capture import AttentionRecorder
-from .errors import VitxError
+from ..capture.recorder import AttentionRecorder
+from ..errors import VitxError
 from .explanation import Explanation, normalise_maps
-from .inputs import prepare_images
-from .models import class_names, load_model, model_device
-from .registry import find_adapter, get_explainer
+from ..inputs import prepare_images
+from ..models import class_names, load_model, model_device
+from ..registry import find_adapter, get_explainer
 
 
 @contextmanager
@@ -146,6 +146,6 @@ def explain(
 
 def list_methods():
     """{name: (explainer class, plugin it came from)} for every registered explainer."""
-    from .registry import get_registry
+    from ..registry import get_registry
 
     return {name: (e.cls, e.plugin) for name, e in sorted(get_registry().explainers.items())}

@@ -10,7 +10,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from .errors import VitxError
+from ..errors import VitxError
 
 MEAN_TOKEN = "mean"
 

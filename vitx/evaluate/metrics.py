@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import VitxError
+from ..errors import VitxError
 
 PERTURBATION_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 DELETION_STEPS = 10
@@ -70,7 +70,7 @@ def _masks(order: torch.Tensor, counts: Sequence[int], grid, size) -> torch.Tens
 
 @torch.no_grad()
 def _curve(model, pixels, fill, masks, labels, targets):
-    from .api import as_logits
+    from ..attribution.api import as_logits
 
     accuracy, probability = [], []
     for mask in masks:
@@ -145,9 +145,9 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     """
     from tqdm import tqdm
 
-    from .api import evaluation_mode, explain
-    from .models import model_device
-    from .registry import find_adapter
+    from ..attribution.api import evaluation_mode, explain
+    from ..models import model_device
+    from ..registry import find_adapter
 
     if not methods:
         raise VitxError("no methods to evaluate")

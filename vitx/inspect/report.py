@@ -14,8 +14,8 @@ from typing import List, Sequence, Union
 import cv2
 import numpy as np
 
-from .errors import VitxError
-from .imaging import save_png
+from ..errors import VitxError
+from ..imaging import save_png
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; padding: 0 1em; }

@@ -11,11 +11,13 @@ from typing import Dict, List, Optional, Sequence
 
 from torch import nn
 
-from . import figures, views
-from .api import explain
-from .errors import VitxError
-from .imaging import read_image
-from .registry import find_adapter, get_registry
+from . import figures
+
+from . import views
+from ..attribution.api import explain
+from ..errors import VitxError
+from ..imaging import read_image
+from ..registry import find_adapter, get_registry
 from .report import Report
 
 SECTIONS = ("Overview", "Method maps", "Attention per layer and head", "Patch-embedding filters",

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imaging import overlay as draw_overlay
-from .imaging import panel as draw_panel
-from .layout import TokenLayout
+from ..imaging import overlay as draw_overlay
+from ..imaging import panel as draw_panel
+from ..capture.layout import TokenLayout
 
 
 class Prediction(NamedTuple):

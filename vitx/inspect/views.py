@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import patch_conv
-from .api import as_logits, evaluation_mode, model_inputs
-from .capture import AttentionRecorder
-from .errors import VitxError
-from .layout import TokenLayout
-from .registry import find_adapter
+from ..capture.adapters.base import patch_conv
+from ..attribution.api import as_logits, evaluation_mode, model_inputs
+from ..capture.recorder import AttentionRecorder
+from ..errors import VitxError
+from ..capture.layout import TokenLayout
+from ..registry import find_adapter
 
 
 # ----------------------------------------------------------------------------- attention

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import click
 
-from .errors import VitxError
+from ..errors import VitxError
+from .options import DEFAULT_MODEL, HEAD_FUSIONS
 
-DEFAULT_MODEL = "fashion_vit"  # bundled reference ViT (vitx.reference_models.weights): works offline
-HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -84,9 +83,9 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
     import numpy as np
 
-    from .api import explain as run_explain
-    from .imaging import save_png
-    from .models import load_model
+    from ..attribution.api import explain as run_explain
+    from ..imaging import save_png
+    from ..models import load_model
 
     paths = list(images) + list(legacy_images)
     if not paths:
@@ -95,7 +94,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     options = {k: v for k, v in dict(head_fusion=head_fusion, discard_ratio=discard_ratio, layer=layer, head=head).items()
                if v is not None}
     options.update(_parse_options(extra_options))
-    from .registry import get_explainer
+    from ..registry import get_explainer
 
     get_explainer(method).cls(**options)  # reject bad options before loading a model
     net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, pretrained=pretrained,
@@ -119,8 +118,8 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
 @main.command()
 def methods():
     """List every registered explainer, its options and the plugin it came from."""
-    from .api import list_methods
-    from .registry import get_registry
+    from ..attribution.api import list_methods
+    from ..registry import get_registry
 
     for name, (cls, plugin) in list_methods().items():
         grad = "  [needs gradients]" if cls.needs_grad else ""
@@ -141,7 +140,7 @@ def models():
     import timm
     import torchvision
 
-    from .registry import get_registry
+    from ..registry import get_registry
 
     click.echo("Named models (use with --model):")
     for name, entry in sorted(get_registry().models.items()):
@@ -156,8 +155,8 @@ def models():
 
 
 def _add_builtin_commands():
-    from .evaluate_cli import evaluate_command
-    from .inspect_cli import inspect_command
+    from .evaluate import evaluate_command
+    from .inspect import inspect_command
 
     main.add_command(evaluate_command)
     main.add_command(inspect_command)
@@ -165,7 +164,7 @@ def _add_builtin_commands():
 
 def _add_plugin_commands():
     """Commands contributed by plugins (hook vitx_register_commands), e.g. `vitx train`."""
-    from .registry import get_registry
+    from ..registry import get_registry
 
     warnings.formatwarning = _one_line_warning  # plugin load warnings, printed as one line
     for command in get_registry().manager.hook.vitx_register_commands():

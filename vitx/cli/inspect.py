@@ -3,7 +3,8 @@ from pathlib import Path
 
 import click
 
-from .errors import VitxError
+from ..errors import VitxError
+from .options import DEFAULT_MODEL
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -47,10 +48,9 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
 def inspect_command(images, model_names, dataset, count, methods, show, seed, data_dir, device, out_dir):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
-    from .cli import DEFAULT_MODEL
-    from .inspection import inspect_models
-    from .models import load_model
-    from .registry import get_explainer
+    from ..inspect.inspection import inspect_models
+    from ..models import load_model
+    from ..registry import get_explainer
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:

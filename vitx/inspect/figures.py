@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .imaging import COLORMAPS, line_chart, overlay
+from ..imaging import COLORMAPS, line_chart, overlay
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 FONT = cv2.FONT_HERSHEY_SIMPLEX

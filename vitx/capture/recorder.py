@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from .errors import VitxError
+from ..errors import VitxError
 from .layout import TokenLayout
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
@@ -42,7 +42,7 @@ class AttentionRecorder:
 
     def __enter__(self) -> "AttentionRecorder":
         if self.adapter is None:
-            from .registry import find_adapter
+            from ..registry import find_adapter
 
             self.adapter = find_adapter(self.model)
         stack = ExitStack()

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import VitxError, suggest
+from ..errors import VitxError, suggest
 
 
 @dataclass(frozen=True)

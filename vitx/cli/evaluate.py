@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from .errors import VitxError
+from ..errors import VitxError
+from .options import DEFAULT_MODEL
 
 
 def _batches(dataset, indices, batch_size):
@@ -19,7 +20,7 @@ def _folder_dataset(folder, config):
     """An ImageFolder (one sub-folder per class, named by class index or class name)."""
     from torchvision.datasets import ImageFolder
 
-    from .inputs import image_transform
+    from ..inputs import image_transform
 
     transform = image_transform(config)
     try:
@@ -32,8 +33,8 @@ def draw_curves(results, path):
     """One panel per test; every method a line, random in grey."""
     import numpy as np
 
-    from .figures import PALETTE as colours
-    from .imaging import line_chart, save_png
+    from ..inspect.figures import PALETTE as colours
+    from ..imaging import line_chart, save_png
 
     panels = []
     for test in ("positive_accuracy", "negative_accuracy", "deletion", "insertion"):
@@ -60,11 +61,10 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
     import torch
 
-    from .cli import DEFAULT_MODEL
-    from .metrics import evaluate_methods
-    from .models import load_model
-    from .registry import find_adapter, get_explainer
-    from .report import markdown_table
+    from ..evaluate.metrics import evaluate_methods
+    from ..models import load_model
+    from ..registry import find_adapter, get_explainer
+    from ..inspect.report import markdown_table
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:

@@ -1,0 +1,4 @@
+"""`python -m vitx ...` (what torchrun and subprocess tests call)."""
+from .cli.main import main
+
+main()

@@ -1,0 +1,75 @@
+"""timm's ViT family (ViT, DeiT, distilled, register tokens, EVA, BEiT, ...)."""
+from contextlib import contextmanager
+from typing import List
+
+from torch import nn
+
+from ..layout import MEAN_TOKEN, TokenLayout
+from .base import Adapter
+
+
+class TimmAdapter(Adapter):
+    """timm ViT family: switch each attention module's `fused_attn` off, hook `attn_drop`.
+
+    timm reads its global fused-attention flag only when a module is built, so the flag is
+    flipped per instance (and restored); the softmax output then passes through
+    `attn_drop`, whose forward hook records it. No user-visible setting is involved.
+    """
+
+    name = "timm"
+    priority = 100
+
+    @staticmethod
+    def sites(model: nn.Module) -> List[nn.Module]:
+        return [
+            m for m in model.modules()
+            if isinstance(getattr(m, "fused_attn", None), bool) and isinstance(getattr(m, "attn_drop", None), nn.Module)
+        ]
+
+    def matches(self, model):
+        return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens") and bool(self.sites(model))
+
+    @contextmanager
+    def attach(self, model, record):
+        sites = self.sites(model)
+        saved = [(m, m.fused_attn) for m in sites]
+        handles = []
+        try:
+            for m in sites:
+                m.fused_attn = False
+                handles.append(m.attn_drop.register_forward_hook(lambda mod, inp, out: record(out)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for m, flag in saved:
+                m.fused_attn = flag
+
+    def layout(self, model, input_size, num_tokens):
+        embed = model.patch_embed
+        if getattr(model, "dynamic_img_size", False) and input_size is not None:
+            grid = tuple(embed.dynamic_feat_size(input_size))
+        else:
+            grid = tuple(embed.grid_size)
+        prefix = {}
+        if getattr(model, "cls_token", None) is not None:
+            prefix["cls"] = len(prefix)
+        if getattr(model, "dist_token", None) is not None:
+            prefix["dist"] = len(prefix)
+        for r in range(getattr(model, "num_reg_tokens", 0) or 0):
+            prefix[f"reg{r}"] = len(prefix)
+        reads_cls = "cls" in prefix and getattr(model, "global_pool", "token") in ("token", "map")
+        return TokenLayout(
+            prefix=prefix,
+            num_prefix=model.num_prefix_tokens,
+            grid=grid,
+            default_token="cls" if reads_cls else MEAN_TOKEN,
+        )
+
+    def data_config(self, model):
+        config = dict(super().data_config(model))
+        embed = model.patch_embed
+        channels = embed.proj.in_channels if hasattr(embed, "proj") else config["input_size"][0]
+        if getattr(embed, "img_size", None) is not None:
+            config["input_size"] = (channels, *embed.img_size)
+        return config

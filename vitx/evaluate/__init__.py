@@ -1,0 +1,1 @@
+"""How good is an explanation: faithfulness metrics (and, later, sanity and localisation)."""
