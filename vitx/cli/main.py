@@ -122,7 +122,7 @@ def methods():
     from ..registry import get_registry
 
     for name, (cls, plugin) in list_methods().items():
-        grad = "  [needs gradients]" if cls.needs_grad else ""
+        grad = "  [needs gradients]" if cls.uses_gradients() else ""
         click.echo(f"{name}  (plugin: {plugin}){grad}")
         click.echo(f"    {cls.summary}")
         if cls.paper:
