@@ -211,3 +211,25 @@ def test_cli_grid_override(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "p" / "a_rollout.npy"), np.load(tmp_path / "f" / "a_rollout.npy"))
     wrong = runner.invoke(main, ["explain", str(tmp_path / "a.png"), "--grid", "8x8", "--out", str(tmp_path / "w")])
     assert wrong.exit_code == 1 and "Error:" in wrong.output and "8x8" in wrong.output
+
+
+def test_naflexvit_registers_are_named_and_the_mean_token_is_explained():
+    """NaFlexViT: Linear patchify, 4 register tokens, no class token, average pooling."""
+    import timm
+
+    from helpers import reference_attention
+
+    torch.manual_seed(0)
+    model = timm.create_model("naflexvit_base_patch16_gap", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              embed_dim=24, num_heads=2, num_classes=5).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(6.0)
+    x = images_for((32, 48), batch=2)
+    with vitx.record_attention(model) as rec:
+        model(x)
+    assert rec.adapter.name == "timm_naflex"
+    assert list(rec.layout.prefix) == ["reg0", "reg1", "reg2", "reg3"] and rec.layout.grid == (4, 6)
+    assert rec.layout.default_token == "mean"
+    for recorded, expected in zip(rec.attentions, reference_attention(model, x)):
+        torch.testing.assert_close(recorded, expected, atol=1e-5, rtol=1e-5)

@@ -8,12 +8,13 @@ from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .sdpa import SDPAAdapter
 from .timm import TimmAdapter
+from .timm_naflex import TimmNaFlexAdapter
 from .torch_mha import MultiheadAttentionAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
     "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "PreprocessingWrapperAdapter", "SDPAAdapter",
-    "TimmAdapter",
+    "TimmAdapter", "TimmNaFlexAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -21,6 +22,7 @@ __all__ = [
 @hookimpl
 def vitx_register_adapters(register):
     register(TimmAdapter())
+    register(TimmNaFlexAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
     register(PreprocessingWrapperAdapter())
