@@ -175,6 +175,10 @@ def resolve_device(device=None) -> torch.device:
         raise VitxError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VitxError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise VitxError("--device mps was requested but MPS (Apple GPU) is not available; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others are not supported
+        raise VitxError(f"cannot run on device {str(device)!r}; use auto, cpu or cuda")
     return device
 
 

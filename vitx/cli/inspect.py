@@ -4,9 +4,8 @@ from pathlib import Path
 import click
 
 from ..errors import VitxError
+from ..imaging import IMAGE_SUFFIXES
 from .options import DEFAULT_MODEL
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def expand_images(paths):
