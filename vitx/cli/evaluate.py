@@ -91,4 +91,6 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
     if skipped:
-        raise VitxError(f"{len(skipped)} unreadable image(s) skipped (see the warnings); the results cover the other {evaluated}")
+        more = f" and {len(skipped) - 1} more (see the warnings)" if len(skipped) > 1 else ""
+        raise VitxError(f"skipped {len(skipped)} unreadable image(s): {skipped[0]}{more}; "
+                        f"the results cover the other {evaluated}")
