@@ -13,8 +13,8 @@ from torch import nn
 from ..capture.recorder import AttentionRecorder
 from ..errors import VitxError
 from .explanation import Explanation, normalise_maps
-from ..inputs import prepare_images
-from ..models import class_names, load_model, model_device
+from ..inputs import prepare_images, to_model
+from ..models import class_names, load_model
 from ..registry import find_adapter, get_explainer
 
 
@@ -36,7 +36,7 @@ def model_inputs(model: nn.Module, images, adapter=None):
     data config of the adapter that recognises `model`."""
     adapter = adapter or find_adapter(model)
     pixels, views, sources = prepare_images(images, adapter.data_config(model))
-    return adapter, pixels.to(model_device(model)), views, sources
+    return adapter, to_model(pixels, model), views, sources
 
 
 def as_logits(output) -> torch.Tensor:
