@@ -1,11 +1,16 @@
 """`vitx train` and `vitx study`, added to the vitx CLI by the reference-models plugin."""
 import click
 
+from vitx.errors import VitxError
+
 from .train import AUGMENTS, MODES, TrainConfig
 
 
 def _sizes(value):
-    return [int(v) for v in value.split(",") if v.strip()] if value else []
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] if value else []
+    except ValueError:
+        raise VitxError(f"--curriculum expects comma-separated sizes such as 16,24,28, got {value!r}") from None
 
 
 @click.command("train")
@@ -42,16 +47,21 @@ def _sizes(value):
 @click.option("--data-dir", type=click.Path(), help="Dataset folder [default: ~/.cache/vitx/data].")
 @click.option("--download/--no-download", default=True, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from OUT/state.pt.")
-def train_command(dim, depth, heads, patch_size, mlp_ratio, drop_path, local_ffn, curriculum, resume, **options):
+@click.option("--resume", is_flag=True, help="Continue from OUT/state.pt (--epochs may grow; other settings must match).")
+@click.option("--force", is_flag=True, help="Overwrite a run already in OUT (otherwise refused).")
+def train_command(dim, depth, heads, patch_size, mlp_ratio, drop_path, local_ffn, curriculum, resume, force, **options):
     """Train the CNN teacher or a ViT / KD / DeiT student (Ctrl-C saves; --resume continues)."""
+    import sys
+
     from .train import train
 
     vit = dict(dim=dim, depth=depth, heads=heads, patch_size=patch_size, mlp_ratio=mlp_ratio,
                drop_path=drop_path, local_ffn=local_ffn)
-    history = train(TrainConfig(vit=vit, curriculum=_sizes(curriculum), **options), resume=resume)
-    if history:
-        click.echo(f"test accuracy {history[-1]['test_accuracy']:.4f} after {history[-1]['epoch']} epochs -> {options['out']}")
+    config = TrainConfig(vit=vit, curriculum=_sizes(curriculum), **options)
+    history = train(config, resume=resume, force=force)
+    if not history or history[-1]["epoch"] < config.epochs:  # Ctrl-C: saved, but not finished
+        sys.exit(130)
+    click.echo(f"test accuracy {history[-1]['test_accuracy']:.4f} after {history[-1]['epoch']} epochs -> {options['out']}")
 
 
 @click.command("study")

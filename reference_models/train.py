@@ -26,6 +26,7 @@ from vitx.errors import VitxError
 
 from .checkpoint import load_model_file, load_state, save_model, save_state
 from .data import dataset_info, load_split
+from .runs import check_device, check_more_epochs, check_resume, run_folder, space_error, validate_config
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
 
@@ -135,19 +136,46 @@ def write_history(out: Path, history: List[dict]) -> None:
     draw_curves(history, out / "curves.png")
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> List[dict]:
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, force: bool = False) -> List[dict]:
+    """Train (or with `resume`, continue) the run in `config.out`. A folder that already holds
+    a run is refused unless `resume` or `force` (which starts over); one trainer per folder.
+    Ctrl-C saves at the last finished epoch and returns the history so far."""
     if config.mode not in MODES:
         raise VitxError(f"unknown mode {config.mode!r}; use one of {', '.join(MODES)}")
     if config.mode in ("kd", "deit") and not config.teacher:
         raise VitxError(f"mode {config.mode} needs --teacher CHECKPOINT (train one with --mode teacher)")
-    device = torch.device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    info = dataset_info(config.dataset)
     if config.augment not in AUGMENTS:
         raise VitxError(f"unknown augmentation {config.augment!r}; use one of {', '.join(AUGMENTS)}")
+    info = dataset_info(config.dataset)
+    validate_config(config, info.size)
+    device = check_device(config.device)
+    with run_folder(config.out, resume, force) as out:
+        return _train(config, resume, progress, device, out, info)
+
+
+def _resume_state(path: Path, config: TrainConfig) -> dict:
+    """The saved state, after checking it belongs to the same settings."""
+    try:
+        state = load_state(path)
+    except Exception as exc:  # truncated, not a torch file, pickled objects
+        raise VitxError(f"cannot resume from {path}: the file is damaged ({type(exc).__name__}); "
+                        "start over with --force") from None
+    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+        raise VitxError(f"cannot resume from {path}: not a vitx training state; start over with --force")
+    saved = state.get("config")
+    if saved is None:  # states written before the config was saved with them
+        try:
+            saved = json.loads((path.parent / "model.json").read_text()).get("train", {})
+        except (OSError, ValueError):
+            saved = {}
+    check_resume(config, saved)
+    check_more_epochs(config, state["epoch"])
+    return state
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path, info) -> List[dict]:
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
     in_memory_split = config.augment != "default"
     train_set = _subset(load_split(config.dataset, True, config.data_dir, config.download, augment=not in_memory_split),
                         config.train_limit, config.seed)
@@ -170,16 +198,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
     teacher = load_model_file(config.teacher).to(device) if config.mode in ("kd", "deit") else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = len(train_set) // config.batch_size
+    if steps == 0:
+        raise VitxError(f"--batch-size {config.batch_size} is larger than the {len(train_set)} training images")
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, warmup_t=int(config.warmup_epochs * steps),
                                   warmup_lr_init=config.lr * 0.01, lr_min=config.lr * 0.01, t_in_epochs=False)
     ema = ModelEmaV3(model, decay=config.ema) if config.ema else None
     start_epoch, history = 0, []
     state_path = out / "state.pt"
     if resume and state_path.exists():
-        state = load_state(state_path)
+        state = _resume_state(state_path, config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.t_initial = config.epochs * steps  # --epochs may grow on resume: the cosine follows the new total
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -223,13 +254,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
                 print(f"{config.mode} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f}")
             meta.update(dataset=config.dataset, class_names=list(info.classes), history=history,
                         test_accuracy=accuracy, train=asdict(config))
-            save_model(evaluated, meta, out / "model")
-            save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "ema": ema.state_dict() if ema else None,
-                        "epoch": epoch + 1, "history": history, "torch_rng": torch.get_rng_state(),
-                        "python_rng": random.getstate()}, state_path)
-            write_history(out, history)
+            try:
+                save_model(evaluated, meta, out / "model")
+                save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                            "ema": ema.state_dict() if ema else None, "config": asdict(config),
+                            "epoch": epoch + 1, "history": history, "torch_rng": torch.get_rng_state(),
+                            "python_rng": random.getstate()}, state_path)
+                write_history(out, history)
+            except OSError as exc:  # full disk, quota: atomic writes left the last checkpoint whole
+                raise space_error(out, exc) from None
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0
         print(f"\ninterrupted: {done} epoch(s) saved in {out}; continue with --resume")

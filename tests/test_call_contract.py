@@ -85,6 +85,8 @@ def test_gradient_methods_inside_inference_mode_get_a_hint():
 
 def test_a_module_is_never_moved_behind_the_users_back():
     model, x = tiny_timm(), images_for((32, 32))
-    with pytest.raises(vitx.VitxError, match="model.to"):
-        vitx.explain(model, x, method="rollout", device="meta")
     assert vitx.explain(model, x, method="rollout", device="cpu").maps.shape == (3, 4, 4)
+    elsewhere = tiny_timm().to("meta")
+    with pytest.raises(vitx.VitxError, match=r"lives on meta.*model.to\('cpu'\)"):
+        vitx.explain(elsewhere, x, method="rollout", device="cpu")
+    assert next(elsewhere.parameters()).device.type == "meta"

@@ -4,6 +4,7 @@ File and PIL inputs are preprocessed with the model's own data config (timm's
 `create_transform`), and the geometric part of that transform (resize, crop) also gives the
 "view": the picture the model actually saw, on which overlays are drawn.
 """
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -57,7 +58,7 @@ def denormalise(batch: torch.Tensor, config: dict) -> List[np.ndarray]:
     """Preprocessed (B, C, H, W) tensor -> uint8 RGB views, for overlays."""
     mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(config["std"]).view(1, -1, 1, 1)
-    pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1)
+    pixels = (batch.detach().float().cpu() * std + mean).nan_to_num(0.0).clamp(0, 1)
     if pixels.shape[1] == 1:
         pixels = pixels.expand(-1, 3, -1, -1)
     return [np.uint8(p.permute(1, 2, 0).numpy()[..., :3] * 255) for p in pixels]
@@ -86,3 +87,35 @@ def prepare_images(images, config: dict):
         views.append(np.asarray(view.convert("RGB")))
         names.append(name)
     return torch.stack(tensors), views, names
+
+
+def fixed_input_size(model) -> Optional[Tuple[int, int]]:
+    """(H, W) a model insists on, or None when it takes other sizes (timm with
+    dynamic_img_size, the reference ViT, generic models: their own forward decides)."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "strict_img_size", False) and getattr(embed, "img_size", None):
+        return tuple(embed.img_size)
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return (model.image_size, model.image_size)
+    return None
+
+
+def to_model(pixels: torch.Tensor, model) -> torch.Tensor:
+    """A prepared batch on the model's device and in its floating dtype (a float16 or
+    bfloat16 model given file paths gets float16/bfloat16 pixels), after checking the size
+    against what the model accepts and warning about NaN pixels, which make every map and
+    probability NaN."""
+    parameter = next(model.parameters(), None)
+    size = fixed_input_size(model)
+    if size is not None and tuple(pixels.shape[-2:]) != size:
+        raise VitxError(
+            f"the model takes {size[0]}x{size[1]} images, the tensor is {pixels.shape[-2]}x{pixels.shape[-1]}: resize "
+            "it, or pass file paths or PIL images (vitx preprocesses those with the model's own data config)")
+    if pixels.is_floating_point() and torch.isnan(pixels).any():
+        warnings.warn("the input images contain NaN values: the model's outputs and the maps will be NaN", stacklevel=3)
+    if parameter is None:
+        return pixels
+    dtype = parameter.dtype if parameter.is_floating_point() and pixels.is_floating_point() else pixels.dtype
+    return pixels.to(device=parameter.device, dtype=dtype)

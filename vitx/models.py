@@ -39,6 +39,10 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     from timm.models import load_state_dict
 
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"))
+        hint = f" (it holds {', '.join(files[:3])})" if files else ""
+        raise VitxError(f"checkpoint {path} is a folder; pass the weights file inside it{hint}")
     if not path.is_file():
         raise VitxError(f"checkpoint not found: {path}")
     try:
@@ -54,6 +58,23 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
         raise VitxError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")  # DataParallel/DDP, Lightning, torch.compile
+
+
+def strip_wrappers(state: Dict[str, torch.Tensor], own=None) -> Dict[str, torch.Tensor]:
+    """Drop a prefix that every key shares because the model was saved inside a wrapper
+    (`module.` from DDP, `model.` from a Lightning module, `_orig_mod.` from torch.compile),
+    unless the model's own keys (`own`) start with it too."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own or ()):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
 def _few(keys, n=4) -> str:
     keys = list(keys)
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
@@ -62,6 +83,7 @@ def _few(keys, n=4) -> str:
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], source: str, arch: str) -> nn.Module:
     """load_state_dict, with a one-line message naming the keys that do not fit."""
     own = model.state_dict()
+    state = strip_wrappers(state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -91,7 +113,7 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
     import timm
 
     if checkpoint is not None:
-        state = read_state_dict(checkpoint)
+        state = strip_wrappers(read_state_dict(checkpoint))
         head = state.get("head.weight")
         if head is not None and "num_classes" not in kwargs:
             kwargs["num_classes"] = head.shape[0]  # a fine-tuned checkpoint brings its own head
@@ -148,6 +170,8 @@ def load_model(model, checkpoint=None, pretrained: Optional[bool] = None, device
         registered = get_registry().models
         if name in registered:
             module = registered[name].loader(checkpoint=checkpoint, pretrained=pretrained, **kwargs)
+        elif Path(name).is_dir():
+            module = _load_folder(Path(name))
         elif Path(name).is_file():
             module = get_registry().manager.hook.vitx_load_model_file(path=name)
             if module is None:
@@ -165,6 +189,19 @@ def load_model(model, checkpoint=None, pretrained: Optional[bool] = None, device
     return module.to(resolve_device(device)).eval()
 
 
+def _load_folder(folder: Path) -> nn.Module:
+    """A folder given as the model: a `vitx train` run folder is its model.safetensors."""
+    from .registry import get_registry
+
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        module = get_registry().manager.hook.vitx_load_model_file(path=str(weights))
+        if module is not None:
+            return module
+    raise VitxError(f"{folder} is a folder but not a vitx training run (no model.safetensors + model.json in it); "
+                    "pass a model name with --checkpoint FILE")
+
+
 def resolve_device(device=None) -> torch.device:
     """'auto'/None -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
     if device is None or device == "auto":
@@ -175,6 +212,10 @@ def resolve_device(device=None) -> torch.device:
         raise VitxError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VitxError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise VitxError("--device mps was requested but MPS (Apple GPU) is not available; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others are not supported
+        raise VitxError(f"cannot run on device {str(device)!r}; use auto, cpu or cuda")
     return device
 
 

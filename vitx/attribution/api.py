@@ -17,7 +17,7 @@ from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, MODEL
 from .explanation import Explanation, normalise_maps
 from .targets import as_logits, resolve_target, split_target
-from ..inputs import prepare_images
+from ..inputs import prepare_images, to_model
 from ..models import class_names, load_model, model_device
 from ..registry import find_adapter, get_explainer
 
@@ -45,7 +45,7 @@ def model_inputs(model: nn.Module, images, adapter=None):
     data config of the adapter that recognises `model`."""
     adapter = adapter or find_adapter(model)
     pixels, views, sources = prepare_images(images, adapter.data_config(model))
-    return adapter, pixels.to(model_device(model)), views, sources
+    return adapter, to_model(pixels, model), views, sources
 
 
 def _drop(layer, attention):

@@ -38,6 +38,8 @@ class Option:
             value = self.type(value)
         except (TypeError, ValueError):
             raise VitxError(f"{method}: option {self.name} expects {self.type.__name__}, got {value!r}") from None
+        if isinstance(value, float) and value != value:  # NaN passes every range check
+            raise VitxError(f"{method}: option {self.name} must be a number, got nan")
         if self.choices is not None and value not in self.choices:
             raise VitxError(
                 f"{method}: option {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}"

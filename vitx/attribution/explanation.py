@@ -48,6 +48,13 @@ class Explanation:
     class_names: Optional[Sequence[str]] = None
     sources: Optional[List[Optional[str]]] = None
 
+    def __post_init__(self):
+        if not torch.isfinite(self.logits).all():
+            import warnings
+
+            warnings.warn("the model's outputs contain NaN or infinite values (NaN weights or inputs?): its "
+                          "predictions, probabilities and maps are meaningless", stacklevel=3)
+
     def __len__(self) -> int:
         return self.maps.shape[0]
 

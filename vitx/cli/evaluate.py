@@ -5,28 +5,18 @@ from pathlib import Path
 import click
 
 from ..errors import VitxError
+from .checks import model_and_checkpoint, out_folder, positive
 from .options import DEFAULT_MODEL
 
 
-def _batches(dataset, indices, batch_size):
-    import torch
-
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
-        yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
-
-
-def _folder_dataset(folder, config):
-    """An ImageFolder (one sub-folder per class, named by class index or class name)."""
-    from torchvision.datasets import ImageFolder
-
+def _folder_dataset(folder, net, config):
+    """Class sub-folders labelled by their names (vitx.evaluate.folders)."""
+    from ..evaluate.folders import LabelledFolder, model_classes
     from ..inputs import image_transform
 
     transform = image_transform(config)
-    try:
-        return ImageFolder(str(folder), transform=lambda image: transform(image)[0])
-    except (FileNotFoundError, OSError) as exc:
-        raise VitxError(f"cannot use {folder} as a labelled image folder: {exc}") from None
+    count, names = model_classes(net, config)
+    return LabelledFolder(folder, lambda image: transform(image)[0], names, count)
 
 
 def draw_curves(results, path):
@@ -61,6 +51,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
     import torch
 
+    from ..evaluate.folders import labelled_batches
     from ..evaluate.metrics import evaluate_methods
     from ..models import load_model
     from ..registry import data_config, get_explainer
@@ -71,26 +62,35 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
         get_explainer(name)
     if (dataset is None) == (folder is None):
         raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
-    net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, device=device)
+    positive(count, "--n")
+    positive(batch_size, "--batch-size")
+    model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
+    out = out_folder(out_dir)
+    net = load_model(model, checkpoint=checkpoint, device=device)
     if dataset:
         from vitx.reference_models.data import load_split
 
         data = load_split(dataset, train=False, data_dir=data_dir, augment=False)
     else:
-        data = _folder_dataset(folder, data_config(net))
+        data = _folder_dataset(folder, net, data_config(net))
     if len(data) == 0:
         raise VitxError("no images to evaluate")
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    results = evaluate_methods(net, _batches(data, indices, batch_size), names, baseline=baseline, seed=seed, progress=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"n": len(indices), "baseline": baseline, "seed": seed, "results": results}, indent=1))
+    skipped = []
+    results = evaluate_methods(net, labelled_batches(data, indices, batch_size, skipped), names, baseline=baseline,
+                               seed=seed, progress=True)
+    evaluated = len(indices) - len(skipped)
+    (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "seed": seed, "results": results}, indent=1))
     draw_curves(results, out / "curves.png")
     header = ["method", "pos. acc AUC (lower)", "neg. acc AUC (higher)", "pos. prob AUC (lower)", "neg. prob AUC (higher)",
               "deletion (lower)", "insertion (higher)"]
     keys = ["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc", "negative_probability_auc",
             "deletion_auc", "insertion_auc"]
     table = markdown_table(header, [[name] + [f"{result['auc'][k]:.4f}" for k in keys] for name, result in results.items()])
-    (out / "results.md").write_text(f"{len(indices)} images, baseline {baseline}, seed {seed}\n\n{table}\n")
+    (out / "results.md").write_text(f"{evaluated} images, baseline {baseline}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
+    if skipped:
+        more = f" and {len(skipped) - 1} more (see the warnings)" if len(skipped) > 1 else ""
+        raise VitxError(f"skipped {len(skipped)} unreadable image(s): {skipped[0]}{more}; "
+                        f"the results cover the other {evaluated}")

@@ -4,17 +4,18 @@ from pathlib import Path
 import click
 
 from ..errors import VitxError
+from ..imaging import IMAGE_SUFFIXES
 from .options import DEFAULT_MODEL
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def expand_images(paths):
-    """Files as given; folders -> their image files, sorted."""
+    """Files as given; folders -> their image files, sorted, nested folders (class-folder
+    trees) included, hidden files left out."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
             found.append(path)  # read_image reports a missing or unreadable file
     return [str(p) for p in found]
@@ -37,6 +38,8 @@ def dataset_sample(name, count, seed, data_dir):
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--model", "-m", "model_names", multiple=True,
               help="Model name or checkpoint path; repeat to compare models [default: the CLI default].")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
+              help="Weights for the --model of the same position (repeat with --model).")
 @click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]),
               help="Add a sample of this dataset's test split (for the statistics).")
 @click.option("--n", "count", default=64, show_default=True, help="Size of the dataset sample.")
@@ -46,22 +49,57 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
-def inspect_command(images, model_names, dataset, count, methods, show, seed, data_dir, device, out_dir):
+def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
     from ..inspect.inspection import inspect_models
-    from ..models import load_model
+    from ..models import load_model, resolve_device
     from ..registry import get_explainer
+    from .checks import model_and_checkpoint, out_folder, positive
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         get_explainer(name)
+    positive(count, "--n")
+    positive(show, "--show")
     paths = expand_images(images)
     if not paths and not dataset:
         raise VitxError("give image files or folders, or --dataset NAME")
     if paths and dataset:
         raise VitxError("give either images or --dataset, not both")
-    models = {Path(m).stem if Path(m).suffix else m: load_model(m, device=device)
-              for m in (model_names or [DEFAULT_MODEL])}
+    if checkpoints and len(checkpoints) != max(len(model_names), 1):
+        raise VitxError(f"{len(checkpoints)} --checkpoint for {len(model_names)} --model: give one per model, in order")
+    pairs = [model_and_checkpoint(m, c, DEFAULT_MODEL)
+             for m, c in zip(model_names or [None], checkpoints or [None] * max(len(model_names), 1))]
+    device = resolve_device(device)
+    out = out_folder(out_dir)
+    paths, failed = _readable(paths)
+    if images and not paths:
+        raise VitxError(f"none of the {len(failed)} image(s) could be read: {failed[0]}")
+    models = {_label(m): load_model(m, checkpoint=c, device=device) for m, c in pairs}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
-    path = inspect_models(models, inputs, out_dir, methods=names, show=show)
+    path = inspect_models(models, inputs, out, methods=names, show=show)
     click.echo(f"report: {path}")
+    if failed:
+        raise VitxError(f"skipped {len(failed)} unreadable image(s): {failed[0]}"
+                        + (f" and {len(failed) - 1} more (see the warnings)" if len(failed) > 1 else ""))
+
+
+def _label(model: str) -> str:
+    path = Path(model)
+    return path.stem if path.suffix else path.name if path.is_dir() else model
+
+
+def _readable(paths):
+    """(paths that read as images, messages for the others): one bad file is skipped with
+    a warning instead of costing the whole report."""
+    from ..imaging import read_image
+
+    good, failed = [], []
+    for path in paths:
+        try:
+            read_image(path)
+            good.append(path)
+        except VitxError as exc:
+            click.echo(f"warning: skipped {path}: {exc}", err=True)
+            failed.append(str(exc))
+    return good, failed

@@ -49,15 +49,6 @@ def _parse_options(pairs):
     return options
 
 
-def _output_names(sources, method):
-    seen = {}
-    for i, source in enumerate(sources):
-        stem = Path(source).stem if source else f"image{i}"
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        yield f"{stem}_{method}" if count == 0 else f"{stem}-{count}_{method}"
-
-
 @main.command()
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--image_path", "--image-path", "legacy_images", multiple=True, help="Image file (vit_explain.py spelling).")
@@ -82,11 +73,11 @@ def _output_names(sources, method):
 def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, grid, token, head_fusion,
             discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
-    import numpy as np
-
-    from ..attribution.api import explain as run_explain
-    from ..imaging import save_png
-    from ..models import load_model
+    from ..imaging import COLORMAPS
+    from ..models import load_model, resolve_device
+    from ..registry import get_explainer
+    from .checks import finite, model_and_checkpoint, out_folder, positive
+    from .files import explain_files
 
     paths = list(images) + list(legacy_images)
     if not paths:
@@ -94,26 +85,30 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     method = method or ("grad_rollout" if category_index is not None else "rollout")
     options = {k: v for k, v in dict(head_fusion=head_fusion, discard_ratio=discard_ratio, layer=layer, head=head).items()
                if v is not None}
-    options.update(_parse_options(extra_options))
-    from ..registry import get_explainer
-
+    extra = _parse_options(extra_options)
+    conflicts = [k for k in extra if k in options and str(options[k]) != extra[k]]
+    if conflicts:
+        key = conflicts[0]
+        raise VitxError(f"--{key.replace('_', '-')} {options[key]} and -o {key}={extra[key]} disagree; give one")
+    options.update(extra)
+    if method == "grad_rollout" and head_fusion is not None and "head_fusion" not in extra:
+        # vit_explain.py accepted --head_fusion with a category index and ignored it
+        options.pop("head_fusion")
+        click.echo(f"note: grad_rollout fuses heads by the gradient-weighted mean (as vit_explain.py did); "
+                   f"--head-fusion {head_fusion} is ignored", err=True)
+    if colormap not in COLORMAPS:
+        raise VitxError(f"unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}")
+    if category_index is not None and abs(category_index) >= 2 ** 63:
+        raise VitxError(f"category index {category_index} out of range")
+    finite(discard_ratio, "--discard-ratio")
+    positive(batch_size, "--batch-size")
     get_explainer(method).cls(**options)  # reject bad options before loading a model
-    net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, pretrained=pretrained,
-                     device="cuda" if use_cuda else device)
-    result = run_explain(net, paths, method=method, target=category_index, token=token, layout=grid,
-                         batch_size=batch_size, **options)
-    out = Path(out_dir)
-    for i, name in enumerate(_output_names(result.sources, method)):
-        target = int(result.targets[i])
-        label = result.class_name(target)
-        click.echo(f"{result.sources[i]}: explaining class {target}" + (f" ({label})" if label else "")
-                   + f" with {method} from the {result.token} token")
-        for rank, p in enumerate(result.predictions[i], 1):
-            click.echo(f"  {rank}. {p.index:>5} {p.probability:7.2%}  {p.name or ''}")
-        save_png(out / f"{name}.png", result.panel(i, colormap=colormap))
-        if save_maps:
-            np.save(out / f"{name}.npy", result.maps[i].numpy().astype(np.float32))
-        click.echo(f"  -> {out / (name + '.png')}")
+    device = resolve_device("cuda" if use_cuda else device)
+    model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
+    out = out_folder(out_dir)
+    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device)
+    explain_files(net, paths, method, options, category_index, token, batch_size, out, save_maps, colormap,
+                  layout=grid)
 
 
 @main.command()

@@ -1,0 +1,86 @@
+"""`vitx explain` over many files: a progress bar, each result written as soon as its batch
+is done (Ctrl-C keeps what finished), an unreadable image skipped with a warning naming it
+(and a non-zero exit at the end), and output names that are unique and never an input's."""
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+from ..errors import VitxError
+
+
+def output_names(sources: Sequence[str], method: str, out: Path, suffixes=(".png",)) -> List[str]:
+    """`<stem>_<method>` per source, made unique (`<stem>-1_<method>`...) so that two inputs
+    with one stem (d1/a.png, d2/a.png) get two outputs and no output path is an input file."""
+    inputs = {Path(s).resolve() for s in sources if s}
+    used, names = set(), []
+    for i, source in enumerate(sources):
+        stem = Path(source).stem if source else f"image{i}"
+        for count in range(len(sources) + len(inputs) + 1):
+            name = f"{stem}_{method}" if count == 0 else f"{stem}-{count}_{method}"
+            if name not in used and not any((out / (name + s)).resolve() in inputs for s in suffixes):
+                break
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _say(text: str = "", err: bool = False) -> None:
+    """Print without tearing the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr if err else sys.stdout)
+
+
+def explain_files(net, paths: Sequence[str], method: str, options: dict, target, token, batch_size: int, out: Path,
+                  save_maps: bool, colormap: str, layout=None) -> None:
+    """Explain `paths` batch by batch, writing input | heatmap | overlay PNGs into `out`.
+    Raises a VitxError at the end when some images could not be read."""
+    from tqdm import tqdm
+
+    from ..attribution.api import explain
+    from ..imaging import read_image
+
+    names = dict(zip(paths, output_names(paths, method, out, (".png", ".npy") if save_maps else (".png",))))
+    failed = []
+    bar = tqdm(total=len(paths), desc=f"explain ({method})", unit="image", file=sys.stderr, leave=False,
+               disable=len(paths) < 2 or not sys.stderr.isatty())
+    with bar:
+        for start in range(0, len(paths), batch_size):
+            chunk, pictures = [], []
+            for path in paths[start:start + batch_size]:
+                try:
+                    pictures.append(read_image(path))
+                    chunk.append(path)
+                except VitxError as exc:
+                    failed.append((path, str(exc)))
+                    _say(f"warning: skipped {path}: {exc}", err=True)
+                    bar.update(1)
+            if not chunk:
+                continue
+            result = explain(net, pictures, method=method, target=target, token=token, batch_size=batch_size,
+                             layout=layout, **options)
+            for i, path in enumerate(chunk):
+                _write_one(result, i, path, names[path], out, save_maps, colormap)
+                bar.update(1)
+    if failed:
+        listed = ", ".join(p for p, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        detail = f": {failed[0][1]}" if len(failed) == 1 else f" ({listed})"
+        raise VitxError(f"could not read {len(failed)} of {len(paths)} image(s){detail}")
+
+
+def _write_one(result, i, source, name, out, save_maps, colormap):
+    import numpy as np
+
+    from ..imaging import save_png
+
+    target = int(result.targets[i])
+    label = result.class_name(target)
+    lines = [f"{source}: explaining class {target}" + (f" ({label})" if label else "")
+             + f" with {result.method} from the {result.token} token"]
+    for rank, p in enumerate(result.predictions[i], 1):
+        lines.append(f"  {rank}. {p.index:>5} {p.probability:7.2%}  {p.name or ''}")
+    save_png(out / f"{name}.png", result.panel(i, colormap=colormap))
+    if save_maps:
+        np.save(out / f"{name}.npy", result.maps[i].numpy().astype(np.float32))
+    lines.append(f"  -> {out / (name + '.png')}")
+    _say("\n".join(lines))
