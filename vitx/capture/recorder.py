@@ -139,6 +139,9 @@ class AttentionRecorder:
 
     def check_recorded(self) -> None:
         if not self.attentions:
+            reason = getattr(self.adapter, "attention_refusal", None)
+            if reason is not None:
+                raise VitxError(reason(self.model))
             raise VitxError(
                 f"no attention was recorded for {type(self.model).__name__}: vitx supports "
                 f"{SUPPORTED}. For another architecture write an adapter (README, 'Adapters')."

@@ -7,17 +7,22 @@ the `vitx_register_adapters` hook exactly like these.
 from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, patch_conv
 from .sdpa import SDPAAdapter
+from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
+from .timm_families import TimmTokenFamiliesAdapter
 from .torch_mha import MultiheadAttentionAdapter
 
 __all__ = [
-    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "TimmAdapter",
+    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "TimmAdapter",
+    "TimmTokenFamiliesAdapter",
     "grid_from_patch_conv", "patch_conv",
 ]
 
 
 @hookimpl
 def vitx_register_adapters(register):
+    register(HierarchicalAdapter())
+    register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
