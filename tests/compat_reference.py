@@ -104,6 +104,15 @@ def _sdpa_block(m, x):
     return x + m.mlp(m.norm2(x)), attn
 
 
+def _sam_attention(m, x):
+    assert not m.use_rel_pos and m.rope is None, "reference written for SAM without relative positions"
+    b, h, w, c = x.shape
+    q, k, v = F.linear(x.reshape(b, h * w, c), m.qkv.weight, m.qkv.bias).reshape(
+        b, h * w, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4)
+    attn = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+    return m.proj((attn @ v).transpose(1, 2).reshape(b, h * w, -1)).view(b, h, w, -1), attn
+
+
 def explicit_sites(model):
     """(module, explicit forward, layout kind) for every attention module, in module order."""
     sites = []
@@ -122,6 +131,8 @@ def explicit_sites(model):
             sites.append((m, _qkv_plain, "self"))
         elif cls == "timm.models.tnt.Attention" and name.endswith("attn_out"):
             sites.append((m, _tnt_outer, "self"))  # inner attention stays inside a patch
+        elif cls == "timm.models.vision_transformer_sam.Attention":
+            sites.append((m, _sam_attention, "sam"))
         elif isinstance(m, nn.MultiheadAttention):
             sites.append((m, _mha, "self"))
         elif isinstance(m, SDPABlock):
@@ -135,11 +146,19 @@ def attention_and_grads(model, x, target, oracle="weights"):
     """[(kind, attention (H, q, k), d logit[target] / d attention)] for ONE image x (1, C, H, W)."""
     store, handles, saved = [], [], []
     if oracle == "weights":
+        grids = {}
+        for name, block in model.named_modules():  # SAM blocks: the grid before windowing
+            if hasattr(block, "window_size") and hasattr(block, "attn"):
+                handles.append(block.register_forward_pre_hook(
+                    lambda mod, args: grids.__setitem__(mod.attn, (mod.window_size, *args[0].shape[1:3]))))
         for module, explicit, kind in explicit_sites(model):
             def replace(mod, args, kwargs, out, explicit=explicit, kind=kind):
                 assert kwargs.get("attn_mask") is None and not kwargs.get("is_causal", False)
                 new, attn = explicit(mod, args[0])
                 attn.retain_grad()
+                if kind == "sam":
+                    size, height, width = grids[mod]
+                    kind = ("window", size, height, width) if size > 0 else "self"
                 store.append((kind, attn))
                 return new
             handles.append(module.register_forward_hook(replace, with_kwargs=True))
@@ -156,7 +175,8 @@ def attention_and_grads(model, x, target, oracle="weights"):
     try:
         logits = model(x.clone().requires_grad_(True))
         logits[0, target].backward()
-        return [(kind, a.detach()[0], a.grad.detach()[0]) for kind, a in store]
+        return [(kind, a.detach(), a.grad.detach()) if isinstance(kind, tuple) else
+                (kind, a.detach()[0], a.grad.detach()[0]) for kind, a in store]
     finally:
         for h in handles:
             h.remove()
@@ -167,7 +187,7 @@ def attention_and_grads(model, x, target, oracle="weights"):
 
 def full(kind, a, n):
     """One layer's (heads, q, k) attention written over the final n tokens (see module doc)."""
-    heads = a.shape[0]
+    heads = a.shape[1] if isinstance(kind, tuple) else a.shape[0]
     out = torch.zeros(heads, n, n)
     if kind == "self":
         out[:] = a
@@ -178,6 +198,16 @@ def full(kind, a, n):
     elif kind == "class":
         out[:] = torch.eye(n)
         out[:, :1, :] = a
+    else:  # ("window", size, H, W): a is (windows, heads, s*s, s*s) over the zero-padded grid
+        _, size, height, width = kind
+        hp, wp = -(-height // size) * size, -(-width // size) * size
+        grid = torch.zeros(a.shape[1], hp * wp, hp * wp)
+        for index in range(a.shape[0]):
+            i, j = divmod(index, wp // size)
+            cells = torch.tensor([(i * size + r) * wp + j * size + c for r in range(size) for c in range(size)])
+            grid[:, cells[:, None], cells[None, :]] = a[index]
+        real = torch.tensor([r * wp + c for r in range(height) for c in range(width)])
+        out = grid[:, real][:, :, real]
     return out
 
 

@@ -10,10 +10,11 @@ from .sdpa import SDPAAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
 from .timm_families import TimmTokenFamiliesAdapter
+from .timm_sam import SamAdapter
 from .torch_mha import MultiheadAttentionAdapter
 
 __all__ = [
-    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "TimmAdapter",
+    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter",
     "TimmTokenFamiliesAdapter",
     "grid_from_patch_conv", "patch_conv",
 ]
@@ -21,6 +22,7 @@ __all__ = [
 
 @hookimpl
 def vitx_register_adapters(register):
+    register(SamAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())

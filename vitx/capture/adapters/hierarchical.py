@@ -73,10 +73,6 @@ FAMILIES = {
     "timm.models.focalnet.FocalNet": ("FocalNet", "focal modulation (convolutions), not token attention"),
     "timm.models.fastvit.FastVit": ("FastViT", "convolutional token mixers, attention only in the last stage "
                                     "of a pyramid"),
-    "timm.models.vision_transformer_sam.VisionTransformerSAM": (
-        "SAM ViT", "most layers attend inside local windows (the image's tokens folded into the batch, "
-        "with padding to whole windows) and only a few attend globally, so no single attention per layer "
-        "describes the model; rolling out the global layers alone would skip how the windows mixed tokens"),
     "timm.models.volo.VOLO": (
         "VOLO", "its first stage mixes tokens with outlook attention (each token's k x k neighbourhood "
         "weighted by a linear layer, not a softmax over tokens), then the grid is downsampled and class "
