@@ -5,18 +5,21 @@ framework adapters first, the generic SDPA adapter last. Third-party adapters ar
 the `vitx_register_adapters` hook exactly like these.
 """
 from ...hookspecs import hookimpl
-from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, patch_conv
+from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .sdpa import SDPAAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
 from .timm_families import TimmTokenFamiliesAdapter
+from .timm_naflex import TimmNaFlexAdapter
 from .timm_sam import SamAdapter
 from .torch_mha import MultiheadAttentionAdapter
+from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter",
+    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter",
+    "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
     "TimmTokenFamiliesAdapter",
-    "grid_from_patch_conv", "patch_conv",
+    "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
 
@@ -26,5 +29,7 @@ def vitx_register_adapters(register):
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
+    register(TimmNaFlexAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
+    register(PreprocessingWrapperAdapter())
