@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..capture.recorder import AttentionRecorder, model_lock
+from ..capture.support import check_method
 from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
@@ -132,6 +133,7 @@ def explain(
     if batch_size < 1:
         raise VitxError(f"batch size must be at least 1, got {batch_size}")
     adapter, pixels, views, sources = model_inputs(model, images, adapter)
+    check_method(adapter, model, explainer)  # a family the method cannot explain says why, before any forward
     if pixels.is_inference():
         pixels = pixels.clone()  # a batch made under inference_mode cannot enter autograd
 

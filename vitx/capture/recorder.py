@@ -141,6 +141,10 @@ class AttentionRecorder:
 
     def check_recorded(self) -> None:
         if not self.attentions:
+            reason = getattr(self.adapter, "attention_refusal", None)  # a family with no token attention says why
+            message = reason(self.model) if reason is not None else None
+            if message:
+                raise VitxError(message)
             raise VitxError(
                 f"no token attention was recorded for {type(self.model).__name__} (adapter {self.adapter.name!r}): "
                 f"the forward ran but computed no token-by-token attention that vitx can see. vitx records "

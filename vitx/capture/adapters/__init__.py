@@ -7,20 +7,27 @@ the `vitx_register_adapters` hook exactly like these.
 from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .sdpa import SDPAAdapter
+from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
+from .timm_families import TimmTokenFamiliesAdapter
 from .timm_naflex import TimmNaFlexAdapter
+from .timm_sam import SamAdapter
 from .torch_mha import MultiheadAttentionAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "PreprocessingWrapperAdapter", "SDPAAdapter",
-    "TimmAdapter", "TimmNaFlexAdapter",
+    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter",
+    "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
+    "TimmTokenFamiliesAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
 
 @hookimpl
 def vitx_register_adapters(register):
+    register(SamAdapter())
+    register(HierarchicalAdapter())
+    register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(TimmNaFlexAdapter())
     register(MultiheadAttentionAdapter())

@@ -67,9 +67,20 @@ class TimmAdapter(Adapter):
         )
 
     def data_config(self, model):
+        """timm's data config, with the input size the model was built for.
+
+        The channel count is the image's: the first convolution of the patch embedding reads
+        the pixels. (Hybrid ViTs - ResNet stems, ViTamin - end their embedding with a projection
+        of the backbone's 1024-2048 features, which is not what the images have.)
+        """
         config = dict(super().data_config(model))
-        embed = model.patch_embed
-        channels = embed.proj.in_channels if hasattr(embed, "proj") else config["input_size"][0]
-        if getattr(embed, "img_size", None) is not None:
-            config["input_size"] = (channels, *embed.img_size)
+        embed = getattr(model, "patch_embed", None) or getattr(model, "pixel_embed", None)
+        first = next((m for m in embed.modules() if isinstance(m, nn.Conv2d)), None) if embed is not None else None
+        channels = first.in_channels if first is not None else config["input_size"][0]
+        size = getattr(embed, "img_size", None)
+        if size is not None:
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            config["input_size"] = (channels, *size)
+        else:
+            config["input_size"] = (channels, *config["input_size"][1:])
         return config

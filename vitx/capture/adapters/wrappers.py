@@ -46,6 +46,17 @@ class PreprocessingWrapperAdapter(Adapter):
         with adapter.attach(inner, record):
             yield
 
+    def refuse(self, model, explainer):
+        """The inner model's family decides which methods apply (see capture/support.py)."""
+        _, inner, adapter = self._inner(model)
+        refuse = getattr(adapter, "refuse", None)
+        return refuse(inner, explainer) if refuse is not None else None
+
+    def attention_refusal(self, model):
+        _, inner, adapter = self._inner(model)
+        reason = getattr(adapter, "attention_refusal", None)
+        return reason(inner) if reason is not None else None
+
     def layout(self, model, input_size, num_tokens):
         _, inner, adapter = self._inner(model)
         return adapter.layout(inner, input_size, num_tokens)

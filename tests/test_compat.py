@@ -1,0 +1,80 @@
+"""The compatibility matrix: every configuration of tests/compat_rows.py, explained or refused.
+
+Supported rows: every attention method that applies explains the model; rollout, chefer2021
+and raw_attention equal a reference computed here from attention obtained another way
+(recomputed from each module's weights, see compat_reference) to correlation > 0.999, image by
+image; recording leaves the model's output unchanged. Refused rows: each other attention
+method fails before any forward with the family's precise error, and recording raw attention
+fails with a VitxError, never a raw exception. The README table is generated from the rows.
+"""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import vitx
+from compat_reference import attention_and_grads, chefer, raw, rollout
+from compat_rows import ROWS, readme_table, refused_methods
+from helpers import images_for
+from vitx.errors import VitxError
+
+REFERENCES = {"rollout": rollout, "chefer2021": chefer, "raw_attention": raw}
+TARGETS = [1, 3]
+
+
+def correlation(a, b):
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_configuration(row):
+    model = row.factory()
+    x = images_for(row.size, batch=2)
+    for method in refused_methods(row):
+        with pytest.raises(VitxError, match=row.refusal):
+            vitx.explain(model, x, method=method)
+    if not row.methods:
+        with pytest.raises(VitxError, match=row.refusal.split(":")[0]):
+            with vitx.record_attention(model) as rec:
+                model(x)
+            rec.check_recorded()
+        return
+
+    with torch.no_grad():
+        expected = model(x)
+        with vitx.record_attention(model) as rec:
+            logits = model(x)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    layout = rec.layout
+    assert list(layout.prefix) == list(row.prefix)
+    assert layout.num_tokens == rec.attentions[0].shape[-1]
+    if row.layers is not None:
+        assert rec.num_layers == row.layers
+    query = layout.query(row.token)
+
+    references = [attention_and_grads(model, x[i:i + 1], TARGETS[i], row.oracle) for i in range(2)]
+    for method in row.methods:
+        explanation = vitx.explain(model, x, method=method, target=TARGETS, token=row.token)
+        assert explanation.maps.shape == (2, *layout.grid)
+        assert torch.isfinite(explanation.relevance).all()
+        if method not in REFERENCES:
+            continue
+        for i in range(2):
+            expected = REFERENCES[method](references[i], query, layout.num_tokens)
+            got = explanation.relevance[i]
+            assert expected.std() > 1e-4, "reference map is flat: the check could not fail"
+            assert correlation(got, expected) > 0.999, (method, i)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_matrix_is_large_enough():
+    assert len(ROWS) >= 30
+    assert len({r.name for r in ROWS}) == len(ROWS)
+
+
+def test_readme_table_is_generated_from_the_matrix():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"<!-- compat-table:start -->\n(.*?)\n<!-- compat-table:end -->", readme, re.S)
+    assert found, "README lacks the generated 'Supported models' table (python benchmarks/compat_table.py --write)"
+    assert found.group(1) == readme_table()

@@ -1,0 +1,62 @@
+"""Which methods apply to a model, and the one error that says so before any forward.
+
+An adapter may define `refuse(model, explainer) -> Optional[str]`: the reason `explainer`
+cannot explain `model` (None when it can). Families whose attention cannot be chained into
+one token-by-token flow (windowed or hierarchical attention, channel attention, two token
+sets) refuse the attention methods with a message that names the cause and the methods that
+do apply, instead of failing inside the recorder or, worse, returning a map computed from
+the wrong attention.
+"""
+from typing import Dict, List, Optional
+
+from ..errors import VitxError
+
+# What each non-attention method reads, for the "methods that apply" list of a refusal:
+# installed methods that need no attention are listed by name; these are named even before
+# their plugins are installed, so the message points at the right kind of method.
+NON_ATTENTION_METHODS = ("gradcam", "integrated_gradients", "occlusion", "rise")
+
+
+def needs_attention(explainer) -> bool:
+    """True for methods that read recorded attention or its gradient."""
+    from ..attribution.explainer import ATTENTION, ATTENTION_GRAD
+
+    return bool(explainer.requirements() & {ATTENTION, ATTENTION_GRAD})
+
+
+def _registered():
+    from ..registry import get_registry
+
+    return get_registry().explainers
+
+
+def attention_methods() -> List[str]:
+    return sorted(name for name, e in _registered().items() if needs_attention(e.cls))
+
+
+def methods_without_attention() -> List[str]:
+    """Installed methods that need no attention, plus the standard ones by name."""
+    installed = [name for name, e in _registered().items() if not needs_attention(e.cls)]
+    return sorted(set(installed) | set(NON_ATTENTION_METHODS))
+
+
+def refusal(family: str, why: str, method: str, allowed: Optional[Dict[str, str]] = None) -> str:
+    """The message of a refused attention method: what the family does, why that rules the
+    method out, and which methods apply instead (`allowed`: attention methods that still
+    apply, name -> what they read)."""
+    allowed = allowed or {}
+    flow = [m for m in attention_methods() if m not in allowed]
+    applies = [f"{name} ({what})" for name, what in allowed.items()] + methods_without_attention()
+    return (
+        f"{family}: method {method!r} cannot explain this model: {why}. "
+        f"Attention methods ({', '.join(flow)}) are not defined for it; methods that apply: "
+        f"{', '.join(applies)} (see `vitx methods`)"
+    )
+
+
+def check_method(adapter, model, explainer) -> None:
+    """Raise the adapter's refusal of `explainer` for `model`, if it has one."""
+    refuse = getattr(adapter, "refuse", None)
+    message: Optional[str] = refuse(model, explainer) if refuse is not None else None
+    if message:
+        raise VitxError(message)
