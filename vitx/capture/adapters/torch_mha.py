@@ -44,6 +44,16 @@ class MultiheadAttentionAdapter(Adapter):
                 else:
                     del mha.forward
 
+    def token_sites(self, model):
+        layers = getattr(getattr(model, "encoder", None), "layers", None)  # torchvision VisionTransformer
+        return list(layers) if isinstance(layers, nn.Sequential) else super().token_sites(model)
+
+    def head(self, model):
+        norm, heads = getattr(getattr(model, "encoder", None), "ln", None), getattr(model, "heads", None)
+        if isinstance(norm, nn.Module) and isinstance(heads, nn.Module):  # torchvision: heads(ln(x)[:, 0])
+            return lambda tokens: heads(norm(tokens)[:, 0])
+        return super().head(model)
+
     def layout(self, model, input_size, num_tokens):
         grid = grid_from_patch_conv(model, input_size)
         return infer_layout(num_tokens, grid)
