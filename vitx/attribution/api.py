@@ -94,6 +94,8 @@ def _differentiates_recorded(needs) -> bool:
 def _extras(model, adapter, recorder, needs, live) -> dict:
     """Adapter pieces and live graph tensors for the methods that need them."""
     extras = {}
+    if MODEL in needs:
+        extras["data_config"] = adapter.data_config(model)  # mean / std: what 'black' is in the input space
     if TOKENS in needs:
         extras["head"] = adapter.head(model)  # tokens -> output (final norm, pooling, classifier) or None
     if live:

@@ -1,0 +1,52 @@
+"""Grad-CAM on tokens (Selvaraju et al. 2017), the Vision Transformer recipe of pytorch-grad-cam.
+
+A late block's token features A (B, N, D) and their gradient dA: the patch tokens are the
+'pixels' of a feature map (prefix tokens such as cls are left out, as the recipe's
+reshape_transform does), each channel is weighted by its gradient averaged over the patch
+tokens, and cam = ReLU(sum_c w_c A_c). Hierarchical models (Swin) are explained through the
+last stage's feature map, the same way.
+"""
+import vitx
+from vitx.attribution.explainer import TOKEN_GRAD, TOKENS, Explainer, Option
+from vitx.errors import VitxError
+
+
+def default_layer(tokens) -> int:
+    """The last block's input (the output of the one before) when the last two blocks have
+    the same tokens (a plain ViT, where the last block's output reaches the head through the
+    cls token only: pytorch-grad-cam reads blocks[-1].norm1); else the last stage's output."""
+    return -2 if len(tokens) > 1 and tokens[-2].shape[1] == tokens[-1].shape[1] else -1
+
+
+class GradCAM(Explainer):
+    name = "gradcam"
+    summary = "ReLU(sum_c mean_patches(dA_c) * A_c) on one block's token features (Grad-CAM, ViT recipe)"
+    paper = "Selvaraju et al. 2017, 'Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization'"
+    requires = (TOKENS, TOKEN_GRAD)
+    options = (
+        Option("layer", int, None, "block whose output is read (negative counts from the last); default: the last "
+               "block's input for a plain ViT, the last stage for a hierarchical model"),
+    )
+
+    def explain(self, evidence):
+        tokens, grads, layout = evidence.tokens, evidence.token_grads, evidence.layout
+        layer = default_layer(tokens) if self.layer is None else self.layer
+        if not -len(tokens) <= layer < len(tokens):
+            raise VitxError(f"gradcam: layer {layer} out of range for {len(tokens)} blocks")
+        features, grad = tokens[layer], grads[layer]
+        if features.shape[1] != layout.num_tokens:
+            raise VitxError(
+                f"gradcam: block {layer} has {features.shape[1]} tokens but the explained grid has "
+                f"{layout.num_tokens}: pick a block of the last stage"
+            )
+        patches = slice(layout.patch_start, layout.patch_start + layout.num_patches)
+        weights = grad[:, patches].mean(dim=1)  # (B, D): gradient averaged over the patch tokens
+        cam = (features * weights[:, None]).sum(-1).clamp(min=0)
+        relevance = cam.new_zeros(cam.shape)
+        relevance[:, patches] = cam[:, patches]
+        return relevance
+
+
+@vitx.hookimpl
+def vitx_register_explainers(register):
+    register(GradCAM)
