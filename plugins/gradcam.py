@@ -11,11 +11,12 @@ from vitx.attribution.explainer import TOKEN_GRAD, TOKENS, Explainer, Option
 from vitx.errors import VitxError
 
 
-def default_layer(tokens) -> int:
-    """The last block's input (the output of the one before) when the last two blocks have
-    the same tokens (a plain ViT, where the last block's output reaches the head through the
-    cls token only: pytorch-grad-cam reads blocks[-1].norm1); else the last stage's output."""
-    return -2 if len(tokens) > 1 and tokens[-2].shape[1] == tokens[-1].shape[1] else -1
+def default_layer(layout) -> int:
+    """The last block's input (the output of the one before) when the head reads prefix
+    tokens (cls): the last block's output reaches it through those only, so its patch
+    tokens get no gradient (pytorch-grad-cam's ViT recipe reads blocks[-1].norm1). Otherwise
+    (global pooling, hierarchical stages) the last block's output."""
+    return -2 if layout.num_prefix > 0 else -1
 
 
 class GradCAM(Explainer):
@@ -25,12 +26,12 @@ class GradCAM(Explainer):
     requires = (TOKENS, TOKEN_GRAD)
     options = (
         Option("layer", int, None, "block whose output is read (negative counts from the last); default: the last "
-               "block's input for a plain ViT, the last stage for a hierarchical model"),
+               "block's input when the head reads a cls token, else the last block (stage)"),
     )
 
     def explain(self, evidence):
         tokens, grads, layout = evidence.tokens, evidence.token_grads, evidence.layout
-        layer = default_layer(tokens) if self.layer is None else self.layer
+        layer = default_layer(layout) if self.layer is None else self.layer
         if not -len(tokens) <= layer < len(tokens):
             raise VitxError(f"gradcam: layer {layer} out of range for {len(tokens)} blocks")
         features, grad = tokens[layer], grads[layer]

@@ -3,7 +3,8 @@
 IG_i = (x_i - x'_i) * integral_0^1 d f(x' + a (x - x')) / d x_i da, the integral by a
 quadrature rule over `steps` points on the straight path from the baseline x' to x (the
 rules and their names are captum's: Gauss-Legendre, or Riemann left / right / middle /
-trapezoid). Completeness: the attributions sum to f(x) - f(x') up to the quadrature error.
+trapezoid; captum's trapezoid weighs n points by 1/n, summing to (n - 1)/n, vitx's by
+1/(n - 1) as the trapezoid rule does, so vitx's is captum's times n/(n - 1)). Completeness: the attributions sum to f(x) - f(x') up to the quadrature error.
 Pixel attributions are summed per patch (channels and pixels), so a token's relevance is
 its share of f(x) - f(x'). The steps are stacked on the batch, `steps_per_pass` at a time.
 """
