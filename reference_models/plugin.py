@@ -25,6 +25,9 @@ class ReferenceViTAdapter(SDPAAdapter):
     def matches(self, model):
         return isinstance(model, ViT)
 
+    def token_sites(self, model):
+        return list(model.blocks)
+
     def layout(self, model, input_size, num_tokens):
         patch = model.config.patch_size
         grid = (input_size[0] // patch, input_size[1] // patch) if input_size else model.grid

@@ -117,7 +117,11 @@ class ViT(nn.Module):
         return self.norm(x)
 
     def forward(self, x):
-        x = self.forward_features(x)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_head(self, x):
+        """Normalised tokens (B, N, D) -> the output (timm's convention; vitx applies it to
+        intermediate blocks' tokens, e.g. for LeGrad)."""
         logits = self.head(x[:, 0])
         if self.head_dist is None:
             return logits

@@ -15,7 +15,7 @@ from ..capture.support import check_method
 from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
-from .explainer import ATTENTION, ATTENTION_GRAD, MODEL
+from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKEN_GRAD, TOKENS
 from .explanation import Explanation, normalise_maps
 from .targets import as_logits, resolve_target, split_target
 from ..inputs import prepare_images, to_model
@@ -57,24 +57,54 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     """One batched forward (and backward when asked for) that records what `explainer`
     requires, then its math on the `Evidence`."""
     needs = explainer.requirements()
-    grad = explainer.uses_gradients()
+    live = _differentiates_recorded(needs)
+    grad = explainer.uses_gradients() or live
     keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
-    with AttentionRecorder(model, adapter=adapter, keep=keep, layout=layout) as recorder:
+    tokens = bool(needs & {TOKENS, TOKEN_GRAD}) or ATTENTION not in needs  # no attention: layout from tokens
+    with AttentionRecorder(model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens,
+                           layout=layout) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output)
-            recorder.check_recorded()
-            gradients = recorder.gradients(resolved.score(output).sum()) if ATTENTION_GRAD in needs else None
+            if ATTENTION in needs:
+                recorder.check_recorded()
+            score = resolved.score(output).sum() if grad else None
+            token_grads = (recorder.token_gradients(score, retain_graph=live or ATTENTION_GRAD in needs)
+                           if TOKEN_GRAD in needs else None)
+            gradients = recorder.gradients(score) if ATTENTION_GRAD in needs else None
         layout = recorder.layout
     evidence = Evidence(
         model=model, pixels=pixels.detach(), layout=layout, query=layout.query(token, device=pixels.device),
         output=_detach(output), target=resolved,
         attentions=[None if a is None else a.detach() for a in recorder.attentions] if ATTENTION in needs else None,
         attention_grads=gradients,
+        tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
+        token_grads=token_grads,
+        extras=_extras(model, adapter, recorder, needs, live),
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
     return as_logits(evidence.output), resolved, relevance.detach(), layout
+
+
+def _differentiates_recorded(needs) -> bool:
+    """A method that asks for the model (autograd in its own math) as well as attention or
+    token states differentiates the recorded tensors itself (LeGrad: each block's own score
+    w.r.t. that block's attention): it gets them on the graph of a forward with gradients."""
+    return MODEL in needs and bool(needs & {ATTENTION, TOKENS})
+
+
+def _extras(model, adapter, recorder, needs, live) -> dict:
+    """Adapter pieces and live graph tensors for the methods that need them."""
+    extras = {}
+    if MODEL in needs:
+        extras["data_config"] = adapter.data_config(model)  # mean / std: what 'black' is in the input space
+    if TOKENS in needs:
+        extras["head"] = adapter.head(model)  # tokens -> output (final norm, pooling, classifier) or None
+    if live:
+        extras["graph_attentions"] = list(recorder.graph_attentions)
+        extras["graph_tokens"] = recorder.tokens if TOKENS in needs else None
+    return extras
 
 
 def _detach(output):

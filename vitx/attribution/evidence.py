@@ -32,21 +32,26 @@ class Evidence:
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
 
     def score(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B,) target score of `pixels` (gradients flow when enabled by the caller)."""
-        return self.target.score(self.model(pixels))
+        """(B,) target score of `pixels` (gradients flow when enabled by the caller); like
+        `input_gradient`, a batch of k stacked copies of the explained batch is scored
+        copy by copy (perturbation methods score many masked versions in one forward)."""
+        return self._target_for(pixels.shape[0]).score(self.model(pixels))
+
+    def _target_for(self, batch: int):
+        """The target for `batch` images: the explained batch stacked batch // B times."""
+        repeats = batch // self.pixels.shape[0]
+        if repeats > 1 and self.target.indices is not None:
+            from .targets import ClassTarget
+
+            return ClassTarget(self.target.indices.repeat(repeats))
+        return self.target
 
     def input_gradient(self, pixels: torch.Tensor):
         """(score (B,), d score / d pixels (B, C, H, W)) for a batch shaped like `self.pixels`
         (or a whole number of copies of it, e.g. the steps of a path stacked on the batch)."""
         with torch.enable_grad():
             x = pixels.detach().requires_grad_(True)
-            repeats = x.shape[0] // self.pixels.shape[0]
-            target = self.target
-            if repeats > 1 and target.indices is not None:
-                from .targets import ClassTarget
-
-                target = ClassTarget(target.indices.repeat(repeats))
-            score = target.score(self.model(x))
+            score = self._target_for(x.shape[0]).score(self.model(x))
             (grad,) = torch.autograd.grad(score.sum(), x)
         return score.detach(), grad
 

@@ -54,13 +54,17 @@ class AttentionRecorder:
     only safe when no gradient is needed, since gradients need the tensors of the graph.
     """
 
-    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None, layout=None):
+    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
+                 attention: bool = True, tokens: bool = False, layout=None):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
         self.keep = keep
+        self.record_attention = attention  # False: the adapter's attention capture is not attached at all
+        self.record_tokens = tokens  # token states after each block (see token_states.py)
         self.attentions: List[Optional[torch.Tensor]] = []
         self.graph_attentions: List[torch.Tensor] = []
+        self.token_states: List[torch.Tensor] = []  # as the sites returned them (graph tensors)
         self.input_size = None
         self.batch_size = None
         self.num_tokens = None
@@ -76,7 +80,10 @@ class AttentionRecorder:
             stack.enter_context(model_lock(self.model))
             handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             stack.callback(handle.remove)
-            stack.enter_context(self.adapter.attach(self.model, self._record))
+            if self.record_attention:
+                stack.enter_context(self.adapter.attach(self.model, self._record))
+            if self.record_tokens:
+                stack.enter_context(self._attach_token_sites())
         except BaseException:
             stack.close()
             raise
@@ -93,6 +100,7 @@ class AttentionRecorder:
         self.batch_size = x.shape[0] if torch.is_tensor(x) and x.dim() >= 1 else None
         self.attentions = []
         self.graph_attentions = []
+        self.token_states = []
         self.num_tokens = None
 
     def _check(self, attention: torch.Tensor) -> None:
@@ -135,6 +143,39 @@ class AttentionRecorder:
             self.graph_attentions.append(attention)
         return attention
 
+    def _attach_token_sites(self):
+        from .token_states import hook_token_sites
+
+        sites = self.adapter.token_sites(self.model)
+        if not sites:
+            raise VitxError(
+                f"cannot find the blocks of {type(self.model).__name__} (no nn.ModuleList / nn.Sequential of "
+                f"blocks): the {self.adapter.name!r} adapter must name its token sites (Adapter.token_sites)"
+            )
+        return hook_token_sites(sites, self._record_tokens)
+
+    def _record_tokens(self, site: int, output) -> None:
+        from .token_states import check_state
+
+        self.token_states.append(check_state(output, site, self.batch_size))
+
+    @property
+    def tokens(self) -> List[torch.Tensor]:
+        """Token states after each block as (B, N, D) (feature maps flattened row by row)."""
+        from .token_states import as_sequence
+
+        return [as_sequence(s, self.input_size) for s in self.token_states]
+
+    def token_gradients(self, score: torch.Tensor, retain_graph: bool = False) -> List[torch.Tensor]:
+        """d(score)/d(token states) per block, as (B, N, D) like `tokens` (autograd.grad: no .grad touched)."""
+        from .token_states import as_sequence
+
+        if not self.token_states or not all(s.requires_grad for s in self.token_states):
+            raise VitxError("token gradients need a forward with gradients enabled, through every block")
+        grads = torch.autograd.grad(score, self.token_states, allow_unused=True, retain_graph=retain_graph)
+        return [as_sequence(torch.zeros_like(s) if g is None else g, self.input_size)
+                for s, g in zip(self.token_states, grads)]
+
     @property
     def num_layers(self) -> int:
         return len(self.attentions)
@@ -155,6 +196,8 @@ class AttentionRecorder:
     @property
     def layout(self) -> TokenLayout:
         """Which token is which, for the input of the last forward."""
+        if not self.record_attention:
+            return self._token_layout()
         self.check_recorded()
         if isinstance(self.layout_override, TokenLayout):
             layout, source = self.layout_override, "the layout you passed"
@@ -169,6 +212,14 @@ class AttentionRecorder:
                 f"but the attention has {self.num_tokens}"
             )
         return layout
+
+    def _token_layout(self) -> TokenLayout:
+        """The layout from the last token state, when no attention was recorded."""
+        from .token_states import layout_from_state
+
+        if not self.token_states:
+            raise VitxError(f"no token states were recorded for {type(self.model).__name__}")
+        return layout_from_state(self.adapter, self.model, self.token_states[-1], self.input_size)
 
     def gradients(self, score: torch.Tensor) -> List[torch.Tensor]:
         """d(score)/d(attention) for every layer, paired with `attentions` by construction.

@@ -34,12 +34,17 @@ def draw_curves(results, path):
     save_png(path, np.concatenate(panels, axis=1))
 
 
+def _cost(cost) -> str:
+    """Time per image relative to a plain forward ('-' for the random map)."""
+    return "-" if cost is None else f"{cost['cost']:.1f}x"
+
+
 @click.command("evaluate")
 @click.option("--model", "-m", default=None, help="Model name or checkpoint path [default: the CLI default].")
 @click.option("--checkpoint", type=click.Path())
 @click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
-@click.option("--methods", default="raw_attention,rollout,grad_rollout,chefer2021", show_default=True)
+@click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
 @click.option("--n", "count", default=1000, show_default=True, help="Number of images (a seeded random subset).")
 @click.option("--baseline", default="black", show_default=True, type=click.Choice(["black", "mean", "blur"]))
 @click.option("--batch-size", default=100, show_default=True)
@@ -57,7 +62,9 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     from ..registry import data_config, get_explainer
     from ..inspect.report import markdown_table
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    from ..attribution.api import list_methods
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(list_methods())
     for name in names:
         get_explainer(name)
     if (dataset is None) == (folder is None):
@@ -76,17 +83,19 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if len(data) == 0:
         raise VitxError("no images to evaluate")
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    skipped = []
+    skipped, costs = [], {}
     results = evaluate_methods(net, labelled_batches(data, indices, batch_size, skipped), names, baseline=baseline,
-                               seed=seed, progress=True)
+                               seed=seed, progress=True, costs=costs)
     evaluated = len(indices) - len(skipped)
-    (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "seed": seed, "results": results}, indent=1))
+    (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "seed": seed,
+                                                  "batch_size": batch_size, "results": results, "costs": costs}, indent=1))
     draw_curves(results, out / "curves.png")
     header = ["method", "pos. acc AUC (lower)", "neg. acc AUC (higher)", "pos. prob AUC (lower)", "neg. prob AUC (higher)",
-              "deletion (lower)", "insertion (higher)"]
+              "deletion (lower)", "insertion (higher)", "cost vs. forward"]
     keys = ["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc", "negative_probability_auc",
             "deletion_auc", "insertion_auc"]
-    table = markdown_table(header, [[name] + [f"{result['auc'][k]:.4f}" for k in keys] for name, result in results.items()])
+    table = markdown_table(header, [[name] + [f"{result['auc'][k]:.4f}" for k in keys] + [_cost(costs.get(name))]
+                                    for name, result in results.items()])
     (out / "results.md").write_text(f"{evaluated} images, baseline {baseline}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")

@@ -135,13 +135,29 @@ def summarise(curves: Curves) -> Dict[str, float]:
     }
 
 
+def _timed(device, function):
+    """(result, seconds) of `function()`, waiting for the device to finish."""
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
+
+
 def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", seed=0, progress=False,
-                     options: Optional[Dict[str, dict]] = None):
+                     options: Optional[Dict[str, dict]] = None, costs: Optional[dict] = None):
     """Faithfulness of each method (and of a random map) on labelled batches.
 
     batches: iterable of (pixels (B, C, H, W) preprocessed, labels (B,)). Targets are the
     model's predicted classes (the class each map explains). Returns
-    {method: {"auc": {...}, "curves": {...}}}, deterministic for a fixed seed.
+    {method: {"auc": {...}, "curves": {...}}}, deterministic for a fixed seed. `costs`, when
+    given, is filled with {method: {"seconds_per_image", "cost"}}: the time per image of each
+    explanation and its ratio to a plain (no-grad) forward of the same batches (timings vary
+    from run to run, so they are kept out of the deterministic result).
     """
     from tqdm import tqdm
 
@@ -160,15 +176,26 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     names = list(methods) + ["random"]
     curves = {name: Curves() for name in names}
     generator = torch.Generator().manual_seed(seed)
+    seconds = dict.fromkeys(list(methods) + ["forward"], 0.0)
+    images = 0
     with evaluation_mode(model):
         for pixels, labels in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
             pixels, labels = pixels.to(device), labels.to(device)
-            explanations = {m: explain(model, pixels, method=m, batch_size=len(pixels), **options.get(m, {}))
-                            for m in methods}
+            images += len(pixels)
+            with torch.no_grad():
+                seconds["forward"] += _timed(device, lambda: model(pixels))[1]
+            explanations = {}
+            for m in methods:
+                explanations[m], took = _timed(device, lambda m=m: explain(
+                    model, pixels, method=m, batch_size=len(pixels), **options.get(m, {})))
+                seconds[m] += took
             first = explanations[methods[0]]
             targets = first.targets.to(device)  # every map explains the predicted class
             maps = {m: e.maps for m, e in explanations.items()}
             maps["random"] = torch.rand(first.maps.shape, generator=generator)
             for name in names:
                 perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline, curves[name])
+    if costs is not None and images:
+        for m in methods:
+            costs[m] = {"seconds_per_image": seconds[m] / images, "cost": seconds[m] / max(seconds["forward"], 1e-12)}
     return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}

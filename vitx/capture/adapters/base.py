@@ -1,13 +1,16 @@
 """The adapter contract: how to find and record the attention of one family of models.
 
-An adapter answers four questions about a model: does it recognise it (`matches`), how to
+An adapter answers these questions about a model: does it recognise it (`matches`), how to
 record its attention (`attach`, a context manager that restores everything it changes),
-which token is which (`layout`), and how to preprocess images for it (`data_config`).
+which token is which (`layout`), how to preprocess images for it (`data_config`), which
+modules output the token states after each block (`token_sites`), and how its final norm
+and head turn tokens into an output (`head`).
 The core never branches on a model's class outside the adapters package; a new architecture gets
 an adapter plugin (hook `vitx_register_adapters`), not a special case elsewhere.
 """
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
+import torch
 from torch import nn
 
 from ..attention_math import Record
@@ -33,6 +36,23 @@ class Adapter:
 
     def layout(self, model: nn.Module, input_size: Optional[Tuple[int, int]], num_tokens: int) -> TokenLayout:
         raise NotImplementedError
+
+    def token_sites(self, model: nn.Module) -> List[nn.Module]:
+        """Modules whose outputs are the token states after each block, in order: (B, N, D)
+        tokens, or (B, H, W, C) feature maps for hierarchical stages. Default: found by
+        structure (`token_states.default_token_sites`)."""
+        from ..token_states import default_token_sites
+
+        return default_token_sites(model)
+
+    def head(self, model: nn.Module) -> Optional[Callable[[torch.Tensor], object]]:
+        """tokens (B, N, D) of the last block -> the model's output: its final norm, pooling and
+        classifier, so that methods such as LeGrad can read any block's tokens as the head
+        would. Default: timm's convention (`model.forward_head(model.norm(tokens))`), or None."""
+        norm, forward_head = getattr(model, "norm", None), getattr(model, "forward_head", None)
+        if isinstance(norm, nn.Module) and callable(forward_head):
+            return lambda tokens: forward_head(norm(tokens))
+        return None
 
     def data_config(self, model: nn.Module) -> dict:
         """timm-style data config (input_size, mean, std, interpolation, crop_pct)."""

@@ -45,6 +45,10 @@ class TimmAdapter(Adapter):
             for m, flag in saved:
                 m.fused_attn = flag
 
+    def token_sites(self, model):
+        blocks = getattr(model, "blocks", None)
+        return list(blocks) if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else super().token_sites(model)
+
     def layout(self, model, input_size, num_tokens):
         embed = model.patch_embed
         if getattr(model, "dynamic_img_size", False) and input_size is not None:

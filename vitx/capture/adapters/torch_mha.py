@@ -43,6 +43,16 @@ class MultiheadAttentionAdapter(Adapter):
                 else:
                     del mha.forward
 
+    def token_sites(self, model):
+        layers = getattr(getattr(model, "encoder", None), "layers", None)  # torchvision VisionTransformer
+        return list(layers) if isinstance(layers, nn.Sequential) else super().token_sites(model)
+
+    def head(self, model):
+        norm, heads = getattr(getattr(model, "encoder", None), "ln", None), getattr(model, "heads", None)
+        if isinstance(norm, nn.Module) and isinstance(heads, nn.Module):  # torchvision: heads(ln(x)[:, 0])
+            return lambda tokens: heads(norm(tokens)[:, 0])
+        return super().head(model)
+
     def layout(self, model, input_size, num_tokens):
         return infer_token_layout(model, input_size, num_tokens)
 

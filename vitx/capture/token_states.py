@@ -1,0 +1,139 @@
+"""Token states: the sequence of tokens after each block, for methods that read features.
+
+Grad-CAM reads one late block's token features and their gradient, LeGrad applies the
+model's final norm and head to every block's tokens, and model-agnostic methods (integrated
+gradients, occlusion, RISE) need nothing but a token layout. All of them get it here, from
+forward hooks on the modules an adapter names as token sites (`Adapter.token_sites`),
+without recording attention at all: hierarchical models (Swin) whose windowed attention
+cannot be rolled out are explained through their last stage's feature map.
+
+A site's output may be (B, N, D) tokens, or a (B, H, W, C) / (B, C, H, W) feature map;
+methods always see (B, N, D) (`as_sequence`), and the layout of a feature map is its grid.
+"""
+import math
+from contextlib import contextmanager
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import VitxError
+from .layout import MEAN_TOKEN, TokenLayout
+
+
+def default_token_sites(model: nn.Module) -> List[nn.Module]:
+    """The blocks of a model found by structure: the shallowest nn.ModuleList / nn.Sequential
+    (not the model itself) of at least two children that each have sub-modules (blocks, not
+    single layers such as an MLP's Linear/GELU); the longest one at equal depth.
+
+    That is `blocks` (timm, hand-written ViTs), `encoder.layers` (torchvision ViT),
+    `encoder.layer` (Hugging Face), `layers` / `features` (timm and torchvision Swin, whose
+    stages are the blocks: the last one is the last stage's feature map).
+    """
+    best, best_key = [], None
+    for name, module in model.named_modules():
+        if not name or not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = list(module.children())
+        if len(children) < 2 or not all(any(True for _ in c.children()) for c in children):
+            continue
+        key = (name.count("."), -len(children))
+        if best_key is None or key < best_key:
+            best, best_key = children, key
+    return best
+
+
+@contextmanager
+def hook_token_sites(sites: List[nn.Module], record: Callable[[int, object], None]):
+    """Forward hooks on `sites` calling record(site index, output); removed on exit."""
+    handles = []
+    try:
+        for index, site in enumerate(sites):
+            handles.append(site.register_forward_hook(lambda mod, inp, out, i=index: record(i, out)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def first_tensor(output) -> Optional[torch.Tensor]:
+    """A block's output tokens (blocks that return (tokens, extra) tuples give their first)."""
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        return output[0]
+    return None
+
+
+def channels_last(state: torch.Tensor, input_size: Optional[Tuple[int, int]]) -> bool:
+    """Whether a (B, ., ., .) feature map is (B, H, W, C) (token models: Swin) rather than
+    (B, C, H, W): the layout whose spatial sides have the input's aspect ratio; channels
+    last when both do (it is what transformer stages return)."""
+    if input_size is None:
+        return True
+    height, width = input_size
+    if state.shape[1] * width == state.shape[2] * height:
+        return True
+    if state.shape[2] * width == state.shape[3] * height:
+        return False
+    raise VitxError(
+        f"token states of shape {tuple(state.shape)} match neither (B, H, W, C) nor (B, C, H, W) for an "
+        f"input of {height}x{width}; the model needs an adapter that names its token sites"
+    )
+
+
+def as_sequence(state: torch.Tensor, input_size) -> torch.Tensor:
+    """(B, N, D) view of a site's output: tokens as they are, feature maps flattened row by row."""
+    if state.dim() == 3:
+        return state
+    if channels_last(state, input_size):
+        return state.flatten(1, 2)
+    return state.flatten(2).transpose(1, 2)
+
+
+def check_state(state, site: int, batch_size: Optional[int]) -> torch.Tensor:
+    tensor = first_tensor(state)
+    if tensor is None or tensor.dim() not in (3, 4):
+        shape = tuple(tensor.shape) if tensor is not None else type(state).__name__
+        raise VitxError(
+            f"token site {site} returned {shape}, not (batch, tokens, dim) tokens or a (batch, h, w, c) "
+            "feature map; the model needs an adapter that names its token sites (Adapter.token_sites)"
+        )
+    if batch_size is not None and tensor.shape[0] != batch_size:
+        raise VitxError(
+            f"token site {site} returned batch {tensor.shape[0]} for a model called with batch {batch_size} "
+            "(tokens folded into the batch, e.g. windows); the model needs an adapter that names its token sites"
+        )
+    return tensor
+
+
+def grid_for(num_patches: int, input_size) -> Optional[Tuple[int, int]]:
+    """The h x w grid of `num_patches` with the aspect ratio of the input, if there is one."""
+    height, width = input_size if input_size is not None else (1, 1)
+    h = round(math.sqrt(num_patches * height / width))
+    if h > 0 and num_patches % h == 0 and h * width == (num_patches // h) * height:
+        return h, num_patches // h
+    return None
+
+
+def layout_from_state(adapter, model, state: torch.Tensor, input_size) -> TokenLayout:
+    """The token layout implied by the last token state: a feature map's own grid, or the
+    adapter's layout for N tokens (falling back to 'leading extra tokens, then a grid with
+    the input's aspect ratio' when the adapter cannot tell)."""
+    if state.dim() == 4:
+        grid = tuple(state.shape[1:3]) if channels_last(state, input_size) else tuple(state.shape[2:4])
+        return TokenLayout(prefix={}, num_prefix=0, grid=grid, default_token=MEAN_TOKEN)
+    num_tokens = state.shape[1]
+    try:
+        layout = adapter.layout(model, input_size, num_tokens)
+    except VitxError:
+        layout = None
+    if layout is not None and layout.num_tokens == num_tokens:
+        return layout
+    from .layout import infer_layout
+
+    for prefix in range(num_tokens):
+        grid = grid_for(num_tokens - prefix, input_size)
+        if grid is not None:
+            return infer_layout(num_tokens, grid)
+    raise VitxError(f"cannot tell the patch grid of {num_tokens} tokens for an input of {input_size}")
