@@ -60,7 +60,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token):
     with AttentionRecorder(model, adapter=adapter, keep=keep) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
-            resolved = resolve_target(target, output)
+            resolved = resolve_target(target, output, adapter.output_kind(model))
             recorder.check_recorded()
             gradients = recorder.gradients(resolved.score(output).sum()) if ATTENTION_GRAD in needs else None
         layout = recorder.layout
@@ -72,7 +72,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token):
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
-    return as_logits(evidence.output), resolved, relevance.detach(), layout
+    return resolved.report(evidence.output), resolved, relevance.detach(), layout
 
 
 def _detach(output):
@@ -155,6 +155,7 @@ def explain(
         views=views,
         class_names=class_names(model, logits.shape[-1]),
         sources=sources,
+        target_description=chunks[0][1].description,
     )
 
 

@@ -47,6 +47,7 @@ class Explanation:
     views: List[np.ndarray]
     class_names: Optional[Sequence[str]] = None
     sources: Optional[List[Optional[str]]] = None
+    target_description: str = "class"  # what `logits` holds when `targets` is None: that target's score
 
     def __len__(self) -> int:
         return self.maps.shape[0]

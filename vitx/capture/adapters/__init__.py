@@ -6,12 +6,15 @@ the `vitx_register_adapters` hook exactly like these.
 """
 from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, patch_conv
+from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .timm import TimmAdapter
 from .torch_mha import MultiheadAttentionAdapter
+from .transformers import TransformersAdapter
 
 __all__ = [
-    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "TimmAdapter",
+    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter", "SDPAAdapter", "TimmAdapter",
+    "TransformersAdapter",
     "grid_from_patch_conv", "patch_conv",
 ]
 
@@ -19,5 +22,7 @@ __all__ = [
 @hookimpl
 def vitx_register_adapters(register):
     register(TimmAdapter())
+    register(TransformersAdapter())
+    register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
