@@ -139,3 +139,34 @@ def chefer_reference(attentions, grads, query):
 
 def correlation(a, b):
     return float(torch.corrcoef(torch.stack([a.double().flatten(), b.double().flatten()]))[0, 1])
+
+
+def save_clip_tokenizer(folder):
+    """A real CLIP BPE tokenizer, offline: built from the vocabulary open_clip ships."""
+    import transformers
+    from open_clip.tokenizer import SimpleTokenizer
+
+    simple = SimpleTokenizer()
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {rename.get(k, k): v for k, v in simple.encoder.items()}
+    merges = [tuple(m) for m in sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)]
+    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def write_images(folder, count=2, size=(40, 52), seed=0):
+    """Small RGB PNGs with structure (a bright square on noise), so maps have something to find."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        array = rng.integers(0, 80, (*size, 3), dtype=np.uint8)
+        top, left = rng.integers(0, size[0] - 16), rng.integers(0, size[1] - 16)
+        array[top:top + 16, left:left + 16] = 230
+        path = folder / f"img{i}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
