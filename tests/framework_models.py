@@ -47,11 +47,7 @@ def open_clip_model(seed=0):
     import open_clip
 
     torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        embed_dim=16,
-        vision_cfg=dict(image_size=32, patch_size=8, width=24, layers=2, head_width=12, mlp_ratio=2.0),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=24, heads=2, layers=2),
-    ).eval()
+    model = open_clip.CLIP(**OPEN_CLIP_CFG).eval()
     return sharpen(model)
 
 
@@ -170,3 +166,48 @@ def write_images(folder, count=2, size=(40, 52), seed=0):
         Image.fromarray(array).save(path)
         paths.append(path)
     return paths
+
+
+OPEN_CLIP_CFG = dict(
+    embed_dim=16,
+    vision_cfg=dict(image_size=32, patch_size=8, width=24, layers=2, head_width=12, mlp_ratio=2.0),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=24, heads=2, layers=2),
+)
+
+
+def open_clip_tower_reference(tower, x):
+    """open_clip's image tower written out here with explicit softmax(QK^T / sqrt(d)) in every block;
+    returns (pooled embedding, per-layer attention with retain_grad)."""
+    import torch.nn.functional as F
+
+    h = tower.conv1(x).flatten(2).transpose(1, 2)
+    h = torch.cat([tower.class_embedding.expand(h.shape[0], 1, -1), h], dim=1) + tower.positional_embedding
+    h = tower.ln_pre(h)
+    attentions = []
+    for block in tower.transformer.resblocks:
+        y = block.ln_1(h)
+        mha = block.attn
+        b, n, d = y.shape
+        heads = mha.num_heads
+        q, k, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).reshape(b, n, 3, heads, d // heads).permute(
+            2, 0, 3, 1, 4)
+        attention = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+        if attention.requires_grad:
+            attention.retain_grad()
+        attentions.append(attention)
+        h = h + block.ls_1(mha.out_proj((attention @ v).transpose(1, 2).reshape(b, n, d)))
+        h = h + block.ls_2(block.mlp(block.ln_2(h)))
+    pooled = tower.ln_post(h)[:, 0] @ tower.proj
+    return pooled, attentions
+
+
+def save_open_clip(model, folder, preprocess_cfg):
+    """The folder layout open_clip's `local-dir:` loader reads: config JSON and safetensors weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": OPEN_CLIP_CFG,
+                                                              "preprocess_cfg": preprocess_cfg}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
