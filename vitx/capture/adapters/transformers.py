@@ -54,7 +54,11 @@ def _ensure_registered() -> None:
     global _registered
     with _register_lock:
         if not _registered:
-            from transformers import AttentionInterface
+            try:
+                from transformers import AttentionInterface
+            except ImportError:
+                raise VitxError("vitx records transformers models through AttentionInterface (transformers 5): "
+                                'pip install -U "vitx[hf]"') from None
 
             AttentionInterface.register(ATTENTION_NAME, _vitx_attention)
             _registered = True
