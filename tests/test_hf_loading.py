@@ -148,6 +148,11 @@ def test_clip_dual_encoder_text_target_chefer_equals_eager_twin(impl, tmp_path):
     assert inner.config.text_config._attn_implementation == impl
 
 
+def test_a_bare_dual_encoder_gets_a_clear_error():
+    with pytest.raises(vitx.VitxError, match="ImageTextModel"):
+        vitx.explain(hf_clip("sdpa"), torch.randn(1, 3, 32, 32), method="rollout")
+
+
 def test_siglip_text_target_equals_the_models_reported_similarity():
     from vitx.loaders.huggingface import ImageTextModel
 

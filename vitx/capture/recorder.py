@@ -18,8 +18,9 @@ from .layout import TokenLayout
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 
 SUPPORTED = (
-    "timm attention modules (ViT, DeiT, distilled, register tokens), torch.nn.MultiheadAttention "
-    "(torchvision ViT) and models that call F.scaled_dot_product_attention"
+    "timm attention modules (ViT, DeiT, distilled, register tokens), Hugging Face transformers vision models, "
+    "open_clip image towers, torch.nn.MultiheadAttention (torchvision ViT) and models that call "
+    "F.scaled_dot_product_attention"
 )
 
 

@@ -118,6 +118,12 @@ class TransformersAdapter(Adapter):
     @contextmanager
     def attach(self, model, record):
         _ensure_registered()
+        config = hf_model(model).config
+        if model is hf_model(model) and getattr(config, "text_config", None) is not None:
+            raise VitxError(
+                f"{type(model).__name__} is an image-text model whose forward needs text: explain its image side "
+                "with vitx.loaders.huggingface.ImageTextModel(model, tokenizer), or load it with --model hf:DIR"
+            )
         sites = attention_modules(model)
         configs = {id(m.config): m.config for m in sites}
         saved = {key: config.__dict__.get("_attn_implementation_internal") for key, config in configs.items()}
