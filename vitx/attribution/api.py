@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..capture.recorder import AttentionRecorder, model_lock
+from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, MODEL
@@ -51,13 +52,13 @@ def _drop(layer, attention):
     return None  # the method does not read attention: keep none of it
 
 
-def _explain_chunk(model, adapter, explainer, pixels, target, token):
+def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None):
     """One batched forward (and backward when asked for) that records what `explainer`
     requires, then its math on the `Evidence`."""
     needs = explainer.requirements()
     grad = explainer.uses_gradients()
     keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
-    with AttentionRecorder(model, adapter=adapter, keep=keep) as recorder:
+    with AttentionRecorder(model, adapter=adapter, keep=keep, layout=layout) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -110,6 +111,7 @@ def explain(
     batch_size: int = 32,
     adapter=None,
     device=None,
+    layout=None,
     **options,
 ) -> Explanation:
     """Explain a model's predictions on `images` with one method.
@@ -118,13 +120,15 @@ def explain(
     preprocessed, or paths / PIL images / arrays (preprocessed with the model's data
     config). target: None (predicted class), an int, or one int per image. token: which
     token to explain from ('cls', 'dist', 'mean', ...; default: what the head reads).
-    options: the method's options (see `vitx methods`).
+    layout: override where the patches are: (h, w) / 'HxW' (the extra tokens come first), or a
+    TokenLayout. options: the method's options (see `vitx methods`).
     """
     explainer = get_explainer(method).cls(**options)
     if not isinstance(model, nn.Module):
         model = load_model(model, device=device)
     else:
         _check_call(model, explainer, device)
+    model = unwrap(model)  # DataParallel / DDP / torch.compile: run the eager module itself
     if batch_size < 1:
         raise VitxError(f"batch size must be at least 1, got {batch_size}")
     adapter, pixels, views, sources = model_inputs(model, images, adapter)
@@ -138,7 +142,7 @@ def explain(
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             chunk_target = split_target(target, start, stop, count)
-            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token))
+            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout))
 
     logits = torch.cat([c[0] for c in chunks]).cpu()
     relevance = torch.cat([c[2] for c in chunks]).float().cpu()

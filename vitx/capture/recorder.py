@@ -13,14 +13,15 @@ import torch
 from torch import nn
 
 from ..errors import VitxError
-from .layout import TokenLayout
+from .layout import TokenLayout, infer_layout
+from .unwrap import unwrap
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 
 SUPPORTED = (
-    "timm attention modules (ViT, DeiT, distilled, register tokens), Hugging Face transformers vision models, "
-    "open_clip image towers, torch.nn.MultiheadAttention (torchvision ViT) and models that call "
-    "F.scaled_dot_product_attention"
+    "timm attention modules, Hugging Face transformers vision models, open_clip image towers, "
+    "torch.nn.MultiheadAttention (torchvision ViT), and any model that calls "
+    "F.scaled_dot_product_attention or a softmax over a square (tokens x tokens) score matrix"
 )
 
 
@@ -54,8 +55,9 @@ class AttentionRecorder:
     only safe when no gradient is needed, since gradients need the tensors of the graph.
     """
 
-    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None):
-        self.model = model
+    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None, layout=None):
+        self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
+        self.layout_override = layout
         self.adapter = adapter
         self.keep = keep
         self.attentions: List[Optional[torch.Tensor]] = []
@@ -141,18 +143,25 @@ class AttentionRecorder:
     def check_recorded(self) -> None:
         if not self.attentions:
             raise VitxError(
-                f"no attention was recorded for {type(self.model).__name__}: vitx supports "
-                f"{SUPPORTED}. For another architecture write an adapter (README, 'Adapters')."
+                f"no token attention was recorded for {type(self.model).__name__} (adapter {self.adapter.name!r}): "
+                f"the forward ran but computed no token-by-token attention that vitx can see. vitx records "
+                f"{SUPPORTED}. A model without attention (a CNN) can be explained by methods that need no "
+                "attention (see `vitx methods`); another attention implementation needs an adapter (README, 'Adapters')"
             )
 
     @property
     def layout(self) -> TokenLayout:
         """Which token is which, for the input of the last forward."""
         self.check_recorded()
-        layout = self.adapter.layout(self.model, self.input_size, self.num_tokens)
+        if isinstance(self.layout_override, TokenLayout):
+            layout, source = self.layout_override, "the layout you passed"
+        elif self.layout_override is not None:
+            layout, source = infer_layout(self.num_tokens, _grid(self.layout_override)), "the grid you passed"
+        else:
+            layout, source = self.adapter.layout(self.model, self.input_size, self.num_tokens), f"adapter {self.adapter.name!r}"
         if layout.num_tokens != self.num_tokens:
             raise VitxError(
-                f"adapter {self.adapter.name!r} describes {layout.num_tokens} tokens "
+                f"{source} describes {layout.num_tokens} tokens "
                 f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches) "
                 f"but the attention has {self.num_tokens}"
             )
@@ -173,11 +182,22 @@ class AttentionRecorder:
         return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
 
 
-def record_attention(model: nn.Module, adapter=None) -> AttentionRecorder:
+def _grid(value):
+    """(h, w) from a pair or an 'HxW' string."""
+    try:
+        h, w = (int(v) for v in (value.lower().split("x") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise VitxError(f"a grid is (h, w) or 'HxW', got {value!r}") from None
+    if h < 1 or w < 1:
+        raise VitxError(f"a grid needs positive sides, got {h}x{w}")
+    return h, w
+
+
+def record_attention(model: nn.Module, adapter=None, layout=None) -> AttentionRecorder:
     """Record the attention of `model` inside a `with` block (the library's raw access).
 
     >>> with record_attention(model) as rec:
     ...     logits = model(x)
     >>> rec.attentions[-1].shape, rec.layout.grid
     """
-    return AttentionRecorder(model, adapter=adapter)
+    return AttentionRecorder(model, adapter=adapter, layout=layout)

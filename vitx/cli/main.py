@@ -68,6 +68,7 @@ def _output_names(sources, method):
 @click.option("--category-index", "--category_index", "category_index", type=int, help="Class to explain [default: predicted].")
 @click.option("--text", "texts", multiple=True, help="Explain the similarity to this text prompt (CLIP, SigLIP; repeatable: one map per prompt).")
 @click.option("--reference", type=click.Path(), help="Explain the embedding's similarity to this image's (backbones, CLIP).")
+@click.option("--grid", default=None, help="Patch grid HxW, when vitx cannot tell it (extra tokens come first).")
 @click.option("--token", default=None, help="Token to explain from: cls, dist, mean, reg0... [default: what the head reads].")
 @click.option("--head-fusion", "--head_fusion", "head_fusion", type=click.Choice(HEAD_FUSIONS), help="Head fusion (rollout, raw_attention).")
 @click.option("--discard-ratio", "--discard_ratio", "discard_ratio", type=float, help="Fraction of lowest attention dropped.")
@@ -80,8 +81,8 @@ def _output_names(sources, method):
 @click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
-def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, texts, reference, token, head_fusion,
-            discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
+def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, texts, reference, grid,
+            token, head_fusion, discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
     import numpy as np
 
@@ -109,7 +110,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
                       "use grad_rollout or chefer2021")
     out = Path(out_dir)
     for suffix, target in targets:
-        result = run_explain(net, paths, method=method, target=target, token=token,
+        result = run_explain(net, paths, method=method, target=target, token=token, layout=grid,
                              batch_size=batch_size, **options)
         for i, name in enumerate(_output_names(result.sources, method)):
             name += suffix

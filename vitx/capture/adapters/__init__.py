@@ -5,24 +5,28 @@ framework adapters first, the generic SDPA adapter last. Third-party adapters ar
 the `vitx_register_adapters` hook exactly like these.
 """
 from ...hookspecs import hookimpl
-from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, patch_conv
+from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .timm import TimmAdapter
+from .timm_naflex import TimmNaFlexAdapter
 from .torch_mha import MultiheadAttentionAdapter
 from .transformers import TransformersAdapter
+from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter", "SDPAAdapter", "TimmAdapter",
-    "TransformersAdapter",
-    "grid_from_patch_conv", "patch_conv",
+    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
+    "PreprocessingWrapperAdapter", "SDPAAdapter", "TimmAdapter", "TimmNaFlexAdapter", "TransformersAdapter",
+    "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
 
 @hookimpl
 def vitx_register_adapters(register):
     register(TimmAdapter())
+    register(TimmNaFlexAdapter())
     register(TransformersAdapter())
     register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
+    register(PreprocessingWrapperAdapter())
