@@ -76,6 +76,25 @@ OPEN_CLIP_FAMILIES = {
 }
 
 
+def _image_text(impl, siglip=False):
+    from vitx.loaders.huggingface import ImageTextModel  # the model vitx builds for a CLIP folder
+
+    return ImageTextModel(hf_clip(impl, siglip=siglip))
+
+
+# Rows for the shared compatibility matrix, in the shape of helpers.FAMILIES plus the default token:
+# (name, factory() -> model, prefix token names, input size, default token). Each runs with vitx's
+# own recorder; the references (eager twin, written-out open_clip tower) live above.
+MATRIX_ROWS = [
+    (f"{name}_{impl}", (lambda f=factory, i=impl: f(i)), prefix, size, token)
+    for name, (factory, prefix, size, token) in HF_FAMILIES.items() for impl in IMPLEMENTATIONS
+] + [
+    (f"hf_clip_dual_{impl}", (lambda i=impl: _image_text(i)), ["cls"], (32, 32), "cls") for impl in IMPLEMENTATIONS
+] + [
+    (f"hf_siglip_dual_{impl}", (lambda i=impl: _image_text(i, True)), [], (32, 32), "mean") for impl in IMPLEMENTATIONS
+] + [(name, factory, prefix, size, token) for name, (factory, prefix, size, token) in OPEN_CLIP_FAMILIES.items()]
+
+
 def eager_twin(model):
     """A copy of an HF model with the same weights, running transformers' own eager attention."""
     import copy

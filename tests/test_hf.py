@@ -139,3 +139,15 @@ def test_regression_output_is_explained_as_the_value():
                                atol=1e-5, rtol=1e-4)
     assert exp.targets is None and exp.target_description == "the regression output"
     torch.testing.assert_close(exp.logits[:, 0], model(x).logits[:, 0].detach())
+
+
+@pytest.mark.parametrize("row", __import__("framework_models").MATRIX_ROWS, ids=lambda r: r[0])
+def test_matrix_row_explains_with_every_attention_method(row):
+    """Every row of the compatibility matrix: layout as declared, all four methods give finite maps."""
+    name, factory, prefix, size, token = row
+    model = factory()
+    x = images_for(size, batch=2)
+    for method in ("raw_attention", "rollout", "grad_rollout", "chefer2021"):
+        exp = vitx.explain(model, x, method=method)
+        assert list(exp.layout.prefix) == prefix and exp.token == token
+        assert exp.maps.shape == (2, size[0] // 8, size[1] // 8) and torch.isfinite(exp.maps).all()
