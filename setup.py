@@ -31,7 +31,11 @@ setup(
     },
     package_data={"vitx.reference_models": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        "hf": ["transformers>=5.0", "safetensors"],  # Hugging Face models (--model hf:...), imported lazily
+        "clip": ["open_clip_torch>=3.0"],  # open_clip models (--model open_clip:...), imported lazily
+    },
     entry_points={
         "console_scripts": ["vitx = vitx.cli.main:main"],
         "vitx": [

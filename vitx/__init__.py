@@ -12,6 +12,8 @@ from . import imaging, ops  # noqa: F401  (vitx.ops: the math plugins share)
 from .attribution.api import explain, list_methods
 from .attribution.explainer import Explainer, Option
 from .attribution.explanation import Explanation, Prediction
+from .attribution.multimodal import reference_target, text_targets
+from .attribution.targets import SimilarityTarget, Target, TextTarget
 from .capture import Adapter, AttentionRecorder, TokenLayout, record_attention
 from .errors import VitxError
 from .hookspecs import hookimpl
@@ -24,5 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter", "AttentionRecorder", "Explainer", "Explanation", "Option", "Prediction",
     "TokenLayout", "VitxError", "explain", "hookimpl", "inspect_models", "list_methods", "load_model",
-    "record_attention", "register_plugin",
+    "record_attention", "reference_target", "register_plugin", "SimilarityTarget", "Target", "TextTarget",
+    "text_targets",
 ]

@@ -168,8 +168,12 @@ def load_model(model, checkpoint=None, pretrained: Optional[bool] = None, device
     else:
         name = str(model)
         registered = get_registry().models
+        from .loaders import load_framework_model
+
         if name in registered:
             module = registered[name].loader(checkpoint=checkpoint, pretrained=pretrained, **kwargs)
+        elif (framework_model := load_framework_model(name)) is not None:  # hf:, open_clip:, a model folder
+            module = framework_model
         elif Path(name).is_dir():
             module = _load_folder(Path(name))
         elif Path(name).is_file():

@@ -17,7 +17,7 @@ from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKEN_GRAD, TOKENS
 from .explanation import Explanation, normalise_maps
-from .targets import as_logits, resolve_target, split_target
+from .targets import as_logits, resolve_target, split_target  # noqa: F401 (as_logits: re-exported)
 from ..inputs import prepare_images, to_model
 from ..models import class_names, load_model, model_device
 from ..registry import find_adapter, get_explainer
@@ -65,7 +65,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
                            layout=layout) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
-            resolved = resolve_target(target, output)
+            resolved = resolve_target(target, output, adapter.output_kind(model))
             if ATTENTION in needs:
                 recorder.check_recorded()
             score = resolved.score(output).sum() if grad else None
@@ -84,7 +84,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
-    return as_logits(evidence.output), resolved, relevance.detach(), layout
+    return resolved.report(evidence.output), resolved, relevance.detach(), layout
 
 
 def _differentiates_recorded(needs) -> bool:
@@ -191,6 +191,7 @@ def explain(
         views=views,
         class_names=class_names(model, logits.shape[-1]),
         sources=sources,
+        target_description=chunks[0][1].description,
     )
 
 

@@ -47,6 +47,7 @@ class Explanation:
     views: List[np.ndarray]
     class_names: Optional[Sequence[str]] = None
     sources: Optional[List[Optional[str]]] = None
+    target_description: str = "class"  # what `logits` holds when `targets` is None: that target's score
 
     def __post_init__(self):
         if not torch.isfinite(self.logits).all():

@@ -8,9 +8,14 @@ carries over:
 
     vitx.explain(model, images, target=lambda out: out[:, 3] - out[:, 5])
 
-Built in: a class index (`None` = predicted class, an int, or one int per image) and any
-callable `output -> (B,) score`. Embedding- and text-similarity targets build on the same
-`Target` class.
+Built in: a class index (`None` = predicted class, an int, or one int per image), any
+callable `output -> (B,) score`, the cosine similarity of the image embedding to a reference
+embedding (`SimilarityTarget`: another image, or a text prompt for CLIP / SigLIP), and the
+output itself for a regression model ((B,) or (B, 1) outputs).
+
+A headless model (a backbone or an image tower: its output is an embedding) is never
+explained as if its embedding dimensions were classes: its default target is the embedding's
+length along its own direction (`EmbeddingTarget`), and a class index is refused.
 """
 import numbers
 from typing import Callable, Optional
@@ -31,6 +36,43 @@ def as_logits(output) -> torch.Tensor:
     raise VitxError(f"cannot find logits in the model output ({type(output).__name__})")
 
 
+def as_embedding(output) -> torch.Tensor:
+    """The (B, D) image embedding in a model's output: a tensor, an HF output's `image_embeds`
+    or `pooler_output`, open_clip's `image_features` (dict or tuple), else the first token."""
+    if torch.is_tensor(output):
+        embedding = output
+    elif isinstance(output, dict) and torch.is_tensor(output.get("image_features")):
+        embedding = output["image_features"]
+    elif torch.is_tensor(getattr(output, "image_embeds", None)):
+        embedding = output.image_embeds
+    elif torch.is_tensor(getattr(output, "pooler_output", None)):
+        embedding = output.pooler_output
+    elif torch.is_tensor(getattr(output, "last_hidden_state", None)):
+        embedding = output.last_hidden_state[:, 0]
+    elif isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        embedding = output[0]
+    else:
+        raise VitxError(f"cannot find an image embedding in the model output ({type(output).__name__})")
+    if embedding.dim() != 2:
+        raise VitxError(f"expected a (batch, dim) image embedding, the model returned shape {tuple(embedding.shape)}")
+    return embedding
+
+
+def output_kind(output, hint: str = "logits") -> str:
+    """'logits' or 'embedding'. An HF output with logits is logits, one with only a pooled output
+    or embeddings is an embedding, whatever the hint; a tensor or tuple cannot tell, so the
+    adapter's hint decides."""
+    if torch.is_tensor(output) or isinstance(output, (tuple, list)):
+        return hint
+    if getattr(output, "logits", None) is not None:
+        return "logits"
+    if any(torch.is_tensor(getattr(output, k, None)) for k in ("pooler_output", "image_embeds", "last_hidden_state")):
+        return "embedding"
+    if isinstance(output, dict) and torch.is_tensor(output.get("image_features")):
+        return "embedding"
+    return hint
+
+
 class Target:
     """A fixed way to score an output. `indices` are class indices when the target is a class."""
 
@@ -39,6 +81,10 @@ class Target:
 
     def score(self, output) -> torch.Tensor:
         raise NotImplementedError
+
+    def report(self, output) -> torch.Tensor:
+        """(B, K) numbers to show with the map: class logits for a class target, else the score."""
+        return self.score(output).detach()[:, None]
 
 
 class ClassTarget(Target):
@@ -51,6 +97,9 @@ class ClassTarget(Target):
     def score(self, output) -> torch.Tensor:
         logits = as_logits(output)
         return logits.gather(1, self.indices.to(logits.device)[:, None])[:, 0]
+
+    def report(self, output) -> torch.Tensor:
+        return as_logits(output).detach()
 
 
 class CallableTarget(Target):
@@ -66,6 +115,76 @@ class CallableTarget(Target):
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise VitxError(f"a target callable must return a (batch,) tensor of scores, got {shape}")
         return value
+
+    def report(self, output) -> torch.Tensor:
+        try:
+            logits = as_logits(output)
+        except VitxError:
+            return super().report(output)
+        return logits.detach() if logits.dim() == 2 else super().report(output)
+
+
+class RegressionTarget(Target):
+    """The output of a regression model ((B,) or (B, 1)): explains the predicted value."""
+
+    description = "the regression output"
+
+    def score(self, output) -> torch.Tensor:
+        value = as_logits(output)
+        return value[:, 0] if value.dim() == 2 else value
+
+
+class EmbeddingTarget(Target):
+    """Default for a headless model: the embedding's length along its own direction.
+
+    score = <e, stopgrad(e) / |stopgrad(e)|>, which equals |e| at the explained image, and
+    whose gradient is the direction the embedding points to, so gradient methods explain
+    "what makes this embedding what it is" rather than one arbitrary dimension.
+    """
+
+    description = "the norm of the image embedding (headless model; pass a reference image or a text for a similarity)"
+
+    def __init__(self, direction: Optional[torch.Tensor] = None):
+        self.direction = direction
+
+    def score(self, output) -> torch.Tensor:
+        embedding = as_embedding(output)
+        direction = self.direction
+        if direction is not None and direction.shape[0] != embedding.shape[0] and embedding.shape[0] % direction.shape[0] == 0:
+            direction = direction.repeat(embedding.shape[0] // direction.shape[0], 1)  # copies stacked on the batch
+        if direction is None or direction.shape[0] != embedding.shape[0]:
+            direction = embedding.detach()
+        direction = torch.nn.functional.normalize(direction.to(embedding), dim=-1)
+        return (embedding * direction).sum(-1)
+
+
+class SimilarityTarget(Target):
+    """Cosine similarity of the image embedding to a fixed reference embedding ((D,) or (1, D)):
+    another image's embedding (`--reference`), or a text prompt's (`TextTarget`)."""
+
+    def __init__(self, reference: torch.Tensor, description: str = "similarity to the reference image"):
+        reference = reference.detach()
+        if reference.dim() == 2 and reference.shape[0] == 1:
+            reference = reference[0]
+        if reference.dim() != 1:
+            raise VitxError(f"a reference embedding must be one (dim,) vector, got shape {tuple(reference.shape)}")
+        self.reference = reference
+        self.description = description
+
+    def score(self, output) -> torch.Tensor:
+        embedding = as_embedding(output)
+        if embedding.shape[-1] != self.reference.shape[-1]:
+            raise VitxError(f"the reference embedding has {self.reference.shape[-1]} dimensions but the model's "
+                            f"image embedding has {embedding.shape[-1]}")
+        return torch.nn.functional.cosine_similarity(embedding, self.reference.to(embedding)[None], dim=-1)
+
+
+class TextTarget(SimilarityTarget):
+    """Cosine similarity of the image embedding to a text prompt's embedding (CLIP, SigLIP)."""
+
+    def __init__(self, text_embedding: torch.Tensor, prompt: str):
+        super().__init__(text_embedding, description=f"similarity to the text {prompt!r}")
+        self.prompt = prompt
 
 
 def _class_indices(target) -> torch.Tensor:
@@ -85,17 +204,30 @@ def _class_indices(target) -> torch.Tensor:
         raise VitxError(f"class index out of range: {target!r}") from None
 
 
-def resolve_target(target, output) -> Target:
+def resolve_target(target, output, kind: str = "logits") -> Target:
     """Fix the target on the output of the explained forward.
 
-    None -> the predicted class; an int or a sequence of ints -> those classes (checked
-    against the class count); a callable -> that score; a `Target` -> itself.
+    None -> the predicted class (an embedding model: `EmbeddingTarget`; a regression model:
+    its output); an int or a sequence of ints -> those classes (checked against the class
+    count); a callable -> that score; a `Target` -> itself. `kind` is the adapter's word on
+    what the output is ('logits' or 'embedding').
     """
     if isinstance(target, Target):
         return target
     if callable(target) and not torch.is_tensor(target):
         return CallableTarget(target)
+    if output_kind(output, kind) == "embedding":
+        if target is None:
+            return EmbeddingTarget(as_embedding(output).detach())
+        raise VitxError(
+            f"this model outputs an image embedding, not class scores, so a class index ({target!r}) would explain "
+            "one embedding dimension: use a similarity target (--reference IMAGE, --text PROMPT, SimilarityTarget) "
+            "or a callable"
+        )
     logits = as_logits(output)
+    if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1):
+        if target is None or (not torch.is_tensor(target) and target == 0):
+            return RegressionTarget()
     if logits.dim() != 2:
         raise VitxError(f"class targets need (batch, classes) logits; the model returned shape {tuple(logits.shape)}")
     batch, num_classes = logits.shape

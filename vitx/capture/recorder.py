@@ -19,7 +19,8 @@ from .unwrap import unwrap
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 
 SUPPORTED = (
-    "timm attention modules, torch.nn.MultiheadAttention (torchvision ViT), and any model that calls "
+    "timm attention modules, Hugging Face transformers vision models, open_clip image towers, "
+    "torch.nn.MultiheadAttention (torchvision ViT), and any model that calls "
     "F.scaled_dot_product_attention or a softmax over a square (tokens x tokens) score matrix"
 )
 

@@ -1,6 +1,5 @@
 """`vitx evaluate`: faithfulness of several methods on a labelled dataset or image folder."""
 import json
-from pathlib import Path
 
 import click
 

@@ -32,7 +32,7 @@ def _say(text: str = "", err: bool = False) -> None:
 
 
 def explain_files(net, paths: Sequence[str], method: str, options: dict, target, token, batch_size: int, out: Path,
-                  save_maps: bool, colormap: str, layout=None) -> None:
+                  save_maps: bool, colormap: str, layout=None, suffix: str = "") -> None:
     """Explain `paths` batch by batch, writing input | heatmap | overlay PNGs into `out`.
     Raises a VitxError at the end when some images could not be read."""
     from tqdm import tqdm
@@ -40,7 +40,7 @@ def explain_files(net, paths: Sequence[str], method: str, options: dict, target,
     from ..attribution.api import explain
     from ..imaging import read_image
 
-    names = dict(zip(paths, output_names(paths, method, out, (".png", ".npy") if save_maps else (".png",))))
+    names = dict(zip(paths, output_names(paths, method + suffix, out, (".png", ".npy") if save_maps else (".png",))))
     failed = []
     bar = tqdm(total=len(paths), desc=f"explain ({method})", unit="image", file=sys.stderr, leave=False,
                disable=len(paths) < 2 or not sys.stderr.isatty())
@@ -73,12 +73,16 @@ def _write_one(result, i, source, name, out, save_maps, colormap):
 
     from ..imaging import save_png
 
-    target = int(result.targets[i])
-    label = result.class_name(target)
-    lines = [f"{source}: explaining class {target}" + (f" ({label})" if label else "")
-             + f" with {result.method} from the {result.token} token"]
-    for rank, p in enumerate(result.predictions[i], 1):
-        lines.append(f"  {rank}. {p.index:>5} {p.probability:7.2%}  {p.name or ''}")
+    if result.targets is None:  # a similarity, text or regression target: its score, no classes
+        lines = [f"{source}: explaining {result.target_description} (score {float(result.logits[i, 0]):.4f}) "
+                 f"with {result.method} from the {result.token} token"]
+    else:
+        target = int(result.targets[i])
+        label = result.class_name(target)
+        lines = [f"{source}: explaining class {target}" + (f" ({label})" if label else "")
+                 + f" with {result.method} from the {result.token} token"]
+        for rank, p in enumerate(result.predictions[i], 1):
+            lines.append(f"  {rank}. {p.index:>5} {p.probability:7.2%}  {p.name or ''}")
     save_png(out / f"{name}.png", result.panel(i, colormap=colormap))
     if save_maps:
         np.save(out / f"{name}.npy", result.maps[i].numpy().astype(np.float32))

@@ -6,7 +6,6 @@ The spellings of the original `vit_explain.py` (--image_path, --head_fusion,
 """
 import sys
 import warnings
-from pathlib import Path
 
 import click
 
@@ -57,6 +56,8 @@ def _parse_options(pairs):
 @click.option("--pretrained/--no-pretrained", default=None, help="Fetch hub weights (default: when no --checkpoint).")
 @click.option("--method", default=None, help="Explainer (see `vitx methods`) [default: grad_rollout with a category index, else rollout].")
 @click.option("--category-index", "--category_index", "category_index", type=int, help="Class to explain [default: predicted].")
+@click.option("--text", "texts", multiple=True, help="Explain the similarity to this text prompt (CLIP, SigLIP; repeatable: one map per prompt).")
+@click.option("--reference", type=click.Path(), help="Explain the embedding's similarity to this image's (backbones, CLIP).")
 @click.option("--grid", default=None, help="Patch grid HxW, when vitx cannot tell it (extra tokens come first).")
 @click.option("--token", default=None, help="Token to explain from: cls, dist, mean, reg0... [default: what the head reads].")
 @click.option("--head-fusion", "--head_fusion", "head_fusion", type=click.Choice(HEAD_FUSIONS), help="Head fusion (rollout, raw_attention).")
@@ -70,8 +71,8 @@ def _parse_options(pairs):
 @click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
-def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, grid, token, head_fusion,
-            discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
+def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, texts, reference, grid,
+            token, head_fusion, discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
     from ..imaging import COLORMAPS
     from ..models import load_model, resolve_device
@@ -82,7 +83,9 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     paths = list(images) + list(legacy_images)
     if not paths:
         raise VitxError("no images given: vitx explain IMAGE... (see --help)")
-    method = method or ("grad_rollout" if category_index is not None else "rollout")
+    if sum(bool(t) for t in (category_index is not None, texts, reference)) > 1:
+        raise VitxError("give one kind of target: --category-index, --text or --reference")
+    method = method or ("grad_rollout" if category_index is not None or texts or reference else "rollout")
     options = {k: v for k, v in dict(head_fusion=head_fusion, discard_ratio=discard_ratio, layer=layer, head=head).items()
                if v is not None}
     extra = _parse_options(extra_options)
@@ -102,13 +105,32 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
         raise VitxError(f"category index {category_index} out of range")
     finite(discard_ratio, "--discard-ratio")
     positive(batch_size, "--batch-size")
-    get_explainer(method).cls(**options)  # reject bad options before loading a model
+    explainer = get_explainer(method).cls(**options)  # reject bad options before loading a model
     device = resolve_device("cuda" if use_cuda else device)
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
     out = out_folder(out_dir)
     net = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device)
-    explain_files(net, paths, method, options, category_index, token, batch_size, out, save_maps, colormap,
-                  layout=grid)
+    targets = _targets(net, category_index, texts, reference)
+    if len(targets) > 1 and not explainer.uses_gradients():
+        warnings.warn(f"method {method!r} does not depend on the target, so every prompt gets the same map; "
+                      "use grad_rollout or chefer2021")
+    for suffix, target in targets:
+        explain_files(net, paths, method, options, target, token, batch_size, out, save_maps, colormap,
+                      layout=grid, suffix=suffix)
+
+
+def _targets(net, category_index, texts, reference):
+    """[(file-name suffix, target)]: one entry per map to write for each image."""
+    import re
+
+    from ..attribution.multimodal import reference_target, text_targets
+
+    if texts:
+        return [(f"_text{i}-" + re.sub(r"[^A-Za-z0-9]+", "-", t.prompt)
+                 .strip("-")[:40], t) for i, t in enumerate(text_targets(net, texts))]
+    if reference:
+        return [("_reference", reference_target(net, reference))]
+    return [("", category_index)]
 
 
 @main.command()
@@ -147,7 +169,17 @@ def models():
         click.echo(f"  timm {pattern:<8} {len(timm.list_models(pattern))} models, e.g. {timm.list_models(pattern)[0]}")
     vits = [m for m in torchvision.models.list_models() if m.startswith("vit_")]
     click.echo(f"  torchvision/<name>   {', '.join(vits)}")
+    click.echo("  hf:ORG/NAME or hf:DIR    Hugging Face transformers (ViT, DeiT, DINOv2, BEiT, CLIP, SigLIP; "
+               "Swin through token-feature methods)" + _extra_state("transformers", "hf"))
+    click.echo("  open_clip:NAME@TAG or open_clip:DIR   open_clip CLIP models and their image towers"
+               + _extra_state("open_clip", "clip"))
     click.echo("  any model calling F.scaled_dot_product_attention, or any model with an adapter plugin")
+
+
+def _extra_state(module, extra):
+    import importlib.util
+
+    return "" if importlib.util.find_spec(module) else f'  [not installed: pip install "vitx[{extra}]"]'
 
 
 def _add_builtin_commands():

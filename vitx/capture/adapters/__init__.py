@@ -6,6 +6,7 @@ the `vitx_register_adapters` hook exactly like these.
 """
 from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
+from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
@@ -13,12 +14,13 @@ from .timm_families import TimmTokenFamiliesAdapter
 from .timm_naflex import TimmNaFlexAdapter
 from .timm_sam import SamAdapter
 from .torch_mha import MultiheadAttentionAdapter
+from .transformers import TransformersAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter",
+    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmTokenFamiliesAdapter",
+    "TimmTokenFamiliesAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -30,6 +32,8 @@ def vitx_register_adapters(register):
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(TimmNaFlexAdapter())
+    register(TransformersAdapter())
+    register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
     register(PreprocessingWrapperAdapter())

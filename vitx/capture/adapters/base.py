@@ -60,6 +60,15 @@ class Adapter:
 
         return resolve_data_config({}, model=model)
 
+    def output_kind(self, model: nn.Module) -> str:
+        """'logits' (a classifier: a class index is a valid target) or 'embedding' (a headless
+        backbone or an image tower: its output dimensions are not classes)."""
+        return "logits"
+
+    def encode_text(self, model: nn.Module, prompts):
+        """(T, D) text embeddings in the space of the model's image embedding (CLIP-like models)."""
+        raise VitxError(f"{type(model).__name__} has no text tower: image-text targets need a CLIP or SigLIP model")
+
 
 def patch_conv(model: nn.Module) -> Optional[nn.Conv2d]:
     """The patch embedding of a ViT: the first Conv2d that cuts the image into patches

@@ -61,6 +61,14 @@ class PreprocessingWrapperAdapter(Adapter):
         _, inner, adapter = self._inner(model)
         return adapter.layout(inner, input_size, num_tokens)
 
+    def output_kind(self, model):
+        _, inner, adapter = self._inner(model)
+        return adapter.output_kind(inner)
+
+    def encode_text(self, model, prompts):
+        _, inner, adapter = self._inner(model)
+        return adapter.encode_text(inner, prompts)
+
     def data_config(self, model):
         front, inner, adapter = self._inner(model)
         config = dict(adapter.data_config(inner))
