@@ -51,6 +51,7 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
 def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
+    from ..imaging import read_image
     from ..inspect.inspection import inspect_models
     from ..models import load_model, resolve_device
     from ..registry import get_explainer
@@ -72,6 +73,8 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
              for m, c in zip(model_names or [None], checkpoints or [None] * max(len(model_names), 1))]
     device = resolve_device(device)
     out = out_folder(out_dir)
+    if len(paths) == 1:  # one image: its own error, nothing to skip
+        read_image(paths[0])
     paths, failed = _readable(paths)
     if images and not paths:
         raise VitxError(f"none of the {len(failed)} image(s) could be read: {failed[0]}")

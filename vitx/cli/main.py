@@ -52,7 +52,7 @@ def _parse_options(pairs):
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--image_path", "--image-path", "legacy_images", multiple=True, help="Image file (vit_explain.py spelling).")
 @click.option("--model", "-m", default=None, help=f"Model name, alias or checkpoint dir [default: {DEFAULT_MODEL}].")
-@click.option("--checkpoint", type=click.Path(), help="Weights file (.safetensors, or a torch state dict).")
+@click.option("--checkpoint", type=click.Path(), help="Weights file (.safetensors, or a torch state dict) for --model.")
 @click.option("--pretrained/--no-pretrained", default=None, help="Fetch hub weights (default: when no --checkpoint).")
 @click.option("--method", default=None, help="Explainer (see `vitx methods`) [default: grad_rollout with a category index, else rollout].")
 @click.option("--category-index", "--category_index", "category_index", type=int, help="Class to explain [default: predicted].")
