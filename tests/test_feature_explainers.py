@@ -255,3 +255,45 @@ def test_new_methods_batch_equals_single_images(family, method):
 def test_legrad_without_a_head_is_a_clear_error():
     with pytest.raises(vitx.VitxError, match="final norm and head"):
         vitx.explain(FAMILIES["custom_sdpa"][0](), images_for((32, 32)), method="legrad")
+
+
+def test_evaluate_reports_cost_per_method_without_changing_results():
+    from vitx.evaluate.metrics import evaluate_methods
+
+    model = FAMILIES["deit"][0]()
+    batches = [(images_for((32, 32), batch=2), torch.tensor([0, 1]))]
+    costs = {}
+    results = evaluate_methods(model, batches, ["rollout", "occlusion"], costs=costs)
+    assert set(costs) == {"rollout", "occlusion"}
+    assert all(c["cost"] > 0 and c["seconds_per_image"] > 0 for c in costs.values())
+    assert costs["occlusion"]["cost"] > costs["rollout"]["cost"]  # 16 occluded copies per image vs. one pass
+    assert evaluate_methods(model, batches, ["rollout", "occlusion"]) == results
+
+
+def test_evaluate_cli_defaults_to_every_registered_method(monkeypatch, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from vitx.cli import main
+    from vitx.evaluate import metrics
+
+    (tmp_path / "0").mkdir()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "0" / "a.png")
+    seen = {}
+
+    def fake(model, batches, methods, **kwargs):
+        seen["methods"] = list(methods)
+        kwargs["costs"].update({m: {"seconds_per_image": 1.0, "cost": 2.0} for m in methods})
+        return {m: {"auc": dict.fromkeys(["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc",
+                                          "negative_probability_auc", "deletion_auc", "insertion_auc"], 0.5),
+                    "curves": {}} for m in list(methods) + ["random"]}
+
+    monkeypatch.setattr(metrics, "evaluate_methods", fake)
+    monkeypatch.setattr("vitx.cli.evaluate.draw_curves", lambda results, path: None)
+    result = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path), "-m", "fashion_vit", "--n", "1",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert set(seen["methods"]) == set(vitx.list_methods())
+    assert {"integrated_gradients", "gradcam", "legrad", "occlusion", "rise", "rollout"} <= set(seen["methods"])
+    assert "cost vs. forward" in result.output and "| rise | 0.5000" in result.output and "2.0x" in result.output
