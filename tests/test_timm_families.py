@@ -122,3 +122,14 @@ def test_sam_with_relative_positions_records_the_windows_it_applies():
         else:
             expected = windows.reshape(2, 60, 60)
         torch.testing.assert_close(recorded[0], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_every_refused_family_names_a_real_class():
+    """A typo in the table would let a family fall through to generic capture unnoticed."""
+    import importlib
+
+    from vitx.capture.adapters.hierarchical import FAMILIES
+
+    for path in FAMILIES:
+        module, _, name = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type), path
