@@ -91,3 +91,45 @@ def test_hybrid_data_configs_read_image_channels():
     assert config["input_size"] == (3, 64, 64)
     explanation = vitx.explain(model, images_for((64, 64), batch=1), method="rollout")
     assert explanation.maps.shape == (1, 2, 2)
+
+
+def test_sam_with_relative_positions_records_the_windows_it_applies():
+    """The real SAM default (decomposed relative positions): recorded grid attention equals the
+    model's own non-fused window attention, placed on the grid by the test's loop."""
+    from compat_reference import full
+
+    model = timm_model("samvit_base_patch16", img_size=(24, 40), patch_size=4, depth=2, embed_dim=24, num_heads=2,
+                       window_size=3, global_attn_indexes=(1,))()
+    x = images_for((24, 40), batch=1)
+    own, handles = [], []
+    for block in model.blocks:
+        block.attn.fused_attn = False
+        handles.append(block.attn.attn_drop.register_forward_hook(
+            lambda mod, inp, out, block=block: own.append((block.window_size, out.detach()))))
+    with torch.no_grad():
+        expected_logits = model(x)
+    for handle in handles:
+        handle.remove()
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    with torch.no_grad(), vitx.record_attention(model) as rec:
+        logits = model(x)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-5)
+    assert rec.layout.grid == (6, 10) and rec.num_layers == 2
+    for (size, windows), recorded in zip(own, rec.attentions):
+        if size > 0:
+            expected = full(("window", size, 6, 10), windows.reshape(-1, 2, 9, 9), 60)
+        else:
+            expected = windows.reshape(2, 60, 60)
+        torch.testing.assert_close(recorded[0], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_every_refused_family_names_a_real_class():
+    """A typo in the table would let a family fall through to generic capture unnoticed."""
+    import importlib
+
+    from vitx.capture.adapters.hierarchical import FAMILIES
+
+    for path in FAMILIES:
+        module, _, name = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type), path

@@ -83,9 +83,6 @@ FAMILIES = {
     "timm.models.pit.PoolingVisionTransformer": (
         "PiT", "pooling layers (stride-2 depthwise convolution) between stages shrink the token grid, so the "
         "attention of different stages covers different token sets"),
-    "timm.models.pit.PoolingVisionTransformerDistilled": (
-        "PiT", "pooling layers (stride-2 depthwise convolution) between stages shrink the token grid, so the "
-        "attention of different stages covers different token sets"),
 }
 
 
