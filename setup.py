@@ -39,6 +39,8 @@ setup(
             "rollout = vitx.plugins.rollout",
             "grad_rollout = vitx.plugins.grad_rollout",
             "chefer2021 = vitx.plugins.chefer2021",
+            "attnlrp = vitx.plugins.attnlrp",
+            "transformer_attribution = vitx.plugins.transformer_attribution",
             "reference_models = vitx.reference_models.plugin",
         ],
     },

@@ -98,7 +98,7 @@ def test_builtins_come_through_the_entry_point_group():
     from importlib.metadata import entry_points
 
     names = {ep.name for ep in entry_points(group="vitx") if ep.value.startswith("vitx.plugins.")}
-    assert names == {"raw_attention", "rollout", "grad_rollout", "chefer2021"}
+    assert names == {"raw_attention", "rollout", "grad_rollout", "chefer2021", "attnlrp", "transformer_attribution"}
     assert all(plugin == "vitx" for _, plugin in vitx.list_methods().values())
 
 
