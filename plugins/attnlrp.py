@@ -19,8 +19,8 @@ class AttnLRP(Explainer):
     options = (
         Option("variant", str, "attnlrp", "attnlrp: relevance through the attention softmax (uniform rule on "
                "q@k and attention@v); cp: attention held constant (CP-LRP, LXT's default for ViTs)", VARIANTS),
-        Option("epsilon", float, 1e-6, "epsilon of the epsilon rule on linear layers and convolutions (0: plain "
-               "gradient x input there)", minimum=0.0),
+        Option("epsilon", float, 0.0, "epsilon of the epsilon rule on linear layers and convolutions (0, the "
+               "default, as LXT: their plain gradient, which never divides by z)", minimum=0.0),
     )
 
     def explain(self, evidence):

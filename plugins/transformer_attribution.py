@@ -26,7 +26,7 @@ class TransformerAttribution(Explainer):
     paper = "Chefer, Gur & Wolf 2021, 'Transformer Interpretability Beyond Attention Visualization' (CVPR)"
     requires = (ATTENTION, ATTENTION_GRAD, MODEL)
     options = (
-        Option("epsilon", float, 1e-6, "epsilon of the epsilon rule on linear layers and convolutions", minimum=0.0),
+        Option("epsilon", float, 0.0, "epsilon of the epsilon rule on linear layers and convolutions", minimum=0.0),
     )
 
     def explain(self, evidence):

@@ -117,9 +117,9 @@ def test_equal_to_lxt_on_a_torchvision_vit(lxt, variant):
     (grad,) = torch.autograd.grad(class_score(targets)(model(x_)).sum(), x_)
     plain = (x_ * grad).flatten()
     assert torch.corrcoef(torch.stack([plain, expected.flatten()]))[0, 1] < 0.9
-    # with the default epsilon the maps stay LXT's
-    default = vitx.explain(model, x, method="attnlrp", target=targets, variant=variant).relevance[:, 1:]
-    assert torch.corrcoef(torch.stack([default.flatten(), patch_sums(expected).flatten()]))[0, 1] > 0.99
+    # a small epsilon on the linear layers dampens, but the maps stay LXT's
+    damped = vitx.explain(model, x, method="attnlrp", target=targets, variant=variant, epsilon=1e-3).relevance[:, 1:]
+    assert torch.corrcoef(torch.stack([damped.flatten(), patch_sums(expected).flatten()]))[0, 1] > 0.99
     assert fingerprint(model) == before
 
 

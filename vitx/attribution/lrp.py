@@ -11,7 +11,9 @@ method, `@`), and swaps each for the same value with an LRP backward:
   d in = d out * f(x) / x, so the relevance passes through unchanged;
 - layer_norm / rms_norm: the normalising statistic is detached (the LN rule), which leaves a
   linear map whose gradient x input is the epsilon-0 rule with the bias absorbing its share;
-- linear / convolution: epsilon rule, d out scaled by z / (z + eps sign z) (eps = 0: plain gradient);
+- linear / convolution: epsilon rule, d out scaled by z / (z + eps sign z); eps = 0 (the
+  default, as in LXT's efficient mode) is their plain gradient: gradient x input never divides
+  by z, so it needs no stabiliser;
 - softmax: AttnLRP's rule R_in = x (R_out - s sum R_out) is, in gradient x input form, exactly
   the softmax's own gradient (so it stays), while CP-LRP (Ali et al. 2022) treats the attention
   as constant weights: the softmax output is detached;
@@ -110,7 +112,7 @@ class LRPRules(TorchFunctionMode):
     the last dim of a square score matrix), returns the tensor that flows on.
     """
 
-    def __init__(self, variant: str = "attnlrp", epsilon: float = 1e-6,
+    def __init__(self, variant: str = "attnlrp", epsilon: float = 0.0,
                  on_attention: Optional[Callable[[Tensor], Tensor]] = None):
         super().__init__()
         if variant not in VARIANTS:
@@ -299,7 +301,7 @@ class LRPResult:
 
 
 def input_relevance(model: nn.Module, pixels: Tensor, score: Callable, variant: str = "attnlrp",
-                    epsilon: float = 1e-6, attention: bool = False) -> LRPResult:
+                    epsilon: float = 0.0, attention: bool = False) -> LRPResult:
     """One forward under `LRPRules` and one backward of `score(output).sum()`.
 
     Relevance of the pixels = pixels * modified gradient (LXT's ViT recipe: relevance at the
