@@ -142,6 +142,11 @@ class LRPRules(TorchFunctionMode):
         if func is torch.einsum:
             return self._einsum(args, kwargs)
         if func is F.scaled_dot_product_attention:
+            if self.variant == "cp" and self.on_attention is None:
+                # attention held constant: the fused kernel with q and k detached is CP-LRP
+                q, k = _argument(args, kwargs, 0, "query"), _argument(args, kwargs, 1, "key")
+                rest = {n: v for n, v in kwargs.items() if n not in ("query", "key")}
+                return func(q.detach(), k.detach(), *args[2:], **rest)
             with self:  # re-enter: the explicit attention's matmuls and softmax follow the rules
                 return explicit_attention(*args, **kwargs)[0]
         if func is F.multi_head_attention_forward:
@@ -252,7 +257,12 @@ def _multi_head_attention(*args, **kwargs):
     mask = _mha_mask(a["attn_mask"], a["key_padding_mask"], batch, heads, tgt, k.shape[0], q.dtype)
     causal = a["is_causal"] and mask is None
     dropout = a["dropout_p"] if a["training"] else 0.0
-    out, probs = explicit_attention(split(q), split(k), split(v), attn_mask=mask, dropout_p=dropout, is_causal=causal)
+    if a["need_weights"]:
+        out, probs = explicit_attention(split(q), split(k), split(v), attn_mask=mask, dropout_p=dropout,
+                                        is_causal=causal)
+    else:  # through the rules' own SDPA handling (fused where the variant allows)
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask, dropout_p=dropout,
+                                             is_causal=causal)
     out = out.permute(2, 0, 1, 3).reshape(tgt, batch, width)
     out = F.linear(out, a["out_proj_weight"], a["out_proj_bias"])
     weights = None
