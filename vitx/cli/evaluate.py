@@ -8,14 +8,6 @@ from ..errors import VitxError
 from .options import DEFAULT_MODEL
 
 
-def _batches(dataset, indices, batch_size):
-    import torch
-
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
-        yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
-
-
 def _folder_dataset(folder, config):
     """An ImageFolder (one sub-folder per class, named by class index or class name)."""
     from torchvision.datasets import ImageFolder
@@ -50,17 +42,24 @@ def draw_curves(results, path):
 @click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
 @click.option("--methods", default="raw_attention,rollout,grad_rollout,chefer2021", show_default=True)
-@click.option("--n", "count", default=1000, show_default=True, help="Number of images (a seeded random subset).")
+@click.option("--n", "--limit", "count", default=1000, show_default=True,
+              help="Number of images (a seeded random subset); under torchrun spell it --limit.")
 @click.option("--baseline", default="black", show_default=True, type=click.Choice(["black", "mean", "blur"]))
 @click.option("--batch-size", default=100, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding images (0: none).")
 @click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
-def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device, out_dir):
-    """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
+def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device,
+                     workers, out_dir):
+    """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs).
+
+    Under torchrun the batches are dealt to the ranks and rank 0 writes one result, equal to
+    a single process's (see README, 'Many GPUs and machines')."""
     import torch
 
+    from ..evaluate.distributed import batch_loader, batch_plan, init_world, my_batch_ids, rank_device
     from ..evaluate.metrics import evaluate_methods
     from ..models import load_model
     from ..registry import find_adapter, get_explainer
@@ -71,7 +70,8 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
         get_explainer(name)
     if (dataset is None) == (folder is None):
         raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
-    net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, device=device)
+    world = init_world(device)
+    net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, device=rank_device(world, device))
     if dataset:
         from vitx.reference_models.data import load_split
 
@@ -81,7 +81,12 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if len(data) == 0:
         raise VitxError("no images to evaluate")
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    results = evaluate_methods(net, _batches(data, indices, batch_size), names, baseline=baseline, seed=seed, progress=True)
+    plan = batch_plan(indices, batch_size)
+    mine = my_batch_ids(len(plan), world)
+    results = evaluate_methods(net, batch_loader(data, [plan[i] for i in mine], workers), names, baseline=baseline,
+                               seed=seed, progress=world.is_main, batch_ids=mine, world=world)
+    if not world.is_main:
+        return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"n": len(indices), "baseline": baseline, "seed": seed, "results": results}, indent=1))

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import VitxError
+from .dataset import dataset_options, run_dataset_explain, wants_dataset
 from .options import DEFAULT_MODEL, HEAD_FUSIONS
 
 
@@ -78,9 +79,14 @@ def _output_names(sources, method):
 @click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
+@dataset_options
 def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, token, head_fusion,
-            discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
-    """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
+            discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap,
+            **dataset_args):
+    """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs.
+
+    Given one FOLDER or --dataset NAME, write the maps in shards instead (resumable; runs
+    under torchrun; see README, 'Explaining a dataset')."""
     import numpy as np
 
     from ..attribution.api import explain as run_explain
@@ -88,7 +94,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     from ..models import load_model
 
     paths = list(images) + list(legacy_images)
-    if not paths:
+    if not paths and dataset_args["dataset"] is None:
         raise VitxError("no images given: vitx explain IMAGE... (see --help)")
     method = method or ("grad_rollout" if category_index is not None else "rollout")
     options = {k: v for k, v in dict(head_fusion=head_fusion, discard_ratio=discard_ratio, layer=layer, head=head).items()
@@ -97,6 +103,9 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     from ..registry import get_explainer
 
     get_explainer(method).cls(**options)  # reject bad options before loading a model
+    if wants_dataset(paths, dataset_args["dataset"]):
+        return run_dataset_explain(paths, model, checkpoint, pretrained, method, options, category_index, token,
+                                   "cuda" if use_cuda else device, batch_size, out_dir, **dataset_args)
     net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, pretrained=pretrained,
                      device="cuda" if use_cuda else device)
     result = run_explain(net, paths, method=method, target=category_index, token=token,
