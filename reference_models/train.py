@@ -25,6 +25,7 @@ from tqdm import tqdm
 from vitx.errors import VitxError
 
 from .checkpoint import load_model_file, load_state, save_model, save_state
+from . import distributed as ddp
 from .data import dataset_info, load_split
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
@@ -140,7 +141,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
         raise VitxError(f"unknown mode {config.mode!r}; use one of {', '.join(MODES)}")
     if config.mode in ("kd", "deit") and not config.teacher:
         raise VitxError(f"mode {config.mode} needs --teacher CHECKPOINT (train one with --mode teacher)")
-    device = torch.device(config.device)
+    world, device = ddp.setup(config.device)  # under torchrun: DDP, one rank per GPU / CPU process
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -160,6 +161,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
     amp = device.type == "cuda"  # mixed precision and channels-last only pay off on a GPU
     model.to(device, memory_format=torch.channels_last if amp else torch.contiguous_format)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    net = ddp.wrap(model, world, device)  # forward through DDP; `model` is what is saved and evaluated
     mixer = None
     if config.mixup > 0:
         from torchvision.transforms import v2
@@ -189,8 +191,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
     try:
         for epoch in range(start_epoch, config.epochs):
             size = curriculum_size(config, epoch, info.size)
-            loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            loader = DataLoader(train_set, batch_size=ddp.local_batch_size(config.batch_size, world), drop_last=True,
+                                **ddp.loader_order(train_set, world, config.seed, epoch, config.batch_size))
             model.train()
             started, total_loss = time.time(), torch.zeros((), device=device)
             bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
@@ -203,7 +205,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
                 if mixer is not None:
                     x, y = mixer(x, y)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(config, model, teacher, x, y)
+                    loss = loss_fn(config, net, teacher, x, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -214,11 +216,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> L
                 total_loss += loss.detach()  # summed on the device: no host sync per step
                 if progress and step % 50 == 0:
                     bar.set_postfix(loss=f"{float(total_loss) / (step + 1):.3f}")
+            total_loss = ddp.mean_across(total_loss, world)
             evaluated = ema.module if ema is not None else model
             accuracy = evaluate(evaluated, test_loader, device)
             history.append({"epoch": epoch + 1, "size": size, "train_loss": round(float(total_loss) / max(steps, 1), 6),
                             "test_accuracy": accuracy, "lr": optimizer.param_groups[0]["lr"],
                             "seconds": round(time.time() - started, 1)})
+            if not world.is_main:
+                continue  # rank 0 alone writes checkpoints and history
             if progress:
                 print(f"{config.mode} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f}")
             meta.update(dataset=config.dataset, class_names=list(info.classes), history=history,
