@@ -57,17 +57,22 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token):
     needs = explainer.requirements()
     grad = explainer.uses_gradients()
     keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
-    with AttentionRecorder(model, adapter=adapter, keep=keep) as recorder:
+    # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
+    reduce = explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs else None
+    with AttentionRecorder(model, adapter=adapter, keep=keep, reduce=reduce) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output)
             recorder.check_recorded()
-            gradients = recorder.gradients(resolved.score(output).sum()) if ATTENTION_GRAD in needs else None
+            if reduce is not None:
+                attentions, gradients = recorder.reduced(resolved.score(output).sum()), None
+            else:
+                gradients = recorder.gradients(resolved.score(output).sum()) if ATTENTION_GRAD in needs else None
+                attentions = [None if a is None else a.detach() for a in recorder.attentions]
         layout = recorder.layout
     evidence = Evidence(
         model=model, pixels=pixels.detach(), layout=layout, query=layout.query(token, device=pixels.device),
-        output=_detach(output), target=resolved,
-        attentions=[None if a is None else a.detach() for a in recorder.attentions] if ATTENTION in needs else None,
+        output=_detach(output), target=resolved, attentions=attentions if ATTENTION in needs else None,
         attention_grads=gradients,
     )
     with torch.set_grad_enabled(MODEL in needs):

@@ -49,13 +49,18 @@ def with_residual(fused: torch.Tensor) -> torch.Tensor:
     return mixed / mixed.sum(dim=-1, keepdim=True)
 
 
-def rollout_row(layers: Sequence[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+def rollout_row(layers: Sequence[torch.Tensor], query: torch.Tensor, transform=None) -> torch.Tensor:
     """query^T (A_L ... A_1), computed as vector-matrix products from the last layer down.
 
     Equal to the explained token's row of the full rollout matrix A_L ... A_1, at O(L N^2)
-    instead of O(L N^3). `layers` are (B, N, N) in forward order; returns (B, N).
+    instead of O(L N^3). `layers` are (B, N, N) in forward order; returns (B, N), in float32
+    at least (half-precision layers are promoted one at a time). `transform(layer, matrix)`,
+    when given, turns each stored layer into its rollout factor just before it is used, so
+    only one processed N x N per image exists at a time.
     """
-    row = query.expand(layers[0].shape[0], -1).unsqueeze(1).to(layers[0].dtype)
-    for matrix in reversed(layers):
-        row = torch.bmm(row, matrix)
+    dtype = torch.promote_types(layers[0].dtype, torch.float32)
+    row = query.expand(layers[0].shape[0], -1).unsqueeze(1).to(dtype)
+    for index in reversed(range(len(layers))):
+        matrix = layers[index].to(dtype)
+        row = torch.bmm(row, matrix if transform is None else transform(index, matrix))
     return row.squeeze(1)

@@ -27,6 +27,20 @@ class _SDPAInterceptor(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _SDPARouter(TorchFunctionMode):
+    """Route every F.scaled_dot_product_attention call to `attend` (same contract)."""
+
+    def __init__(self, attend):
+        super().__init__()
+        self.attend = attend
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self.attend(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 class SDPAAdapter(Adapter):
     """Any model that calls F.scaled_dot_product_attention itself (the last resort)."""
 
@@ -36,9 +50,16 @@ class SDPAAdapter(Adapter):
     def matches(self, model):
         return True
 
+    supports_fused = True
+
     @contextmanager
     def attach(self, model, record):
         with _SDPAInterceptor(record):
+            yield
+
+    @contextmanager
+    def attach_fused(self, model, attend):
+        with _SDPARouter(attend):
             yield
 
     def layout(self, model, input_size, num_tokens):

@@ -28,14 +28,16 @@ class MultiheadAttentionAdapter(Adapter):
     def matches(self, model):
         return bool(self.sites(model))
 
+    supports_fused = True
+
     @contextmanager
-    def attach(self, model, record):
+    def attach(self, model, record, attend=None):
         patched = []
         try:
             for mha in self.sites(model):
                 had_own = "forward" in mha.__dict__
                 patched.append((mha, had_own, mha.__dict__.get("forward")))
-                mha.forward = _explicit_mha_forward(mha, record)
+                mha.forward = _explicit_mha_forward(mha, record, attend)
             yield
         finally:
             for mha, had_own, previous in patched:
@@ -43,6 +45,9 @@ class MultiheadAttentionAdapter(Adapter):
                     mha.forward = previous
                 else:
                     del mha.forward
+
+    def attach_fused(self, model, attend):
+        return self.attach(model, None, attend)
 
     def layout(self, model, input_size, num_tokens):
         grid = grid_from_patch_conv(model, input_size)
@@ -56,7 +61,9 @@ class MultiheadAttentionAdapter(Adapter):
         }
 
 
-def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record):
+def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record, attend=None):
+    """The module's math with attention made explicit (recorded by `record`), or, given
+    `attend`, computed by it (F.scaled_dot_product_attention's contract; no weights returned)."""
     def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         plain = (
@@ -73,13 +80,15 @@ def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record):
         heads = mha.num_heads
         qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
         q, k, v = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        out, probs = explicit_attention(
-            q, k, v, is_causal=is_causal, dropout_p=mha.dropout if mha.training else 0.0, record=record
-        )
+        dropout = mha.dropout if mha.training else 0.0
+        if attend is not None:
+            out, probs = attend(q, k, v, is_causal=is_causal, dropout_p=dropout), None
+        else:
+            out, probs = explicit_attention(q, k, v, is_causal=is_causal, dropout_p=dropout, record=record)
         out = mha.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
         if not mha.batch_first:
             out = out.transpose(0, 1)
-        weights = (probs.mean(dim=1) if average_attn_weights else probs) if need_weights else None
+        weights = (probs.mean(dim=1) if average_attn_weights else probs) if need_weights and probs is not None else None
         return out, weights
 
     return forward
