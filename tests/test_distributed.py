@@ -156,12 +156,18 @@ def test_torchrun_evaluate_and_dataset_explain_equal_one_process(tiny_checkpoint
     done = torchrun(*explain, "--out", str(tmp_path / "ex2"))
     assert "(2 already there)" in done.stdout
 
+    # same batches, same math: equal up to the last bits a different thread count may change
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ev1", "ev2"))
-    assert one == two and one["n"] == 14 and set(one["results"]) == {"rollout", "grad_rollout", "random"}
+    assert one["n"] == two["n"] == 14 and set(one["results"]) == set(two["results"]) == {"rollout", "grad_rollout", "random"}
+    for method, result in one["results"].items():
+        assert two["results"][method]["auc"] == pytest.approx(result["auc"], abs=1e-6), method
+        for test, curve in result["curves"].items():
+            assert two["results"][method]["curves"][test] == pytest.approx(curve, abs=1e-6), (method, test)
     a, b = read_maps(tmp_path / "ex1"), read_maps(tmp_path / "ex2")
     for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-6, rtol=0, err_msg=key)
+    for key in ("index", "targets", "predictions", "labels"):
         np.testing.assert_array_equal(a[key], b[key])
-    assert (tmp_path / "ex1" / "index.csv").read_text() == (tmp_path / "ex2" / "index.csv").read_text()
 
 
 @needs_fashion

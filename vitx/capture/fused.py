@@ -93,10 +93,10 @@ class ReducedAttention(torch.autograd.Function):
             attention = _scores(qc, kc, ctx.scale, _mask_chunk(mask, images, group), ctx.is_causal).softmax(dim=-1)
             gradient = torch.matmul(doc, vc.transpose(-2, -1)).float()  # d out / d attention
             total[images] += ctx.reduce(ctx.layer, attention, gradient).float()
-            if want:
-                d_scores = attention * (gradient - (gradient * attention).sum(dim=-1, keepdim=True))
+            if want:  # softmax backward, in place: A*dA - A * rowsum(A*dA)
+                d_scores = gradient.mul_(attention)
+                d_scores = d_scores.sub_(attention * d_scores.sum(dim=-1, keepdim=True)).to(q.dtype)
                 del gradient
-                d_scores = d_scores.to(q.dtype)
                 dq[images, group] = torch.matmul(d_scores, kc) * ctx.scale
                 dk[images, group] = torch.matmul(d_scores.transpose(-2, -1), qc) * ctx.scale
                 dv[images, group] = torch.matmul(attention.to(v.dtype).transpose(-2, -1), doc)
