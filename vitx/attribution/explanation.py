@@ -1,5 +1,6 @@
 """`Explanation`: what `vitx.explain` returns: maps, predictions, and ways to look at them."""
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -82,6 +83,29 @@ class Explanation:
         drawn = [draw_overlay(self.views[i], self.maps[i].numpy(), alpha, colormap) for i in indices]
         return drawn if index is None else drawn[0]
 
-    def panel(self, index: int, colormap: str = "jet") -> np.ndarray:
-        """Input | heatmap | overlay for one image."""
-        return draw_panel(self.views[index], self.maps[index].numpy(), colormap=colormap)
+    def label(self, index: int) -> str:
+        """'name (class i)' or 'class i' for the class that map `index` explains."""
+        target = int(self.targets[index])
+        name = self.class_name(target)
+        return f"{name} (class {target})" if name else f"class {target}"
+
+    def title(self, index: int) -> List[str]:
+        """The panel's title lines: explained class and its probability (and the prediction
+        when that is another class), then method, token and source."""
+        target = int(self.targets[index])
+        probability = float(self.probabilities[index, target])
+        first = f"{self.label(index)}: p = {100 * probability:.1f} %"
+        top = self.top(1)[index][0]
+        if top.index != target:
+            first += f"; predicted {top.name or 'class'} ({top.index}) {100 * top.probability:.1f} %"
+        second = f"method {self.method}, token {self.token}"
+        source = self.sources[index] if self.sources and index < len(self.sources) else None
+        if source:
+            second += f", {Path(source).name}"
+        return [first, second]
+
+    def panel(self, index: int, colormap: str = "jet", title: bool = True) -> np.ndarray:
+        """Input | heatmap | overlay for one image (uint8 RGB), under a title strip with the
+        explained class, its probability, the method and the token."""
+        return draw_panel(self.views[index], self.maps[index].numpy(), colormap=colormap,
+                          title=self.title(index) if title else None)

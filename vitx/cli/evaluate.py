@@ -30,18 +30,11 @@ def _folder_dataset(folder, config):
 
 
 def draw_curves(results, path):
-    """One panel per test; every method a line, random in grey."""
-    import numpy as np
+    """One matplotlib panel per test; every method a line, random in grey (vitx.inspect.figures)."""
+    from ..imaging import save_png
+    from ..inspect.figures import evaluation_curves
 
-    from ..inspect.figures import PALETTE as colours
-    from ..imaging import line_chart, save_png
-
-    panels = []
-    for test in ("positive_accuracy", "negative_accuracy", "deletion", "insertion"):
-        series = {method: (result["curves"][test], (120, 120, 120) if method == "random" else colours[i % len(colours)])
-                  for i, (method, result) in enumerate(results.items())}
-        panels.append(line_chart(test, series, y_range=(0.0, 1.0)))
-    save_png(path, np.concatenate(panels, axis=1))
+    save_png(path, evaluation_curves(results))
 
 
 @click.command("evaluate")
