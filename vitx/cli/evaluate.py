@@ -50,7 +50,10 @@ def draw_curves(results, path):
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
-def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device, out_dir):
+@click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
+              "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
+def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device,
+                     out_dir, sanity):
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
     import torch
 
@@ -87,3 +90,10 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     (out / "results.md").write_text(f"{len(indices)} images, baseline {baseline}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
+    if sanity:
+        from ..evaluate.sanity import sanity_check, write_sanity
+
+        pixels = torch.cat([x for x, _ in _batches(data, indices, batch_size)])
+        result = sanity_check(net, pixels, names, seed=seed, batch_size=batch_size, progress=True)
+        click.echo(markdown_table(result.header(), result.rows()))
+        click.echo("-> " + ", ".join(map(str, write_sanity(result, out))))

@@ -214,3 +214,25 @@ def evaluation_curves(results: Mapping[str, dict]) -> np.ndarray:
         axes.legend(fontsize="small", title="method (AUC)", title_fontsize="small")
     panels[0].set_ylabel("top-1 accuracy / target probability")
     return render(figure)
+
+
+def sanity_curves(result) -> np.ndarray:
+    """Cascading randomisation (a `vitx.evaluate.sanity.SanityResult`): Spearman correlation
+    and SSIM between the trained and the randomised model's maps, per step, per method."""
+    figure = new_figure(11.0, 4.0)
+    rank_axes, ssim_axes = figure.subplots(1, 2, sharey=True)
+    steps = list(range(len(result.steps)))
+    for i, method in enumerate(result.spearman):
+        colour = PALETTE[i % len(PALETTE)]
+        rank_axes.plot(steps, result.spearman[method], marker="o", ms=3, color=colour, label=method)
+        ssim_axes.plot(steps, result.ssim[method], marker="o", ms=3, color=colour, label=method)
+    rank_axes.axhline(result.threshold, color="0.5", ls="--", lw=1, label=f"pass below {result.threshold:g}")
+    for axes, title in ((rank_axes, "Spearman rank correlation"), (ssim_axes, "SSIM")):
+        axes.set_xticks(steps, result.steps, rotation=60, ha="right", fontsize="small")
+        axes.set_xlabel("randomised down to")
+        axes.set_title(f"{title} with the trained model's maps", fontsize="medium")
+        axes.set_ylim(min(-0.1, axes.get_ylim()[0]), 1.05)
+        axes.grid(alpha=0.3)
+    rank_axes.set_ylabel("similarity")
+    rank_axes.legend(fontsize="small")
+    return render(figure)
