@@ -46,7 +46,9 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
-def inspect_command(images, model_names, dataset, count, methods, show, seed, data_dir, device, out_dir):
+@click.option("--interactive", is_flag=True, help="Embed the attention explorer (per patch, layer, head, method) "
+              "for the --show images.")
+def inspect_command(images, model_names, dataset, count, methods, show, seed, data_dir, device, out_dir, interactive):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
     from ..inspect.inspection import inspect_models
     from ..models import load_model
@@ -63,5 +65,5 @@ def inspect_command(images, model_names, dataset, count, methods, show, seed, da
     models = {Path(m).stem if Path(m).suffix else m: load_model(m, device=device)
               for m in (model_names or [DEFAULT_MODEL])}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
-    path = inspect_models(models, inputs, out_dir, methods=names, show=show)
+    path = inspect_models(models, inputs, out_dir, methods=names, show=show, interactive=interactive)
     click.echo(f"report: {path}")

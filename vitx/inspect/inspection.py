@@ -191,10 +191,11 @@ def _curves(report, models):
 
 
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
-                   title: str = "vitx inspect", show: int = 4, extra=None) -> Path:
+                   title: str = "vitx inspect", show: int = 4, extra=None, interactive: bool = False) -> Path:
     """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
     PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
-    the statistics use all of them. `extra(report)` may add sections (the study does)."""
+    the statistics use all of them. `extra(report)` may add sections (the study does).
+    `interactive`: add the attention explorer for the first `show` images (JavaScript)."""
     if not models:
         raise VitxError("no model to inspect")
     if len(images) == 0:
@@ -209,6 +210,10 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
     _overview(report, models, images)
     if extra is not None:
         extra(report)
+    if interactive:
+        from .explorer import add_explorer_section
+
+        add_explorer_section(report, models, images[:show], methods)
     _method_maps(report, models, images, methods, show)
     _attention(report, models, images)
     _filters(report, models)
