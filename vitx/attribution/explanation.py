@@ -49,6 +49,10 @@ class Explanation:
     class_names: Optional[Sequence[str]] = None
     sources: Optional[List[Optional[str]]] = None
 
+    def __repr__(self) -> str:
+        return (f"Explanation(method={self.method!r}, token={self.token!r}, images={len(self)}, "
+                f"maps={tuple(self.maps.shape)}, targets={self.targets.tolist()[:8]})")
+
     def __len__(self) -> int:
         return self.maps.shape[0]
 
@@ -109,3 +113,76 @@ class Explanation:
         explained class, its probability, the method and the token."""
         return draw_panel(self.views[index], self.maps[index].numpy(), colormap=colormap,
                           title=self.title(index) if title else None)
+
+    # ------------------------------------------------------------- notebooks and files
+    # Jupyter shows `_repr_html_` (panels with captions) and keeps `_repr_png_` as the
+    # plain-image fallback; both show at most DISPLAY_LIMIT images of a large batch.
+
+    DISPLAY_LIMIT = 8
+
+    def _png(self, rgb: np.ndarray) -> bytes:
+        import cv2
+
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+        return encoded.tobytes() if ok else b""
+
+    def _repr_png_(self) -> bytes:
+        panels = [self.panel(i) for i in range(min(len(self), self.DISPLAY_LIMIT))]
+        width = max(p.shape[1] for p in panels)
+        padded = [np.pad(p, ((0, 8), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+        return self._png(np.concatenate(padded))
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        shown = min(len(self), self.DISPLAY_LIMIT)
+        parts = [f"<div><b>vitx Explanation</b>: {len(self)} image(s), method {html.escape(self.method)}, "
+                 f"token {html.escape(str(self.token))}" + (f" (first {shown} shown)" if shown < len(self) else "")
+                 + "</div>"]
+        for i in range(shown):
+            data = base64.b64encode(self._png(self.panel(i, title=False))).decode("ascii")
+            caption = html.escape(" - ".join(self.title(i)))
+            parts.append(f'<figure style="margin:0.5em 0"><img src="data:image/png;base64,{data}" alt="{caption}">'
+                         f"<figcaption>{caption}</figcaption></figure>")
+        return "\n".join(parts)
+
+    def show(self, indices: Optional[Sequence[int]] = None, colormap: str = "jet"):
+        """Draw the panels with matplotlib (pyplot, for notebooks and scripts); returns the Figure."""
+        import matplotlib.pyplot as plt
+
+        indices = list(range(min(len(self), self.DISPLAY_LIMIT)) if indices is None else indices)
+        panels = [self.panel(i, colormap=colormap) for i in indices]
+        figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
+        for ax, image in zip(axes[:, 0], panels):
+            ax.imshow(image)
+            ax.axis("off")
+        figure.tight_layout()
+        return figure
+
+    def file_names(self) -> List[str]:
+        """`<image stem>_<method>` for each image (`image<i>` without a source), deduplicated."""
+        seen: dict = {}
+        names = []
+        for i in range(len(self)):
+            source = self.sources[i] if self.sources and i < len(self.sources) else None
+            stem = Path(source).stem if source else f"image{i}"
+            count = seen.get(stem, 0)
+            seen[stem] = count + 1
+            names.append(f"{stem}_{self.method}" if count == 0 else f"{stem}-{count}_{self.method}")
+        return names
+
+    def save(self, folder, maps: bool = True, colormap: str = "jet") -> List[Path]:
+        """Write each image's titled panel as `<name>.png` (and its map as `<name>.npy`) into
+        `folder`; returns the PNG paths."""
+        from ..imaging import save_png
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, name in enumerate(self.file_names()):
+            save_png(folder / f"{name}.png", self.panel(i, colormap=colormap))
+            if maps:
+                np.save(folder / f"{name}.npy", self.maps[i].numpy().astype(np.float32))
+            written.append(folder / f"{name}.png")
+        return written

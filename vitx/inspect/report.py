@@ -94,6 +94,20 @@ def _cell(value) -> str:
     return str(value)
 
 
+class ReportPath(type(Path())):
+    """The path of a written report (a `pathlib.Path` in every way) that Jupyter shows
+    inline: `_repr_html_` embeds the page in a sandboxed iframe (scripts allowed, so the
+    explorer works; the page cannot reach the notebook)."""
+
+    height = 720
+
+    def _repr_html_(self) -> str:
+        page = self.read_text(encoding="utf-8")
+        return (f'<div><a href="{html.escape(self.as_uri())}">{html.escape(str(self))}</a></div>'
+                f'<iframe sandbox="allow-scripts" style="width:100%;height:{self.height}px;border:1px solid #ccc" '
+                f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+
+
 class Report:
     """Collect sections, then `write(folder)` -> folder/report.html + the PNGs."""
 
@@ -125,6 +139,6 @@ class Report:
         for section in self.sections:
             for filename, rgb in section.images:
                 save_png(folder / filename, rgb)
-        path = folder / name
+        path = ReportPath(folder / name)
         path.write_text(self.html(), encoding="utf-8")
         return path
