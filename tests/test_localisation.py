@@ -120,3 +120,20 @@ def test_gtsegs_ijcv_reader_on_a_file_in_its_layout(tmp_path):
         assert np.array_equal(np.asarray(image), original) and np.array_equal(mask, original_mask)
     with pytest.raises(VitxError, match="not found"):
         next(gtsegs_ijcv(tmp_path / "missing.mat"))
+
+
+def test_evaluate_cli_with_masks(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from vitx.cli import main
+
+    write_pairs(tmp_path / "set")
+    result = CliRunner().invoke(main, ["evaluate", "--masks", str(tmp_path / "set"), "--methods", "rollout", "--n", "2",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "localisation.json").read_text())
+    assert saved["results"]["rollout"]["count"] == 2 and "| random |" in result.output
+    missing = CliRunner().invoke(main, ["evaluate", "--masks", str(tmp_path / "nope"), "--methods", "rollout"])
+    assert missing.exit_code == 1 and "masks not found" in missing.output

@@ -50,10 +50,12 @@ def draw_curves(results, path):
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
+@click.option("--masks", type=click.Path(), help="Localisation instead: a folder with images/ and masks/, "
+              "or gtsegs_ijcv.mat (pixel accuracy, mIoU, mAP, pointing game).")
 @click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
               "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
 def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device,
-                     out_dir, sanity):
+                     out_dir, sanity, masks=None):
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
     import torch
 
@@ -65,6 +67,10 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         get_explainer(name)
+    if masks:
+        from ..evaluate.localisation import localisation_command
+
+        return localisation_command(model or DEFAULT_MODEL, checkpoint, device, masks, names, count, batch_size, out_dir)
     if (dataset is None) == (folder is None):
         raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
     net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, device=device)
