@@ -1,5 +1,6 @@
 """Cascading model-parameter randomisation (Adebayo et al. 2018) on hand-made cases."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -105,3 +106,13 @@ def test_evaluate_cli_sanity_writes_its_files(tmp_path):
     saved = json.loads((tmp_path / "e" / "sanity.json").read_text())
     assert saved["count"] == 4 and saved["passed"] == {"rollout": True, "centre_prior_test": False}
     assert (tmp_path / "e" / "sanity.png").exists() and "| centre_prior_test |" in result.output
+
+
+def test_inspect_report_shows_the_sanity_check(tmp_path):
+    from vitx.inspect.inspection import inspect_models
+
+    page = inspect_models({"vit": tiny_timm("vit_tiny_patch16_224")}, images_for((32, 32), batch=2), tmp_path,
+                          methods=["rollout", "centre_prior_test"], sanity=True).read_text()
+    assert "<h2>Sanity check</h2>" in page and "vit-sanity.png" in page
+    assert re.search(r"<td>centre_prior_test</td>(<td>[^<]*</td>){4}<td>FAIL</td>", page)
+    assert re.search(r"<td>rollout</td>(<td>[^<]*</td>){4}<td>pass</td>", page)

@@ -48,7 +48,9 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
 @click.option("--interactive", is_flag=True, help="Embed the attention explorer (per patch, layer, head, method) "
               "for the --show images.")
-def inspect_command(images, model_names, dataset, count, methods, show, seed, data_dir, device, out_dir, interactive):
+@click.option("--sanity", is_flag=True, help="Add the cascading-randomisation sanity check of every method.")
+def inspect_command(images, model_names, dataset, count, methods, show, seed, data_dir, device, out_dir, interactive,
+                    sanity):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
     from ..inspect.inspection import inspect_models
     from ..models import load_model
@@ -65,5 +67,6 @@ def inspect_command(images, model_names, dataset, count, methods, show, seed, da
     models = {Path(m).stem if Path(m).suffix else m: load_model(m, device=device)
               for m in (model_names or [DEFAULT_MODEL])}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
-    path = inspect_models(models, inputs, out_dir, methods=names, show=show, interactive=interactive)
+    path = inspect_models(models, inputs, out_dir, methods=names, show=show, interactive=interactive,
+                          sanity=sanity)
     click.echo(f"report: {path}")
