@@ -144,6 +144,6 @@ def test_adapter_plugin_for_an_unknown_architecture():
     before = registry.find_adapter(OpaqueAttention()).name
     vitx.register_plugin(Plugin(), name="opaque-test")
     model = OpaqueAttention().eval()
-    assert before == "sdpa" and registry.find_adapter(model).name == "opaque"
+    assert before == "generic" and registry.find_adapter(model).name == "opaque"
     exp = vitx.explain(model, images_for((32, 32)), method="rollout")
     assert exp.maps.shape == (3, 4, 4)

@@ -10,9 +10,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..capture.recorder import AttentionRecorder
+from ..capture.recorder import AttentionRecorder, model_lock
+from ..capture.unwrap import unwrap
 from ..errors import VitxError
+from .evidence import Evidence
+from .explainer import ATTENTION, ATTENTION_GRAD, MODEL
 from .explanation import Explanation, normalise_maps
+from .targets import as_logits, resolve_target, split_target
 from ..inputs import prepare_images
 from ..models import class_names, load_model, model_device
 from ..registry import find_adapter, get_explainer
@@ -20,15 +24,20 @@ from ..registry import find_adapter, get_explainer
 
 @contextmanager
 def evaluation_mode(model: nn.Module):
-    """Eval mode inside, and each module's own training flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    for module, _ in flags:
-        module.training = False
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
+    """Eval mode inside, and each module's own training flag restored afterwards.
+
+    Holds the model's lock (see `model_lock`): two threads saving and restoring the flags
+    of one model in interleaved order would otherwise leave it in the wrong mode.
+    """
+    with model_lock(model):
+        flags = [(m, m.training) for m in model.modules()]
+        for module, _ in flags:
+            module.training = False
+        try:
+            yield model
+        finally:
+            for module, training in flags:
+                module.training = training
 
 
 def model_inputs(model: nn.Module, images, adapter=None):
@@ -39,55 +48,58 @@ def model_inputs(model: nn.Module, images, adapter=None):
     return adapter, pixels.to(model_device(model)), views, sources
 
 
-def as_logits(output) -> torch.Tensor:
-    """Logits from whatever a model returns (tensor, tuple, or an object with .logits)."""
-    if torch.is_tensor(output):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
-        return output[0]
-    raise VitxError(f"cannot find logits in the model output ({type(output).__name__})")
+def _drop(layer, attention):
+    return None  # the method does not read attention: keep none of it
 
 
-def resolve_targets(target, logits: torch.Tensor) -> torch.Tensor:
-    """None -> predicted class; int -> the same class for every image; sequence -> one each."""
-    batch, num_classes = logits.shape
-    if target is None:
-        return logits.argmax(dim=-1)
-    targets = torch.as_tensor(target, dtype=torch.long, device=logits.device).flatten()
-    if targets.numel() == 1:
-        targets = targets.expand(batch)
-    if targets.numel() != batch:
-        raise VitxError(f"got {targets.numel()} targets for {batch} images")
-    bad = targets[(targets < 0) | (targets >= num_classes)]
-    if bad.numel():
-        raise VitxError(
-            f"category index {int(bad[0])} out of range: the model has {num_classes} classes (0..{num_classes - 1})"
-        )
-    return targets
-
-
-def _explain_chunk(model, adapter, explainer, pixels, target, token):
-    keep = None if explainer.needs_grad else explainer.keep
-    with AttentionRecorder(model, adapter=adapter, keep=keep) as recorder:
-        if explainer.needs_grad:
-            with torch.enable_grad():
-                logits = as_logits(model(pixels.detach().requires_grad_(True)))
-                targets = resolve_targets(target, logits)
-                recorder.check_recorded()
-                gradients = recorder.gradients(logits.gather(1, targets[:, None]).sum())
-        else:
-            with torch.no_grad():
-                logits = as_logits(model(pixels))
-            targets = resolve_targets(target, logits)
-            gradients = None
+def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None):
+    """One batched forward (and backward when asked for) that records what `explainer`
+    requires, then its math on the `Evidence`."""
+    needs = explainer.requirements()
+    grad = explainer.uses_gradients()
+    keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
+    with AttentionRecorder(model, adapter=adapter, keep=keep, layout=layout) as recorder:
+        with torch.set_grad_enabled(grad):
+            output = model(pixels.detach().requires_grad_(grad))
+            resolved = resolve_target(target, output)
+            recorder.check_recorded()
+            gradients = recorder.gradients(resolved.score(output).sum()) if ATTENTION_GRAD in needs else None
         layout = recorder.layout
-    query = layout.query(token, device=pixels.device)
-    attentions = [None if a is None else a.detach() for a in recorder.attentions]
-    with torch.no_grad():
-        relevance = explainer.attribute(attentions, query, gradients)
-    return logits.detach(), targets, relevance, layout
+    evidence = Evidence(
+        model=model, pixels=pixels.detach(), layout=layout, query=layout.query(token, device=pixels.device),
+        output=_detach(output), target=resolved,
+        attentions=[None if a is None else a.detach() for a in recorder.attentions] if ATTENTION in needs else None,
+        attention_grads=gradients,
+    )
+    with torch.set_grad_enabled(MODEL in needs):
+        relevance = explainer.explain(evidence)
+    return as_logits(evidence.output), resolved, relevance.detach(), layout
+
+
+def _detach(output):
+    if torch.is_tensor(output):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detach(o) for o in output)
+    return output
+
+
+def _check_call(model: nn.Module, explainer, device) -> None:
+    """Problems that would otherwise surface as a raw error deep inside torch."""
+    if device is not None and device != "auto":
+        from ..models import resolve_device
+
+        wanted, actual = resolve_device(device), model_device(model)
+        if wanted.type != actual.type or (wanted.index is not None and wanted.index != actual.index):
+            raise VitxError(
+                f"explain(device={str(device)!r}) was given a model that lives on {actual}; vitx does not move "
+                f"your module behind your back: call model.to({str(wanted)!r}) first, or pass a model name"
+            )
+    if torch.is_inference_mode_enabled() and (explainer.uses_gradients() or MODEL in explainer.requirements()):
+        raise VitxError(
+            f"method {explainer.name!r} needs gradients, which torch.inference_mode() forbids: call vitx.explain "
+            "outside the inference_mode block (vitx itself turns gradients off wherever it can)"
+        )
 
 
 def explain(
@@ -99,6 +111,7 @@ def explain(
     batch_size: int = 32,
     adapter=None,
     device=None,
+    layout=None,
     **options,
 ) -> Explanation:
     """Explain a model's predictions on `images` with one method.
@@ -107,34 +120,39 @@ def explain(
     preprocessed, or paths / PIL images / arrays (preprocessed with the model's data
     config). target: None (predicted class), an int, or one int per image. token: which
     token to explain from ('cls', 'dist', 'mean', ...; default: what the head reads).
-    options: the method's options (see `vitx methods`).
+    layout: override where the patches are: (h, w) / 'HxW' (the extra tokens come first), or a
+    TokenLayout. options: the method's options (see `vitx methods`).
     """
     explainer = get_explainer(method).cls(**options)
     if not isinstance(model, nn.Module):
         model = load_model(model, device=device)
+    else:
+        _check_call(model, explainer, device)
+    model = unwrap(model)  # DataParallel / DDP / torch.compile: run the eager module itself
     if batch_size < 1:
         raise VitxError(f"batch size must be at least 1, got {batch_size}")
     adapter, pixels, views, sources = model_inputs(model, images, adapter)
+    if pixels.is_inference():
+        pixels = pixels.clone()  # a batch made under inference_mode cannot enter autograd
 
     count = pixels.shape[0]
-    targets = None if target is None else torch.as_tensor(target, dtype=torch.long).flatten()
-    if targets is not None and targets.numel() not in (1, count):
-        raise VitxError(f"got {targets.numel()} targets for {count} images")
+    split_target(target, 0, count, count)  # validate once, before any forward
     chunks = []
-    with evaluation_mode(model):
+    with model_lock(model), evaluation_mode(model):
         for start in range(0, count, batch_size):
-            stop = start + batch_size
-            chunk_target = targets if targets is None or targets.numel() == 1 else targets[start:stop]
-            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token))
+            stop = min(start + batch_size, count)
+            chunk_target = split_target(target, start, stop, count)
+            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout))
 
     logits = torch.cat([c[0] for c in chunks]).cpu()
     relevance = torch.cat([c[2] for c in chunks]).float().cpu()
     layout = chunks[0][3]
+    indices = [c[1].indices for c in chunks]
     return Explanation(
         maps=normalise_maps(layout.patch_map(relevance)),
         relevance=relevance,
         logits=logits,
-        targets=torch.cat([c[1] for c in chunks]).cpu(),
+        targets=torch.cat(indices).cpu() if all(i is not None for i in indices) else None,
         method=method,
         token=token or layout.default_token,
         layout=layout,

@@ -1,12 +1,18 @@
-"""The Explainer base: a method is its options plus the math, nothing else.
+"""The Explainer base: a method is its options, what it needs, and the math, nothing else.
 
-Everything around the math (finding attention, hooks, the forward and backward pass,
-targets, token layout, batching, restoring the model) belongs to `vitx.explain`. A
-subclass declares `name`, `options`, whether it `needs_grad`, and implements
-`attribute(attentions, query, gradients)`, the same signature for every method.
+Everything around the math (finding attention and token states, hooks, the forward and
+backward pass, targets, token layout, batching, restoring the model) belongs to the core.
+A subclass declares `name`, `options` and `requires` (what the core must record), and
+implements the math in one of two ways:
+
+- attention methods: `attribute(attentions, query, gradients)`, as the four original
+  methods do (`requires` defaults to attention, plus its gradient when `needs_grad`);
+- anything else: `explain(evidence) -> (B, N)` relevance per token, reading the fields of
+  `Evidence` it asked for (token states and their gradients, or `evidence.score` /
+  `evidence.input_gradient` for methods that run the model themselves).
 """
 from dataclasses import dataclass
-from typing import Any, ClassVar, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -43,6 +49,15 @@ class Option:
         return value
 
 
+# What an explainer can ask the core to record (Explainer.requires).
+ATTENTION = "attention"  # post-softmax attention per layer (B, heads, N, N)
+ATTENTION_GRAD = "attention_grad"  # d(target score)/d(attention) per layer
+TOKENS = "tokens"  # token states after each block (B, N, D)
+TOKEN_GRAD = "token_grad"  # d(target score)/d(token states) per block
+MODEL = "model"  # nothing recorded: the method runs the model itself (evidence.score / input_gradient)
+REQUIREMENTS = (ATTENTION, ATTENTION_GRAD, TOKENS, TOKEN_GRAD, MODEL)
+
+
 class Explainer:
     """Base class of every explanation method (built-in or plugin).
 
@@ -55,7 +70,22 @@ class Explainer:
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs_grad: ClassVar[bool] = False
+    requires: ClassVar[Tuple[str, ...]] = ()
     options: ClassVar[Sequence[Option]] = ()
+
+    @classmethod
+    def requirements(cls) -> FrozenSet[str]:
+        """What the core records for this method (`requires`, or attention [+ its gradient])."""
+        if cls.requires:
+            unknown = set(cls.requires) - set(REQUIREMENTS)
+            if unknown:
+                raise VitxError(f"method {cls.name!r} requires unknown evidence {sorted(unknown)}; known: {REQUIREMENTS}")
+            return frozenset(cls.requires)
+        return frozenset({ATTENTION, ATTENTION_GRAD} if cls.needs_grad else {ATTENTION})
+
+    @classmethod
+    def uses_gradients(cls) -> bool:
+        return bool(cls.requirements() & {ATTENTION_GRAD, TOKEN_GRAD})
 
     def __init__(self, **options: Any):
         known = {o.name: o for o in self.options}
@@ -85,4 +115,8 @@ class Explainer:
         query: torch.Tensor,
         gradients: Optional[List[torch.Tensor]] = None,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} implements neither attribute() nor explain()")
+
+    def explain(self, evidence) -> torch.Tensor:
+        """(B, N) relevance per token from the recorded `evidence` (vitx.attribution.evidence)."""
+        return self.attribute(evidence.attentions, evidence.query, evidence.attention_grads)

@@ -41,7 +41,7 @@ class Explanation:
     maps: torch.Tensor
     relevance: torch.Tensor
     logits: torch.Tensor
-    targets: torch.Tensor
+    targets: Optional[torch.Tensor]  # explained class per image; None for a callable target
     method: str
     token: str
     layout: TokenLayout

@@ -4,21 +4,45 @@ The recorder owns every hook and flag change (through its adapter and an ExitSta
 explainers never touch the model, and the model is restored on exit even when the forward
 raises.
 """
-from contextlib import ExitStack
+import threading
+import weakref
+from contextlib import ExitStack, contextmanager
 from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 
 from ..errors import VitxError
-from .layout import TokenLayout
+from .layout import TokenLayout, infer_layout
+from .unwrap import unwrap
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 
 SUPPORTED = (
-    "timm attention modules (ViT, DeiT, distilled, register tokens), torch.nn.MultiheadAttention "
-    "(torchvision ViT) and models that call F.scaled_dot_product_attention"
+    "timm attention modules, torch.nn.MultiheadAttention (torchvision ViT), and any model that calls "
+    "F.scaled_dot_product_attention or a softmax over a square (tokens x tokens) score matrix"
 )
+
+
+_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def model_lock(model: nn.Module):
+    """Serialise everything vitx does to one model across threads (re-entrant in a thread).
+
+    Recording changes a model for the duration of a forward (fused-attention flags, hooks,
+    replaced forwards, eval mode); two threads doing that to one model at once would record
+    each other's attention and restore each other's flags in the wrong order. Calls on
+    different models still run in parallel.
+    """
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+    with lock:
+        yield
 
 
 class AttentionRecorder:
@@ -30,13 +54,15 @@ class AttentionRecorder:
     only safe when no gradient is needed, since gradients need the tensors of the graph.
     """
 
-    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None):
-        self.model = model
+    def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None, layout=None):
+        self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
+        self.layout_override = layout
         self.adapter = adapter
         self.keep = keep
         self.attentions: List[Optional[torch.Tensor]] = []
         self.graph_attentions: List[torch.Tensor] = []
         self.input_size = None
+        self.batch_size = None
         self.num_tokens = None
         self._stack: Optional[ExitStack] = None
 
@@ -47,6 +73,7 @@ class AttentionRecorder:
             self.adapter = find_adapter(self.model)
         stack = ExitStack()
         try:
+            stack.enter_context(model_lock(self.model))
             handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             stack.callback(handle.remove)
             stack.enter_context(self.adapter.attach(self.model, self._record))
@@ -63,10 +90,42 @@ class AttentionRecorder:
     def _on_model_call(self, module, args, kwargs):
         x = args[0] if args else next(iter(kwargs.values()), None)
         self.input_size = tuple(x.shape[-2:]) if torch.is_tensor(x) and x.dim() >= 3 else None
+        self.batch_size = x.shape[0] if torch.is_tensor(x) and x.dim() >= 1 else None
         self.attentions = []
         self.graph_attentions = []
+        self.num_tokens = None
+
+    def _check(self, attention: torch.Tensor) -> None:
+        """Fail loudly on anything that is not one layer's token-by-token self-attention of
+        this batch: such a tensor in the list would make every method silently wrong."""
+        where = f"{self.adapter.name!r} adapter, layer {len(self.attentions)}"
+        if attention.dim() != 4:
+            raise VitxError(
+                f"recorded attention of shape {tuple(attention.shape)} ({where}): expected (batch, heads, tokens, "
+                "tokens). This model's attention is not laid out per head; its family needs its own adapter"
+            )
+        if attention.shape[-1] != attention.shape[-2]:
+            raise VitxError(
+                f"recorded attention of shape {tuple(attention.shape)} ({where}) is not square: queries and keys "
+                "are different token sets (class attention or cross attention), which attention-flow methods "
+                "cannot chain. Use a method that reads token states or gradients (see `vitx methods`)"
+            )
+        if self.batch_size is not None and attention.shape[0] != self.batch_size:
+            raise VitxError(
+                f"recorded attention has batch {attention.shape[0]} but the model was called with batch "
+                f"{self.batch_size} ({where}): the model attends over windows or folds tokens into the batch "
+                "(windowed / hierarchical attention), so there is no single token-by-token attention per layer. "
+                "Use a method that reads token states or gradients (see `vitx methods`)"
+            )
+        if self.num_tokens is not None and attention.shape[-1] != self.num_tokens:
+            raise VitxError(
+                f"layer {len(self.attentions)} attends over {attention.shape[-1]} tokens but earlier layers over "
+                f"{self.num_tokens} ({where}): the token set changes between layers (pooling or merging), so "
+                "attention cannot be rolled out. Use a method that reads token states or gradients"
+            )
 
     def _record(self, attention: torch.Tensor) -> torch.Tensor:
+        self._check(attention)
         self.num_tokens = attention.shape[-1]
         if self.keep is None:
             self.attentions.append(attention)
@@ -83,18 +142,25 @@ class AttentionRecorder:
     def check_recorded(self) -> None:
         if not self.attentions:
             raise VitxError(
-                f"no attention was recorded for {type(self.model).__name__}: vitx supports "
-                f"{SUPPORTED}. For another architecture write an adapter (README, 'Adapters')."
+                f"no token attention was recorded for {type(self.model).__name__} (adapter {self.adapter.name!r}): "
+                f"the forward ran but computed no token-by-token attention that vitx can see. vitx records "
+                f"{SUPPORTED}. A model without attention (a CNN) can be explained by methods that need no "
+                "attention (see `vitx methods`); another attention implementation needs an adapter (README, 'Adapters')"
             )
 
     @property
     def layout(self) -> TokenLayout:
         """Which token is which, for the input of the last forward."""
         self.check_recorded()
-        layout = self.adapter.layout(self.model, self.input_size, self.num_tokens)
+        if isinstance(self.layout_override, TokenLayout):
+            layout, source = self.layout_override, "the layout you passed"
+        elif self.layout_override is not None:
+            layout, source = infer_layout(self.num_tokens, _grid(self.layout_override)), "the grid you passed"
+        else:
+            layout, source = self.adapter.layout(self.model, self.input_size, self.num_tokens), f"adapter {self.adapter.name!r}"
         if layout.num_tokens != self.num_tokens:
             raise VitxError(
-                f"adapter {self.adapter.name!r} describes {layout.num_tokens} tokens "
+                f"{source} describes {layout.num_tokens} tokens "
                 f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches) "
                 f"but the attention has {self.num_tokens}"
             )
@@ -115,11 +181,22 @@ class AttentionRecorder:
         return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
 
 
-def record_attention(model: nn.Module, adapter=None) -> AttentionRecorder:
+def _grid(value):
+    """(h, w) from a pair or an 'HxW' string."""
+    try:
+        h, w = (int(v) for v in (value.lower().split("x") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise VitxError(f"a grid is (h, w) or 'HxW', got {value!r}") from None
+    if h < 1 or w < 1:
+        raise VitxError(f"a grid needs positive sides, got {h}x{w}")
+    return h, w
+
+
+def record_attention(model: nn.Module, adapter=None, layout=None) -> AttentionRecorder:
     """Record the attention of `model` inside a `with` block (the library's raw access).
 
     >>> with record_attention(model) as rec:
     ...     logits = model(x)
     >>> rec.attentions[-1].shape, rec.layout.grid
     """
-    return AttentionRecorder(model, adapter=adapter)
+    return AttentionRecorder(model, adapter=adapter, layout=layout)

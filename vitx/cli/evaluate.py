@@ -61,7 +61,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
 
     from ..evaluate.metrics import evaluate_methods
     from ..models import load_model
-    from ..registry import find_adapter, get_explainer
+    from ..registry import data_config, get_explainer
     from ..inspect.report import markdown_table
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -79,7 +79,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
 
         data = load_split(dataset, train=False, data_dir=data_dir, augment=False)
     else:
-        data = _folder_dataset(folder, find_adapter(net).data_config(net))
+        data = _folder_dataset(folder, data_config(net))
     if len(data) == 0:
         raise VitxError("no images to evaluate")
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()

@@ -66,6 +66,7 @@ def _output_names(sources, method):
 @click.option("--pretrained/--no-pretrained", default=None, help="Fetch hub weights (default: when no --checkpoint).")
 @click.option("--method", default=None, help="Explainer (see `vitx methods`) [default: grad_rollout with a category index, else rollout].")
 @click.option("--category-index", "--category_index", "category_index", type=int, help="Class to explain [default: predicted].")
+@click.option("--grid", default=None, help="Patch grid HxW, when vitx cannot tell it (extra tokens come first).")
 @click.option("--token", default=None, help="Token to explain from: cls, dist, mean, reg0... [default: what the head reads].")
 @click.option("--head-fusion", "--head_fusion", "head_fusion", type=click.Choice(HEAD_FUSIONS), help="Head fusion (rollout, raw_attention).")
 @click.option("--discard-ratio", "--discard_ratio", "discard_ratio", type=float, help="Fraction of lowest attention dropped.")
@@ -78,7 +79,7 @@ def _output_names(sources, method):
 @click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
-def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, token, head_fusion,
+def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, grid, token, head_fusion,
             discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
     import numpy as np
@@ -99,7 +100,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     get_explainer(method).cls(**options)  # reject bad options before loading a model
     net = load_model(model or DEFAULT_MODEL, checkpoint=checkpoint, pretrained=pretrained,
                      device="cuda" if use_cuda else device)
-    result = run_explain(net, paths, method=method, target=category_index, token=token,
+    result = run_explain(net, paths, method=method, target=category_index, token=token, layout=grid,
                          batch_size=batch_size, **options)
     out = Path(out_dir)
     for i, name in enumerate(_output_names(result.sources, method)):
@@ -122,7 +123,7 @@ def methods():
     from ..registry import get_registry
 
     for name, (cls, plugin) in list_methods().items():
-        grad = "  [needs gradients]" if cls.needs_grad else ""
+        grad = "  [needs gradients]" if cls.uses_gradients() else ""
         click.echo(f"{name}  (plugin: {plugin}){grad}")
         click.echo(f"    {cls.summary}")
         if cls.paper:

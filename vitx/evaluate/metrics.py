@@ -147,12 +147,15 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
 
     from ..attribution.api import evaluation_mode, explain
     from ..models import model_device
-    from ..registry import find_adapter
+    from ..registry import data_config
 
     if not methods:
         raise VitxError("no methods to evaluate")
+    from ..capture.unwrap import unwrap
+
+    model = unwrap(model)
     options = options or {}
-    config = find_adapter(model).data_config(model)
+    config = data_config(model)
     device = model_device(model)
     names = list(methods) + ["random"]
     curves = {name: Curves() for name in names}

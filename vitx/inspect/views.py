@@ -22,6 +22,7 @@ from torch import nn
 from ..capture.adapters.base import patch_conv
 from ..attribution.api import as_logits, evaluation_mode, model_inputs
 from ..capture.recorder import AttentionRecorder
+from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
@@ -43,6 +44,7 @@ class AttentionMaps:
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
     """Each layer's and head's attention row of every prefix token (cls, dist, registers),
     or of the mean patch token for a model without one, on the patch grid."""
+    model = unwrap(model)
     adapter, pixels, views, _ = model_inputs(model, image, adapter)
     with evaluation_mode(model), torch.no_grad(), AttentionRecorder(model, adapter=adapter) as recorder:
         logits = as_logits(model(pixels[:1]))
@@ -110,6 +112,7 @@ def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter
 
     Each layer is reduced as it is recorded, so memory stays at one layer's attention.
     """
+    model = unwrap(model)
     adapter, pixels, _, _ = model_inputs(model, images, adapter)
     sums: Optional[torch.Tensor] = None
     geometry = {}
@@ -164,6 +167,7 @@ def patch_filters(model: nn.Module, count: int = 28) -> Tuple[torch.Tensor, torc
 
 def patch_activations(model: nn.Module, image, adapter=None) -> Tuple[torch.Tensor, np.ndarray]:
     """The patch projection's output for one image: (D, h, w), and the view."""
+    model = unwrap(model)
     adapter, pixels, views, _ = model_inputs(model, image, adapter)
     conv = patch_embedding(model)
     captured: List[torch.Tensor] = []

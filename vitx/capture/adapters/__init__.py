@@ -5,19 +5,24 @@ framework adapters first, the generic SDPA adapter last. Third-party adapters ar
 the `vitx_register_adapters` hook exactly like these.
 """
 from ...hookspecs import hookimpl
-from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, patch_conv
+from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .sdpa import SDPAAdapter
 from .timm import TimmAdapter
+from .timm_naflex import TimmNaFlexAdapter
 from .torch_mha import MultiheadAttentionAdapter
+from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "SDPAAdapter", "TimmAdapter",
-    "grid_from_patch_conv", "patch_conv",
+    "Adapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "PreprocessingWrapperAdapter", "SDPAAdapter",
+    "TimmAdapter", "TimmNaFlexAdapter",
+    "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
 
 @hookimpl
 def vitx_register_adapters(register):
     register(TimmAdapter())
+    register(TimmNaFlexAdapter())
     register(MultiheadAttentionAdapter())
     register(SDPAAdapter())
+    register(PreprocessingWrapperAdapter())

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..attention_math import Record
 from ...errors import VitxError
-from ..layout import TokenLayout
+from ..layout import TokenLayout, infer_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,9 +42,10 @@ class Adapter:
 
 
 def patch_conv(model: nn.Module) -> Optional[nn.Conv2d]:
-    """The patch embedding of a ViT: the first Conv2d whose kernel equals its stride."""
+    """The patch embedding of a ViT: the first Conv2d that cuts the image into patches
+    (kernel == stride > 1). A 1x1 stride-1 convolution is a pointwise layer, not a patchify."""
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride:
+        if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and max(module.stride) > 1:
             return module
     return None
 
@@ -54,6 +55,42 @@ def grid_from_patch_conv(model: nn.Module, input_size) -> Tuple[int, int]:
     if conv is None or input_size is None:
         raise VitxError(
             f"cannot tell the patch grid of {type(model).__name__}: no patch-embedding Conv2d "
-            "(kernel == stride) found; write an adapter that returns its TokenLayout"
+            "(kernel == stride) found; pass the grid (vitx.explain(..., layout=(h, w)), CLI --grid HxW)"
         )
     return input_size[0] // conv.stride[0], input_size[1] // conv.stride[1]
+
+
+MAX_PREFIX_TOKENS = 16  # cls, dist and registers: never more than a handful in known ViTs
+
+
+def grid_from_token_count(num_tokens: int, input_size) -> Tuple[int, int]:
+    """The patch grid implied by a token count and the input's size, when nothing else is known.
+
+    Tries 0, 1, 2, ... prefix tokens and takes the first split whose patch count factors into
+    an h x w grid of square patches that tile the input exactly (H / h == W / w). A model
+    with a Linear patchify (reshape + nn.Linear) has no Conv2d to read the grid from.
+    """
+    if input_size is not None:
+        height, width = input_size
+        for prefix in range(min(MAX_PREFIX_TOKENS, num_tokens - 1) + 1):
+            patches = num_tokens - prefix
+            for h in range(1, patches + 1):
+                w, rest = divmod(patches, h)
+                if rest == 0 and height % h == 0 and width % w == 0 and height // h == width // w:
+                    return h, w
+    raise VitxError(
+        f"cannot lay out {num_tokens} tokens on a patch grid of the {input_size} input: no count of prefix "
+        "tokens leaves square patches that tile the image. Pass the grid: vitx.explain(..., layout=(h, w)) "
+        "or --grid HxW"
+    )
+
+
+def infer_token_layout(model: nn.Module, input_size, num_tokens: int) -> TokenLayout:
+    """Layout of a model that names none of its tokens: the patch grid from its patch Conv2d
+    (or, without one, from the token count), the extra tokens first (see `infer_layout`)."""
+    conv = patch_conv(model)
+    if conv is not None and input_size is not None:
+        grid = (input_size[0] // conv.stride[0], input_size[1] // conv.stride[1])
+        if grid[0] * grid[1] <= num_tokens:
+            return infer_layout(num_tokens, grid)
+    return infer_layout(num_tokens, grid_from_token_count(num_tokens, input_size))

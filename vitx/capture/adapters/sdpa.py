@@ -1,36 +1,40 @@
-"""Any model that calls `F.scaled_dot_product_attention` itself (the last resort)."""
+"""The generic capture, by function rather than by module: the last resort for any ViT.
+
+During the recorded forward a torch function mode sees every call of
+`F.scaled_dot_product_attention` (routed through explicit attention, so its probabilities
+exist) and every hand-written token softmax (`softmax.py`), however the model imported them.
+A function mode is thread-local, unlike patching `torch.nn.functional`.
+"""
 from contextlib import contextmanager
 
+import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..attention_math import Record, explicit_attention
-from ..layout import infer_layout
-from .base import Adapter, grid_from_patch_conv
+from .base import Adapter, infer_token_layout
+from .softmax import is_token_softmax, record_token_softmax
 
 
-class _SDPAInterceptor(TorchFunctionMode):
-    """Route every F.scaled_dot_product_attention call through explicit attention.
-
-    A torch function mode sees the call however the model imported the function, and it
-    is thread-local, unlike patching `torch.nn.functional`.
-    """
-
-    def __init__(self, record: Record):
+class _AttentionInterceptor(TorchFunctionMode):
+    def __init__(self, record: Record, batch_size):
         super().__init__()
         self.record = record
+        self.batch_size = batch_size
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return explicit_attention(*args, **kwargs, record=self.record)[0]
+        if is_token_softmax(func, args, kwargs):
+            return record_token_softmax(func(*args, **kwargs), self.record, self.batch_size())
         return func(*args, **kwargs)
 
 
 class SDPAAdapter(Adapter):
-    """Any model that calls F.scaled_dot_product_attention itself (the last resort)."""
+    """Any model that calls F.scaled_dot_product_attention or computes a token softmax itself."""
 
-    name = "sdpa"
+    name = "generic"
     priority = -100
 
     def matches(self, model):
@@ -38,8 +42,18 @@ class SDPAAdapter(Adapter):
 
     @contextmanager
     def attach(self, model, record):
-        with _SDPAInterceptor(record):
-            yield
+        calls = {}
+
+        def remember_batch(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            calls["batch"] = x.shape[0] if torch.is_tensor(x) and x.dim() >= 1 else None
+
+        handle = model.register_forward_pre_hook(remember_batch, with_kwargs=True)
+        try:
+            with _AttentionInterceptor(record, lambda: calls.get("batch")):
+                yield
+        finally:
+            handle.remove()
 
     def layout(self, model, input_size, num_tokens):
-        return infer_layout(num_tokens, grid_from_patch_conv(model, input_size))
+        return infer_token_layout(model, input_size, num_tokens)

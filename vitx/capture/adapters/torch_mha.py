@@ -6,8 +6,7 @@ from torch import nn
 
 from ...errors import VitxError
 from ..attention_math import Record, explicit_attention
-from ..layout import infer_layout
-from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv
+from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, infer_token_layout
 
 
 class MultiheadAttentionAdapter(Adapter):
@@ -45,8 +44,7 @@ class MultiheadAttentionAdapter(Adapter):
                     del mha.forward
 
     def layout(self, model, input_size, num_tokens):
-        grid = grid_from_patch_conv(model, input_size)
-        return infer_layout(num_tokens, grid)
+        return infer_token_layout(model, input_size, num_tokens)
 
     def data_config(self, model):
         size = getattr(model, "image_size", 224)
