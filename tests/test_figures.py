@@ -64,3 +64,11 @@ def test_explanation_panel_title_names_class_probability_method_and_token():
     assert exp.panel(0).shape[0] > exp.panel(0, title=False).shape[0]
     other = vitx.explain(model, paths[:1], method="rollout", target=(int(exp.targets[0]) + 1) % 10)
     assert "predicted" in other.title(0)[0]
+
+
+def test_a_callable_target_gets_a_title_without_class_or_probability():
+    model = vitx.load_model("fashion_vit")
+    paths = sorted(glob.glob(str(ROOT / "examples" / "fashion_mnist" / "*.png")))[:1]
+    exp = vitx.explain(model, paths, method="grad_rollout", target=lambda output: output[:, 3])
+    assert exp.targets is None and exp.title(0)[0].startswith("custom target")
+    assert exp.panel(0).shape[0] > exp.panel(0, title=False).shape[0] and "custom target" in exp._repr_html_()

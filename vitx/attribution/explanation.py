@@ -51,7 +51,7 @@ class Explanation:
 
     def __repr__(self) -> str:
         return (f"Explanation(method={self.method!r}, token={self.token!r}, images={len(self)}, "
-                f"maps={tuple(self.maps.shape)}, targets={self.targets.tolist()[:8]})")
+                f"maps={tuple(self.maps.shape)}, targets={None if self.targets is None else self.targets.tolist()[:8]})")
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -89,6 +89,8 @@ class Explanation:
 
     def label(self, index: int) -> str:
         """'name (class i)' or 'class i' for the class that map `index` explains."""
+        if self.targets is None:
+            return "custom target"
         target = int(self.targets[index])
         name = self.class_name(target)
         return f"{name} (class {target})" if name else f"class {target}"
@@ -96,17 +98,20 @@ class Explanation:
     def title(self, index: int) -> List[str]:
         """The panel's title lines: explained class and its probability (and the prediction
         when that is another class), then method, token and source."""
+        if self.targets is None:  # a callable target (similarity, text...): no class, no probability
+            return ["custom target (a score computed from the model output)", self._second_line(index)]
+        top = self.top(1)[index][0]
         target = int(self.targets[index])
         probability = float(self.probabilities[index, target])
         first = f"{self.label(index)}: p = {100 * probability:.1f} %"
-        top = self.top(1)[index][0]
         if top.index != target:
             first += f"; predicted {top.name or 'class'} ({top.index}) {100 * top.probability:.1f} %"
+        return [first, self._second_line(index)]
+
+    def _second_line(self, index: int) -> str:
         second = f"method {self.method}, token {self.token}"
         source = self.sources[index] if self.sources and index < len(self.sources) else None
-        if source:
-            second += f", {Path(source).name}"
-        return [first, second]
+        return second + (f", {Path(source).name}" if source else "")
 
     def panel(self, index: int, colormap: str = "jet", title: bool = True) -> np.ndarray:
         """Input | heatmap | overlay for one image (uint8 RGB), under a title strip with the

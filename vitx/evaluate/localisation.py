@@ -126,12 +126,12 @@ def evaluate_localisation(model, samples: Iterable[Tuple[object, np.ndarray]], m
     from tqdm import tqdm
 
     from ..attribution.api import explain
-    from ..registry import find_adapter
+    from ..registry import data_config
 
     if not methods:
         raise VitxError("no methods to evaluate")
     options = options or {}
-    to_frame = mask_transform(find_adapter(model).data_config(model))
+    to_frame = mask_transform(data_config(model))
     meters = {name: LocalisationMeter(tolerance) for name in list(methods) + ["random"]}
     generator = torch.Generator().manual_seed(0)
     batch: List[tuple] = []
