@@ -136,3 +136,21 @@ def test_static_report_has_no_script_unless_interactive(tmp_path):
     page = inspect_models({"vit": tiny_timm("vit_tiny_patch16_224")}, images_for((32, 32), batch=1), tmp_path,
                           methods=["rollout"]).read_text()
     assert "<script" not in page and "vitx-explorer" not in page
+
+
+def test_a_model_the_explorer_cannot_record_gets_a_note(monkeypatch):
+    from vitx import VitxError
+    from vitx.inspect import explorer
+    from vitx.inspect.report import Report
+
+    def fake(model, images, methods):
+        if model == "bad":
+            raise VitxError("no attention found")
+        return {"layers": 1, "heads": 1, "tokens": 1, "grid": [1, 1], "patch_start": 0, "prefix": {}, "methods": [],
+                "images": []}
+
+    monkeypatch.setattr(explorer, "model_data", fake)
+    report = Report("t")
+    explorer.add_explorer_section(report, {"good": "good", "bad": "bad"}, [], [])
+    page = report.html()
+    assert "bad: not shown (no attention found)" in page and '"good"' in page and '"bad"' not in page

@@ -132,11 +132,10 @@ def colormap_lut(name: str = "jet") -> str:
     return lut.tobytes().hex()
 
 
-def explorer_html(models: Dict[str, nn.Module], images, methods: Sequence[str]) -> str:
-    """The explorer: a container, the embedded data and the script, as one HTML fragment."""
-    data = {"models": {name: model_data(model, images, methods) for name, model in models.items()},
-            "lut": colormap_lut()}
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+def explorer_html(data: Dict[str, dict]) -> str:
+    """The explorer for {model name: `model_data(...)`}: a container, the embedded data and
+    the script, as one HTML fragment."""
+    payload = json.dumps({"models": data, "lut": colormap_lut()}, separators=(",", ":")).replace("</", "<\\/")
     script = SCRIPT.read_text(encoding="utf-8")
     return (f'<div id="vitx-explorer" class="vx-root"><p class="note">Loading the explorer... '
             f'(it needs JavaScript and a browser with DecompressionStream)</p></div>\n'
@@ -153,7 +152,14 @@ EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, 
 def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer"):
     section = report.section(title)
     section.text(EXPLAINER_TEXT)
-    section.raw(explorer_html(models, images, methods))
+    data = {}
+    for name, model in models.items():
+        try:
+            data[name] = model_data(model, images, methods)
+        except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
+            section.text(f"{name}: not shown ({exc})", "note")
+    if data:
+        section.raw(explorer_html(data))
     return section
 
 
