@@ -29,7 +29,7 @@ def execute(name, kernel, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(kernel))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="vitx-test-python",
+    NotebookClient(notebook, timeout=900, kernel_name="vitx-test-python",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return notebook
 
