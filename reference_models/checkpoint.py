@@ -49,6 +49,10 @@ def build_model(meta: dict):
         model = TeacherCNN(**meta["config"])
         model.class_names = meta.get("class_names")
         return model
+    if meta["kind"] in ("timm", "hf"):  # fine-tuned pretrained networks
+        from .finetune import build_from_meta
+
+        return build_from_meta(meta)
     raise VitxError(f"unknown model kind {meta['kind']!r}")
 
 
