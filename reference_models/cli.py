@@ -73,8 +73,13 @@ def train_command(dim, depth, heads, patch_size, mlp_ratio, drop_path, local_ffn
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--download/--no-download", default=True, show_default=True)
+@click.option("--with-finetune", metavar="MODEL",
+              help="Add a fine-tuned pretrained ViT: a finished `vitx train --mode finetune` run folder, or a "
+                   "network to fine-tune here (timm name, hf:ORG/NAME, save_pretrained folder).")
+@click.option("--finetune-checkpoint", type=click.Path(), help="Pretrained weights file for --with-finetune (timm, offline).")
 def study_command(**options):
-    """Teacher, baseline ViT, ViT + KD and DeiT: accuracy table and attention-map figure."""
+    """Teacher, baseline ViT, ViT + KD and DeiT (and a fine-tuned pretrained ViT): accuracy
+    table and attention-map figure."""
     from .study import run_study
 
     run_study(**options)

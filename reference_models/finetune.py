@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vitx.attribution.api import as_logits
@@ -247,14 +246,25 @@ def param_groups(model: nn.Module, kind: str, weight_decay: float, layer_decay: 
 def to_model_input(x: torch.Tensor, dataset_mean, dataset_std, data_config: dict, mean=None, std=None) -> torch.Tensor:
     """A batch normalised with the dataset's statistics -> the network's input: back to
     [0, 1], grey to three channels, resized to its resolution, normalised with its own
-    mean and std."""
+    mean and std.
+
+    The resize runs on 8-bit pixels with torchvision's PIL-compatible kernel, so the network
+    trains on what PIL-based preprocessing (timm's eval transform, which `vitx explain` uses,
+    or a Hugging Face image processor) gives for the same picture, not on a float-bicubic
+    variant of it that differs at sharp edges. The dataset's pixels are 8-bit to begin with.
+    """
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
     channels, height, width = data_config["input_size"]
     x = x * dataset_std + dataset_mean
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     if tuple(x.shape[-2:]) != (height, width):
-        mode = "bicubic" if data_config.get("interpolation") == "bicubic" else "bilinear"
-        x = F.interpolate(x, size=(height, width), mode=mode, antialias=True, align_corners=False).clamp(0, 1)
+        mode = {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(
+            data_config.get("interpolation"), InterpolationMode.BILINEAR)
+        pixels = (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+        x = TF.resize(pixels, [height, width], interpolation=mode, antialias=True).float() / 255
     mean = torch.tensor(data_config["mean"], device=x.device).view(1, -1, 1, 1) if mean is None else mean
     std = torch.tensor(data_config["std"], device=x.device).view(1, -1, 1, 1) if std is None else std
     return (x - mean) / std
@@ -263,8 +273,10 @@ def to_model_input(x: torch.Tensor, dataset_mean, dataset_std, data_config: dict
 class FineTuned(nn.Module):
     """The network as the trainer sees it: dataset batch in, logits out.
 
-    `state_dict` / `load_state_dict` are the network's own, so checkpoints and resume states
-    hold exactly the pretrained network's keys and load into it without this wrapper.
+    Called on the wrapper itself, `state_dict` / `load_state_dict` are the network's own, so
+    checkpoints and resume states hold exactly the network's keys and load into it without
+    this wrapper. Inside a parent (timm's ModelEmaV3 holds a copy) the keys stay nested,
+    as the parent's load_state_dict expects them.
     """
 
     def __init__(self, model: nn.Module, kind: str, info, data_config: dict, layer_decay: float):
@@ -283,8 +295,10 @@ class FineTuned(nn.Module):
     def param_groups(self, weight_decay: float):
         return param_groups(self.model, self.kind, weight_decay, self.layer_decay)
 
-    def state_dict(self, *args, **kwargs):
-        return self.model.state_dict(*args, **kwargs)
+    def state_dict(self, *, destination=None, prefix="", keep_vars=False):
+        if prefix:
+            return super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return self.model.state_dict(destination=destination, keep_vars=keep_vars)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
