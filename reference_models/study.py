@@ -21,7 +21,7 @@ from vitx.inspect.report import markdown_table
 
 from .checkpoint import load_model_file
 from .data import dataset_info, load_split
-from .finetune import FinetuneConfig
+from .finetune import FinetuneConfig, resolve_source
 from .train import TrainConfig, train
 
 PRESETS = {
@@ -110,6 +110,12 @@ def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=Non
         raise vitx.VitxError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     out = Path(out)
     finished = finished_finetune(with_finetune) if with_finetune else None
+    if finished:  # checked before hours of training, like the name of a network to fine-tune
+        trained_on = json.loads(finished.with_suffix(".json").read_text()).get("dataset")
+        if trained_on != dataset:
+            raise vitx.VitxError(f"{with_finetune} was fine-tuned on {trained_on}, not on {dataset}")
+    elif with_finetune:
+        resolve_source(with_finetune)
     configs = study_configs(dataset, preset, out, data_dir, device, download,
                             finetune=None if finished else with_finetune, finetune_checkpoint=finetune_checkpoint,
                             finetune_pretrained=finetune_pretrained)
@@ -120,9 +126,6 @@ def run_study(dataset="fashion_mnist", preset="smoke", out="study", data_dir=Non
     if with_finetune:
         path = finished or out / "finetune" / "model.safetensors"
         finetuned = load_model_file(path)
-        if finetuned.vitx_meta.get("dataset") != dataset:
-            raise vitx.VitxError(f"{with_finetune} was fine-tuned on {finetuned.vitx_meta.get('dataset')}, "
-                                 f"not on {dataset}")
         results["finetune"] = _summary(finetuned.vitx_meta["history"])
         students["finetune"] = finetuned
     baseline = results["baseline"]["test_accuracy"]

@@ -80,6 +80,15 @@ def test_timm_fine_tune_learns_keeps_the_classes_and_explains_from_the_run_folde
     assert (out / f"{EXAMPLES[0].stem}_rollout.png").is_file()
     assert any(name in result.output for name in FASHION_CLASSES)
 
+    result = CliRunner().invoke(main, ["inspect", *map(str, EXAMPLES[:2]), "-m", str(run), "-m", "fashion_vit",
+                                       "--methods", "rollout", "--show", "1", "--device", "cpu",
+                                       "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<td>timm</td><td>VisionTransformer</td>" in page  # named after the run folder
+    for model in ("timm", "fashion-vit"):  # both models' figures, side by side
+        assert f"{model}-attention-cls.png" in page and f"{model}-positions.png" in page
+
 
 def test_hf_fine_tune_starts_from_the_saved_weights_and_learns(hf_folder, tmp_path):
     from transformers import ViTForImageClassification
@@ -280,3 +289,11 @@ def test_study_adds_the_fine_tuned_model_as_a_fourth_student(hf_folder, tmp_path
         study.run_study(out=str(tmp_path / "study"), data_dir=str(tmp_path.parent / "data"), download=False,
                         num_images=2, statistics_images=8, progress=False,
                         with_finetune=str(tmp_path / "study" / "finetune"))
+    with pytest.raises(vitx.VitxError, match="unknown model 'vit_tiny_patch16_2244'"):
+        study.run_study(out=str(tmp_path / "other"), download=False, with_finetune="vit_tiny_patch16_2244")
+    assert not (tmp_path / "other").exists()  # refused before any training
+
+
+def test_study_help_offers_the_fine_tuned_column():
+    result = CliRunner().invoke(main, ["study", "--help"])
+    assert result.exit_code == 0 and "--with-finetune MODEL" in result.output and "--finetune-checkpoint" in result.output

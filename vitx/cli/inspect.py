@@ -33,6 +33,12 @@ def dataset_sample(name, count, seed, data_dir):
     return [data[i][0] for i in picks]
 
 
+def _model_label(name):
+    """fashion_vit -> fashion_vit; runs/vit/model.safetensors -> model; a run folder runs/ft -> ft."""
+    path = Path(name)
+    return path.stem if path.suffix else path.name if path.is_dir() else name
+
+
 @click.command("inspect")
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--model", "-m", "model_names", multiple=True,
@@ -60,7 +66,7 @@ def inspect_command(images, model_names, dataset, count, methods, show, seed, da
         raise VitxError("give image files or folders, or --dataset NAME")
     if paths and dataset:
         raise VitxError("give either images or --dataset, not both")
-    models = {Path(m).stem if Path(m).suffix else m: load_model(m, device=device)
+    models = {_model_label(m): load_model(m, device=device)
               for m in (model_names or [DEFAULT_MODEL])}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
     path = inspect_models(models, inputs, out_dir, methods=names, show=show)
