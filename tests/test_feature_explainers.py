@@ -278,8 +278,8 @@ def test_evaluate_cli_defaults_to_every_registered_method(monkeypatch, tmp_path)
     from vitx.cli import main
     from vitx.evaluate import metrics
 
-    (tmp_path / "0").mkdir()
-    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "0" / "a.png")
+    (tmp_path / "images" / "0").mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "images" / "0" / "a.png")
     seen = {}
 
     def fake(model, batches, methods, **kwargs):
@@ -291,7 +291,7 @@ def test_evaluate_cli_defaults_to_every_registered_method(monkeypatch, tmp_path)
 
     monkeypatch.setattr(metrics, "evaluate_methods", fake)
     monkeypatch.setattr("vitx.cli.evaluate.draw_curves", lambda results, path: None)
-    result = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path), "-m", "fashion_vit", "--n", "1",
+    result = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path / "images"), "-m", "fashion_vit", "--n", "1",
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert set(seen["methods"]) == set(vitx.list_methods())
