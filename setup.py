@@ -47,6 +47,8 @@ setup(
             "gradcam = vitx.plugins.gradcam",
             "legrad = vitx.plugins.legrad",
             "perturbation = vitx.plugins.perturbation",
+            "attnlrp = vitx.plugins.attnlrp",
+            "transformer_attribution = vitx.plugins.transformer_attribution",
             "reference_models = vitx.reference_models.plugin",
         ],
     },
