@@ -52,8 +52,10 @@ def check_meta(meta, sidecar) -> None:
 
     if not isinstance(meta, dict):
         bad("(top level)", "must be a JSON object", type(meta).__name__)
-    if meta.get("kind") not in ("vit", "teacher"):
-        bad("kind", "must be 'vit' or 'teacher'", meta.get("kind"))
+    if meta.get("kind") not in ("vit", "teacher", "timm", "hf"):
+        bad("kind", "must be 'vit', 'teacher', 'timm' or 'hf'", meta.get("kind"))
+    if meta["kind"] in ("timm", "hf"):
+        return  # fine-tuned runs: rebuilt by their own framework, which checks its own config
     config = meta.get("config")
     if not isinstance(config, dict):
         bad("config", "must be an object", config)
@@ -96,6 +98,10 @@ def build_model(meta: dict):
         model = TeacherCNN(**meta["config"])
         model.class_names = meta.get("class_names")
         return model
+    if meta["kind"] in ("timm", "hf"):  # fine-tuned pretrained networks
+        from .finetune import build_from_meta
+
+        return build_from_meta(meta)
     raise VitxError(f"unknown model kind {meta['kind']!r}")
 
 

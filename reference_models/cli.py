@@ -3,6 +3,7 @@ import click
 
 from vitx.errors import VitxError
 
+from .finetune_cli import finetune_config, finetune_options
 from .train import AUGMENTS, MODES, TrainConfig
 
 
@@ -14,19 +15,23 @@ def _sizes(value):
 
 
 @click.command("train")
-@click.option("--dataset", default="fashion_mnist", show_default=True, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]))
-@click.option("--mode", default="baseline", show_default=True, type=click.Choice(MODES))
+@click.option("--dataset", default="fashion_mnist", show_default=True, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]),
+              help="Training and test data (28 px grey or 32 px colour; finetune resizes to the model's resolution).")
+@click.option("--mode", default="baseline", show_default=True, type=click.Choice(MODES),
+              help="teacher: the CNN; baseline: ViT from scratch; kd: ViT distilled from --teacher; deit: ViT with a "
+                   "distillation token; finetune: a pretrained --model with a new head.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder: model.safetensors/json, state.pt, history.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
-@click.option("--weight-decay", default=0.05, show_default=True)
-@click.option("--warmup-epochs", default=1.0, show_default=True)
-@click.option("--label-smoothing", default=0.1, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=10, show_default=True, help="Passes over the training set.")
+@click.option("--batch-size", default=128, show_default=True, help="Images per optimisation step.")
+@click.option("--lr", default=None, type=float,
+              help="Peak AdamW learning rate after the warmup, cosine-decayed to 1 % [default: 2e-3; 1e-4 with finetune].")
+@click.option("--weight-decay", default=0.05, show_default=True, help="AdamW weight decay.")
+@click.option("--warmup-epochs", default=1.0, show_default=True, help="Linear learning-rate warmup, in epochs.")
+@click.option("--label-smoothing", default=0.1, show_default=True, help="Cross-entropy label smoothing.")
+@click.option("--seed", default=0, show_default=True, help="Seed for initialisation, data order and subsets.")
 @click.option("--teacher", type=click.Path(), help="Teacher checkpoint (modes kd, deit).")
-@click.option("--kd-temperature", default=4.0, show_default=True)
-@click.option("--kd-alpha", default=0.5, show_default=True)
+@click.option("--kd-temperature", default=4.0, show_default=True, help="Softmax temperature of soft KD (mode kd).")
+@click.option("--kd-alpha", default=0.5, show_default=True, help="Weight of the teacher term in soft KD (mode kd).")
 @click.option("--kd-hard", is_flag=True, help="kd with the teacher's hard labels instead of soft KL.")
 @click.option("--curriculum", default="", help="Resolutions in equal stages, e.g. 16,24,28.")
 @click.option("--ema", default=0.0, help="EMA decay (0: off).")
@@ -34,30 +39,36 @@ def _sizes(value):
               help="default: random crop+flip (CIFAR-10, Fashion-MNIST) or affine (MNIST) per image; flip: random "
                    "horizontal flip only; none. flip and none decode the split once, in memory (faster on a CPU).")
 @click.option("--mixup", default=0.0, help="Mixup alpha; > 0 mixes batches with Mixup or CutMix (torchvision v2).")
-@click.option("--dim", default=64, show_default=True)
-@click.option("--depth", default=4, show_default=True)
-@click.option("--heads", default=4, show_default=True)
-@click.option("--patch-size", default=4, show_default=True)
-@click.option("--mlp-ratio", default=2.0, show_default=True)
-@click.option("--drop-path", default=0.0, show_default=True)
+@click.option("--dim", default=64, show_default=True, help="From-scratch ViT: embedding width.")
+@click.option("--depth", default=4, show_default=True, help="From-scratch ViT: transformer blocks.")
+@click.option("--heads", default=4, show_default=True, help="From-scratch ViT: attention heads.")
+@click.option("--patch-size", default=4, show_default=True, help="From-scratch ViT: patch side in pixels.")
+@click.option("--mlp-ratio", default=2.0, show_default=True, help="From-scratch ViT: MLP width / embedding width.")
+@click.option("--drop-path", default=0.0, show_default=True, help="From-scratch ViT: stochastic depth rate.")
 @click.option("--local-ffn", is_flag=True, help="Depth-wise 3x3 conv in the feed-forward block (LocalViT).")
-@click.option("--teacher-width", default=16, show_default=True)
+@click.option("--teacher-width", default=16, show_default=True, help="Teacher CNN: width of its first stage.")
+@finetune_options
 @click.option("--train-limit", default=0, help="Use only N training images (0: all).")
 @click.option("--test-limit", default=0, help="Use only N test images (0: all).")
 @click.option("--data-dir", type=click.Path(), help="Dataset folder [default: ~/.cache/vitx/data].")
-@click.option("--download/--no-download", default=True, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Download the dataset when it is not in --data-dir (or Debian's Fashion-MNIST).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (cuda: mixed precision).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/state.pt (--epochs may grow; other settings must match).")
 @click.option("--force", is_flag=True, help="Overwrite a run already in OUT (otherwise refused).")
 def train_command(dim, depth, heads, patch_size, mlp_ratio, drop_path, local_ffn, curriculum, resume, force, **options):
-    """Train the CNN teacher or a ViT / KD / DeiT student (Ctrl-C saves; --resume continues)."""
+    """Train the CNN teacher or a ViT / KD / DeiT student, or fine-tune a pretrained ViT
+    (Ctrl-C saves; --resume continues)."""
     import sys
 
     from .train import train
 
     vit = dict(dim=dim, depth=depth, heads=heads, patch_size=patch_size, mlp_ratio=mlp_ratio,
                drop_path=drop_path, local_ffn=local_ffn)
-    config = TrainConfig(vit=vit, curriculum=_sizes(curriculum), **options)
+    config = finetune_config(options)  # None unless --mode finetune
+    if config is None:
+        options["lr"] = 2e-3 if options["lr"] is None else options["lr"]
+        config = TrainConfig(vit=vit, curriculum=_sizes(curriculum), **options)
     history = train(config, resume=resume, force=force)
     if not history or history[-1]["epoch"] < config.epochs:  # Ctrl-C: saved, but not finished
         sys.exit(130)
@@ -71,8 +82,13 @@ def train_command(dim, depth, heads, patch_size, mlp_ratio, drop_path, local_ffn
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--download/--no-download", default=True, show_default=True)
+@click.option("--with-finetune", metavar="MODEL",
+              help="Add a fine-tuned pretrained ViT: a finished `vitx train --mode finetune` run folder, or a "
+                   "network to fine-tune here (timm name, hf:ORG/NAME, save_pretrained folder).")
+@click.option("--finetune-checkpoint", type=click.Path(), help="Pretrained weights file for --with-finetune (timm, offline).")
 def study_command(**options):
-    """Teacher, baseline ViT, ViT + KD and DeiT: accuracy table and attention-map figure."""
+    """Teacher, baseline ViT, ViT + KD and DeiT (and a fine-tuned pretrained ViT): accuracy
+    table and attention-map figure."""
     from .study import run_study
 
     run_study(**options)

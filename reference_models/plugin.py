@@ -61,6 +61,10 @@ def vitx_register_models(register):
 
 @vitx.hookimpl
 def vitx_load_model_file(path):
+    if Path(path).is_dir():  # a training run folder (vitx train --out RUN_DIR)
+        path = Path(path) / "model.safetensors"
+        if not path.with_suffix(".json").is_file():
+            return None
     if Path(path).with_suffix(".json").is_file():
         from .checkpoint import load_model_file
 

@@ -2,7 +2,8 @@
 
 Modes: `teacher` (the CNN), `baseline` (ViT, cross-entropy with label smoothing), `kd`
 (classic distillation into the cls head: soft KL at temperature T, or hard teacher
-labels), `deit` (ViT with a distillation token trained on the teacher's hard labels).
+labels), `deit` (ViT with a distillation token trained on the teacher's hard labels),
+`finetune` (a pretrained timm or Hugging Face ViT, new head, layer-wise lr decay: finetune.py).
 Resumable at epoch boundaries with every state that affects the result (model,
 optimizer, scheduler, EMA, epoch, history, RNG), so a resumed run reproduces the
 uninterrupted one.
@@ -30,7 +31,7 @@ from .runs import check_device, check_more_epochs, check_resume, run_folder, spa
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
 
-MODES = ("teacher", "baseline", "kd", "deit")
+MODES = ("teacher", "baseline", "kd", "deit", "finetune")
 AUGMENTS = ("default", "flip", "none")
 
 
@@ -72,6 +73,10 @@ def curriculum_size(config: TrainConfig, epoch: int, full: int) -> int:
 
 
 def build(config: TrainConfig):
+    if config.mode == "finetune":  # a pretrained timm / Hugging Face network: finetune.py
+        from .finetune import build_finetune
+
+        return build_finetune(config)
     info = dataset_info(config.dataset)
     if config.mode == "teacher":
         arch = dict(in_chans=info.channels, num_classes=len(info.classes), width=config.teacher_width)
@@ -85,7 +90,7 @@ def build(config: TrainConfig):
 def loss_fn(config: TrainConfig, model, teacher, x, y):
     """y: class indices, or class probabilities when Mixup/CutMix mixed the batch."""
     output = model(x)
-    if config.mode in ("teacher", "baseline"):
+    if config.mode in ("teacher", "baseline", "finetune"):
         return F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
     with torch.no_grad():
         teacher_logits = teacher(x)
@@ -196,7 +201,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
         mixer = v2.RandomChoice([v2.MixUp(alpha=config.mixup, num_classes=classes),
                                  v2.CutMix(alpha=1.0, num_classes=classes)])
     teacher = load_model_file(config.teacher).to(device) if config.mode in ("kd", "deit") else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = model.param_groups(config.weight_decay) if config.mode == "finetune" else model.parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps = len(train_set) // config.batch_size
     if steps == 0:
         raise VitxError(f"--batch-size {config.batch_size} is larger than the {len(train_set)} training images")
@@ -248,7 +254,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
             evaluated = ema.module if ema is not None else model
             accuracy = evaluate(evaluated, test_loader, device)
             history.append({"epoch": epoch + 1, "size": size, "train_loss": round(float(total_loss) / max(steps, 1), 6),
-                            "test_accuracy": accuracy, "lr": optimizer.param_groups[0]["lr"],
+                            "test_accuracy": accuracy, "lr": max(g["lr"] for g in optimizer.param_groups),
                             "seconds": round(time.time() - started, 1)})
             if progress:
                 print(f"{config.mode} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f}")

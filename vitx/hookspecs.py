@@ -42,4 +42,4 @@ def vitx_register_commands():
 
 @hookspec(firstresult=True)
 def vitx_load_model_file(path):
-    """Return an nn.Module built from the model file at `path`, or None if not yours."""
+    """Return an nn.Module built from the model file (or run / model folder) at `path`, or None if not yours."""

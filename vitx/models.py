@@ -179,7 +179,8 @@ def load_model(model, checkpoint=None, pretrained: Optional[bool] = None, device
         elif Path(name).is_file():
             module = get_registry().manager.hook.vitx_load_model_file(path=name)
             if module is None:
-                raise VitxError(f"vitx does not know how to build a model from the file {name}; "
+                what = "folder" if Path(name).is_dir() else "file"
+                raise VitxError(f"vitx does not know how to build a model from the {what} {name}; "
                                 "pass --model NAME --checkpoint FILE")
         elif name.startswith(TORCHVISION_PREFIX):
             module = load_torchvision(name[len(TORCHVISION_PREFIX):], checkpoint, pretrained, **kwargs)

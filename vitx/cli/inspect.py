@@ -34,6 +34,12 @@ def dataset_sample(name, count, seed, data_dir):
     return [data[i][0] for i in picks]
 
 
+def _model_label(name):
+    """fashion_vit -> fashion_vit; runs/vit/model.safetensors -> model; a run folder runs/ft -> ft."""
+    path = Path(name)
+    return path.stem if path.suffix else path.name if path.is_dir() else name
+
+
 @click.command("inspect")
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--model", "-m", "model_names", multiple=True,
