@@ -17,7 +17,7 @@ from torch import nn
 from ...errors import VitxError
 from ..layout import MEAN_TOKEN, TokenLayout
 from .base import Adapter
-from .torch_mha import _explicit_mha_forward
+from .torch_mha import explicit_mha
 
 
 def image_tower(model: nn.Module) -> Optional[nn.Module]:
@@ -49,18 +49,8 @@ class OpenClipAdapter(Adapter):
         if not sites:
             raise VitxError("this open_clip image tower has no nn.MultiheadAttention blocks; vitx records "
                             "open_clip VisionTransformer towers built with the default attention")
-        patched = []
-        try:
-            for mha in sites:
-                patched.append((mha, "forward" in mha.__dict__, mha.__dict__.get("forward")))
-                mha.forward = _explicit_mha_forward(mha, record)
+        with explicit_mha(sites, record):
             yield
-        finally:
-            for mha, had_own, previous in patched:
-                if had_own:
-                    mha.forward = previous
-                else:
-                    del mha.forward
 
     def layout(self, model, input_size, num_tokens):
         tower = image_tower(model)

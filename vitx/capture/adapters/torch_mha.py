@@ -27,21 +27,8 @@ class MultiheadAttentionAdapter(Adapter):
     def matches(self, model):
         return bool(self.sites(model))
 
-    @contextmanager
     def attach(self, model, record):
-        patched = []
-        try:
-            for mha in self.sites(model):
-                had_own = "forward" in mha.__dict__
-                patched.append((mha, had_own, mha.__dict__.get("forward")))
-                mha.forward = _explicit_mha_forward(mha, record)
-            yield
-        finally:
-            for mha, had_own, previous in patched:
-                if had_own:
-                    mha.forward = previous
-                else:
-                    del mha.forward
+        return explicit_mha(self.sites(model), record)
 
     def token_sites(self, model):
         layers = getattr(getattr(model, "encoder", None), "layers", None)  # torchvision VisionTransformer
@@ -62,6 +49,24 @@ class MultiheadAttentionAdapter(Adapter):
             "input_size": (3, size, size), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD, "crop_pct": 1.0, "crop_mode": "center",
         }
+
+
+@contextmanager
+def explicit_mha(sites, record):
+    """Inside the context, each `nn.MultiheadAttention` in `sites` runs `_explicit_mha_forward`;
+    every instance's own forward (or the class's) is back afterwards."""
+    patched = []
+    try:
+        for mha in sites:
+            patched.append((mha, "forward" in mha.__dict__, mha.__dict__.get("forward")))
+            mha.forward = _explicit_mha_forward(mha, record)
+        yield
+    finally:
+        for mha, had_own, previous in patched:
+            if had_own:
+                mha.forward = previous
+            else:
+                del mha.forward
 
 
 def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record):
