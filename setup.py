@@ -29,7 +29,7 @@ setup(
         "vitx.plugins": "plugins",
         "vitx.reference_models": "reference_models",
     },
-    package_data={"vitx.reference_models": ["weights/*.safetensors", "weights/*.json"]},
+    package_data={"vitx.reference_models": ["weights/*.safetensors", "weights/*.json"], "vitx.inspect": ["*.js"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,

@@ -1,6 +1,6 @@
 """Reading images with clear errors, and drawing heatmaps and overlays with OpenCV."""
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import cv2
 import numpy as np
@@ -78,13 +78,37 @@ def overlay(image: np.ndarray, relevance: np.ndarray, alpha: float = 0.5, colorm
     return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
 
 
-def panel(image: np.ndarray, relevance: np.ndarray, min_side: int = 224, colormap: str = "jet") -> np.ndarray:
-    """Input | heatmap | overlay side by side, upscaled so that small inputs stay visible."""
+def panel(image: np.ndarray, relevance: np.ndarray, min_side: int = 224, colormap: str = "jet",
+          title: Union[str, Sequence[str], None] = None) -> np.ndarray:
+    """Input | heatmap | overlay side by side, upscaled so that small inputs stay visible,
+    under a white title strip (one line per string of `title`) when one is given."""
     scale = max(1, int(np.ceil(min_side / min(image.shape[:2]))))
     if scale > 1:
         image = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     heat = heatmap(relevance, image.shape[:2], colormap)
-    return np.concatenate([image, heat, overlay(image, relevance, colormap=colormap)], axis=1)
+    body = np.concatenate([image, heat, overlay(image, relevance, colormap=colormap)], axis=1)
+    if not title:
+        return body
+    return np.concatenate([title_strip([title] if isinstance(title, str) else list(title), body.shape[1]), body])
+
+
+TITLE_FONT = cv2.FONT_HERSHEY_DUPLEX
+
+
+def title_strip(lines: Sequence[str], width: int, scale: float = 0.6) -> np.ndarray:
+    """A white (H, width, 3) uint8 strip with `lines` of dark text, each shrunk (never below
+    a readable 0.4) so that it fits the width; what still does not fit is cut with '...'."""
+    line_height = int(32 * scale) + 10
+    strip = np.full((line_height * len(lines) + 6, width, 3), 255, np.uint8)
+    for row, text in enumerate(lines):
+        size = scale
+        while size > 0.4 and cv2.getTextSize(text, TITLE_FONT, size, 1)[0][0] > width - 16:
+            size -= 0.05
+        while len(text) > 4 and cv2.getTextSize(text, TITLE_FONT, size, 1)[0][0] > width - 16:
+            text = text[:-4] + "..."
+        baseline = 6 + line_height * row + int(22 * scale) + 4
+        cv2.putText(strip, text, (8, baseline), TITLE_FONT, size, (20, 20, 20), 1, cv2.LINE_AA)
+    return strip
 
 
 def save_png(path: Union[str, Path], rgb: np.ndarray) -> None:
@@ -92,27 +116,3 @@ def save_png(path: Union[str, Path], rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
         raise VitxError(f"could not write {path}")
-
-
-def line_chart(title: str, series, size=(220, 300), y_range=None) -> np.ndarray:
-    """One chart panel, (H, W, 3) uint8 RGB: `series` maps a name to (values, rgb colour).
-
-    With `y_range` every series shares that axis; without it each is scaled to its own
-    range (so a loss and an accuracy can share a panel) and its legend line says the range.
-    """
-    height, width = size
-    left, right, top, bottom = 12, width - 10, 26, height - 10
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(canvas, title, (left, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.rectangle(canvas, (left, top), (right, bottom), (200, 200, 200), 1)
-    for row, (name, (values, colour)) in enumerate(series.items()):
-        values = np.asarray(values, dtype=np.float64)
-        low, high = y_range if y_range is not None else (values.min(), values.max())
-        scaled = (values - low) / ((high - low) or 1.0)
-        xs = np.linspace(left, right, len(values)) if len(values) > 1 else np.array([(left + right) / 2])
-        ys = bottom - scaled * (bottom - top)
-        points = np.stack([xs, ys], 1).astype(np.int32)
-        cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
-        label = name if y_range is not None else f"{name} {values[-1]:.4f} ({low:.3f}-{high:.3f})"
-        cv2.putText(canvas, label, (left + 4, top + 14 + 13 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
-    return canvas

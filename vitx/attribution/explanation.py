@@ -1,5 +1,6 @@
 """`Explanation`: what `vitx.explain` returns: maps, predictions, and ways to look at them."""
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -56,6 +57,10 @@ class Explanation:
             warnings.warn("the model's outputs contain NaN or infinite values (NaN weights or inputs?): its "
                           "predictions, probabilities and maps are meaningless", stacklevel=3)
 
+    def __repr__(self) -> str:
+        return (f"Explanation(method={self.method!r}, token={self.token!r}, images={len(self)}, "
+                f"maps={tuple(self.maps.shape)}, targets={None if self.targets is None else self.targets.tolist()[:8]})")
+
     def __len__(self) -> int:
         return self.maps.shape[0]
 
@@ -90,6 +95,107 @@ class Explanation:
         drawn = [draw_overlay(self.views[i], self.maps[i].numpy(), alpha, colormap) for i in indices]
         return drawn if index is None else drawn[0]
 
-    def panel(self, index: int, colormap: str = "jet") -> np.ndarray:
-        """Input | heatmap | overlay for one image."""
-        return draw_panel(self.views[index], self.maps[index].numpy(), colormap=colormap)
+    def label(self, index: int) -> str:
+        """'name (class i)' or 'class i' for the class that map `index` explains."""
+        if self.targets is None:
+            return "custom target"
+        target = int(self.targets[index])
+        name = self.class_name(target)
+        return f"{name} (class {target})" if name else f"class {target}"
+
+    def title(self, index: int) -> List[str]:
+        """The panel's title lines: explained class and its probability (and the prediction
+        when that is another class), then method, token and source."""
+        if self.targets is None:  # a callable target (similarity, text...): no class, no probability
+            return ["custom target (a score computed from the model output)", self._second_line(index)]
+        top = self.top(1)[index][0]
+        target = int(self.targets[index])
+        probability = float(self.probabilities[index, target])
+        first = f"{self.label(index)}: p = {100 * probability:.1f} %"
+        if top.index != target:
+            first += f"; predicted {top.name or 'class'} ({top.index}) {100 * top.probability:.1f} %"
+        return [first, self._second_line(index)]
+
+    def _second_line(self, index: int) -> str:
+        second = f"method {self.method}, token {self.token}"
+        source = self.sources[index] if self.sources and index < len(self.sources) else None
+        return second + (f", {Path(source).name}" if source else "")
+
+    def panel(self, index: int, colormap: str = "jet", title: bool = True) -> np.ndarray:
+        """Input | heatmap | overlay for one image (uint8 RGB), under a title strip with the
+        explained class, its probability, the method and the token."""
+        return draw_panel(self.views[index], self.maps[index].numpy(), colormap=colormap,
+                          title=self.title(index) if title else None)
+
+    # ------------------------------------------------------------- notebooks and files
+    # Jupyter shows `_repr_html_` (panels with captions) and keeps `_repr_png_` as the
+    # plain-image fallback; both show at most DISPLAY_LIMIT images of a large batch.
+
+    DISPLAY_LIMIT = 8
+
+    def _png(self, rgb: np.ndarray) -> bytes:
+        import cv2
+
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+        return encoded.tobytes() if ok else b""
+
+    def _repr_png_(self) -> bytes:
+        panels = [self.panel(i) for i in range(min(len(self), self.DISPLAY_LIMIT))]
+        width = max(p.shape[1] for p in panels)
+        padded = [np.pad(p, ((0, 8), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
+        return self._png(np.concatenate(padded))
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        shown = min(len(self), self.DISPLAY_LIMIT)
+        parts = [f"<div><b>vitx Explanation</b>: {len(self)} image(s), method {html.escape(self.method)}, "
+                 f"token {html.escape(str(self.token))}" + (f" (first {shown} shown)" if shown < len(self) else "")
+                 + "</div>"]
+        for i in range(shown):
+            data = base64.b64encode(self._png(self.panel(i, title=False))).decode("ascii")
+            caption = html.escape(" - ".join(self.title(i)))
+            parts.append(f'<figure style="margin:0.5em 0"><img src="data:image/png;base64,{data}" alt="{caption}">'
+                         f"<figcaption>{caption}</figcaption></figure>")
+        return "\n".join(parts)
+
+    def show(self, indices: Optional[Sequence[int]] = None, colormap: str = "jet"):
+        """Draw the panels with matplotlib (pyplot, for notebooks and scripts); returns the Figure."""
+        import matplotlib.pyplot as plt
+
+        indices = list(range(min(len(self), self.DISPLAY_LIMIT)) if indices is None else indices)
+        panels = [self.panel(i, colormap=colormap) for i in indices]
+        figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
+        for ax, image in zip(axes[:, 0], panels):
+            ax.imshow(image)
+            ax.axis("off")
+        figure.tight_layout()
+        return figure
+
+    def file_names(self) -> List[str]:
+        """`<image stem>_<method>` for each image (`image<i>` without a source), deduplicated."""
+        seen: dict = {}
+        names = []
+        for i in range(len(self)):
+            source = self.sources[i] if self.sources and i < len(self.sources) else None
+            stem = Path(source).stem if source else f"image{i}"
+            count = seen.get(stem, 0)
+            seen[stem] = count + 1
+            names.append(f"{stem}_{self.method}" if count == 0 else f"{stem}-{count}_{self.method}")
+        return names
+
+    def save(self, folder, maps: bool = True, colormap: str = "jet") -> List[Path]:
+        """Write each image's titled panel as `<name>.png` (and its map as `<name>.npy`) into
+        `folder`; returns the PNG paths."""
+        from ..imaging import save_png
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, name in enumerate(self.file_names()):
+            save_png(folder / f"{name}.png", self.panel(i, colormap=colormap))
+            if maps:
+                np.save(folder / f"{name}.npy", self.maps[i].numpy().astype(np.float32))
+            written.append(folder / f"{name}.png")
+        return written

@@ -19,18 +19,11 @@ def _folder_dataset(folder, net, config):
 
 
 def draw_curves(results, path):
-    """One panel per test; every method a line, random in grey."""
-    import numpy as np
+    """One matplotlib panel per test; every method a line, random in grey (vitx.inspect.figures)."""
+    from ..imaging import save_png
+    from ..inspect.figures import evaluation_curves
 
-    from ..inspect.figures import PALETTE as colours
-    from ..imaging import line_chart, save_png
-
-    panels = []
-    for test in ("positive_accuracy", "negative_accuracy", "deletion", "insertion"):
-        series = {method: (result["curves"][test], (120, 120, 120) if method == "random" else colours[i % len(colours)])
-                  for i, (method, result) in enumerate(results.items())}
-        panels.append(line_chart(test, series, y_range=(0.0, 1.0)))
-    save_png(path, np.concatenate(panels, axis=1))
+    save_png(path, evaluation_curves(results))
 
 
 def _cost(cost) -> str:
@@ -51,7 +44,12 @@ def _cost(cost) -> str:
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
-def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device, out_dir):
+@click.option("--masks", type=click.Path(), help="Localisation instead: a folder with images/ and masks/, "
+              "or gtsegs_ijcv.mat (pixel accuracy, mIoU, mAP, pointing game).")
+@click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
+              "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
+def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device,
+                     out_dir, sanity, masks=None):
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
     import torch
 
@@ -66,11 +64,15 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(list_methods())
     for name in names:
         get_explainer(name)
-    if (dataset is None) == (folder is None):
-        raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
     positive(count, "--n")
     positive(batch_size, "--batch-size")
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
+    if masks:
+        from ..evaluate.localisation import localisation_command
+
+        return localisation_command(model, checkpoint, device, masks, names, count, batch_size, out_folder(out_dir))
+    if (dataset is None) == (folder is None):
+        raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
     out = out_folder(out_dir)
     net = load_model(model, checkpoint=checkpoint, device=device)
     if dataset:
@@ -98,6 +100,13 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     (out / "results.md").write_text(f"{evaluated} images, baseline {baseline}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
+    if sanity:
+        from ..evaluate.sanity import sanity_check, write_sanity
+
+        pixels = torch.cat([x for x, _ in labelled_batches(data, indices, batch_size, [])])
+        result = sanity_check(net, pixels, names, seed=seed, batch_size=batch_size, progress=True)
+        click.echo(markdown_table(result.header(), result.rows()))
+        click.echo("-> " + ", ".join(map(str, write_sanity(result, out))))
     if skipped:
         more = f" and {len(skipped) - 1} more (see the warnings)" if len(skipped) > 1 else ""
         raise VitxError(f"skipped {len(skipped)} unreadable image(s): {skipped[0]}{more}; "

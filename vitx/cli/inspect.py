@@ -55,7 +55,11 @@ def _model_label(name):
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
-def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir):
+@click.option("--interactive", is_flag=True, help="Embed the attention explorer (per patch, layer, head, method) "
+              "for the --show images.")
+@click.option("--sanity", is_flag=True, help="Add the cascading-randomisation sanity check of every method.")
+def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir,
+                    interactive, sanity):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
     from ..imaging import read_image
     from ..inspect.inspection import inspect_models
@@ -86,7 +90,7 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
         raise VitxError(f"none of the {len(failed)} image(s) could be read: {failed[0]}")
     models = {_label(m): load_model(m, checkpoint=c, device=device) for m, c in pairs}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
-    path = inspect_models(models, inputs, out, methods=names, show=show)
+    path = inspect_models(models, inputs, out, methods=names, show=show, interactive=interactive, sanity=sanity)
     click.echo(f"report: {path}")
     if failed:
         raise VitxError(f"skipped {len(failed)} unreadable image(s): {failed[0]}"

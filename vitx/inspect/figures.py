@@ -1,17 +1,35 @@
-"""Pictures of the views in `vitx.views`: labelled grids of small maps and per-layer plots.
+"""Pictures of the views in `vitx.inspect.views`, of evaluation results and of training runs.
 
-Every function returns an (H, W, 3) uint8 RGB array (save with `vitx.imaging.save_png`),
-drawn with OpenCV so that no plotting library is needed.
+Every function returns an (H, W, 3) uint8 RGB array (save with `vitx.imaging.save_png`,
+embed with `Report`). Charts (curves, per-layer statistics) are matplotlib figures rendered
+off-screen with the Agg canvas (no pyplot, no global state, no display needed); image
+mosaics (attention grids, filters) are tiles composed with OpenCV, which draws the overlays.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from ..imaging import COLORMAPS, line_chart, overlay
+from ..imaging import COLORMAPS, overlay
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def new_figure(width: float = 6.4, height: float = 4.0, dpi: int = 100) -> Figure:
+    """A matplotlib Figure on its own Agg canvas (thread-safe, no pyplot state)."""
+    figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def render(figure: Figure) -> np.ndarray:
+    """Draw a Figure and return its pixels as (H, W, 3) uint8 RGB."""
+    canvas = figure.canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _text(canvas, text, origin, scale=0.4, colour=(0, 0, 0)):
@@ -107,53 +125,114 @@ def position_similarity_figure(similarity, cell: int = 40) -> np.ndarray:
     return tile_grid(rows, [str(i) for i in range(len(rows))], [str(j) for j in range(similarity.shape[1])])
 
 
-def layer_scatter(series: Dict[str, np.ndarray], title: str, y_label: str, size=(300, 420),
+def layer_scatter(series: Dict[str, np.ndarray], title: str, y_label: str, size=(4.0, 5.6),
                   y_range: Optional[Sequence[float]] = None, reference: Optional[Dict[str, float]] = None) -> np.ndarray:
     """Per-layer values of every head (a dot each), one colour per model: x is the depth.
 
-    series: name -> (layers, heads) array. reference: label -> value, drawn as a grey
-    horizontal line (e.g. what uniform attention would give).
+    series: name -> (layers, heads) array. reference: label -> value, drawn as a grey dashed
+    horizontal line (e.g. what uniform attention would give). size: (height, width) inches.
     """
-    reference = reference or {}
-    height, width = size
-    left, right, top, bottom = 46, width - 12, 30 + 14 * len(series), height - 30
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    _text(canvas, title, (left, 16), 0.45)
-    values = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in series.values()] +
-                            [np.asarray(list(reference.values()), dtype=np.float64)])
-    low, high = y_range if y_range is not None else (0.0, float(values.max()) * 1.05 or 1.0)
-    layers = max(np.asarray(v).shape[0] for v in series.values())
-
-    def to_y(value):
-        return int(bottom - (value - low) / ((high - low) or 1.0) * (bottom - top))
-
-    cv2.rectangle(canvas, (left, top), (right, bottom), (200, 200, 200), 1)
-    for tick in np.linspace(low, high, 5):
-        _text(canvas, f"{tick:.3g}", (2, to_y(tick) + 4), 0.33, (90, 90, 90))
-    span = (right - left) / max(layers, 1)
-    for layer in range(layers):
-        _text(canvas, str(layer), (int(left + (layer + 0.5) * span) - 3, bottom + 14), 0.35, (90, 90, 90))
-    _text(canvas, "layer", (right - 36, height - 4), 0.35, (90, 90, 90))
-    _text(canvas, y_label, (left, top - 4), 0.35, (90, 90, 90))
-    for label, value in reference.items():
-        y = to_y(value)
-        for x in range(left, right, 8):
-            cv2.line(canvas, (x, y), (min(x + 4, right), y), (150, 150, 150), 1)
-        _text(canvas, label, (right - 7 * len(label) - 4, y - 4), 0.33, (120, 120, 120))
+    figure = new_figure(size[1], size[0])
+    axes = figure.add_subplot()
+    count = len(series)
+    layers = 0
     for m, (name, value) in enumerate(series.items()):
-        colour = PALETTE[m % len(PALETTE)]
-        offset = (m + 1) / (len(series) + 1) - 0.5
-        for layer, heads in enumerate(np.asarray(value, dtype=np.float64)):
-            x = int(left + (layer + 0.5 + 0.6 * offset) * span)
-            for v in heads:
-                cv2.circle(canvas, (x, to_y(v)), 3, colour, -1, cv2.LINE_AA)
-        _text(canvas, name, (left + 4, 28 + 14 * m), 0.38, colour)
-    return canvas
+        value = np.asarray(value, dtype=np.float64)
+        layers = max(layers, value.shape[0])
+        offset = 0.6 * ((m + 1) / (count + 1) - 0.5)
+        xs = np.repeat(np.arange(value.shape[0]) + offset, value.shape[1])
+        axes.scatter(xs, value.ravel(), s=18, color=PALETTE[m % len(PALETTE)], label=name,
+                     edgecolors="none")
+        axes.plot(np.arange(value.shape[0]) + offset, value.mean(1), color=PALETTE[m % len(PALETTE)], lw=1,
+                  alpha=0.6)
+    for label, level in (reference or {}).items():
+        axes.axhline(level, color="0.5", ls="--", lw=1, label=label)
+    axes.set_xticks(range(layers))
+    axes.set_xlabel("layer")
+    axes.set_ylabel(y_label)
+    axes.set_title(title)
+    if y_range is not None:
+        axes.set_ylim(*y_range)
+    else:
+        axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="best")
+    return render(figure)
 
 
 def training_curves(history: List[dict]) -> np.ndarray:
-    """Train loss and test accuracy per epoch, side by side."""
-    loss = line_chart("train loss", {"loss": ([h["train_loss"] for h in history], (200, 60, 40))}, size=(260, 320))
-    accuracy = line_chart("test accuracy", {"accuracy": ([h["test_accuracy"] for h in history], (40, 120, 220))},
-                          size=(260, 320))
-    return np.concatenate([loss, accuracy], axis=1)
+    """Train loss and test accuracy per epoch, side by side, with the best epoch marked."""
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    figure = new_figure(9.0, 3.4)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    loss_axes.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3, color=PALETTE[3])
+    loss_axes.set_title("train loss")
+    loss_axes.set_ylabel("cross-entropy")
+    accuracy = np.asarray([h["test_accuracy"] for h in history], dtype=np.float64)
+    accuracy_axes.plot(epochs, 100 * accuracy, marker="o", ms=3, color=PALETTE[0])
+    best = int(accuracy.argmax())
+    accuracy_axes.annotate(f"{100 * accuracy[best]:.2f} %", (epochs[best], 100 * accuracy[best]),
+                           textcoords="offset points", xytext=(0, -14), ha="center", fontsize="small")
+    accuracy_axes.set_title("test accuracy")
+    accuracy_axes.set_ylabel("%")
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+    return render(figure)
+
+
+EVALUATION_TESTS = (("positive_accuracy", "positive perturbation (lower is better)", "fraction of patches removed",
+                     "top-1 accuracy"),
+                    ("negative_accuracy", "negative perturbation (higher is better)", "fraction of patches removed",
+                     "top-1 accuracy"),
+                    ("deletion", "deletion (lower is better)", "fraction of patches removed", "target probability"),
+                    ("insertion", "insertion (higher is better)", "fraction of patches inserted",
+                     "target probability"))
+
+
+def evaluation_curves(results: Mapping[str, dict]) -> np.ndarray:
+    """`vitx evaluate` results: one panel per test, every method a line (AUC in the legend),
+    the random map in grey and dashed."""
+    from ..evaluate.metrics import DELETION_STEPS, PERTURBATION_FRACTIONS
+
+    figure = new_figure(16.0, 4.0)
+    panels = figure.subplots(1, len(EVALUATION_TESTS), sharey=True)
+    for axes, (test, title, x_label, y_label) in zip(panels, EVALUATION_TESTS):
+        for i, (method, result) in enumerate(results.items()):
+            values = result["curves"][test]
+            xs = PERTURBATION_FRACTIONS if "accuracy" in test else \
+                [step / DELETION_STEPS for step in range(DELETION_STEPS + 1)]
+            area = result.get("auc", {}).get(f"{test}_auc")
+            label = method + (f" ({area:.3f})" if area is not None else "")
+            style = dict(color="0.5", ls="--") if method == "random" else dict(color=PALETTE[i % len(PALETTE)])
+            axes.plot(xs[:len(values)], values, marker="o", ms=3, label=label, **style)
+        axes.set_title(title, fontsize="medium")
+        axes.set_xlabel(x_label)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small", title="method (AUC)", title_fontsize="small")
+    panels[0].set_ylabel("top-1 accuracy / target probability")
+    return render(figure)
+
+
+def sanity_curves(result) -> np.ndarray:
+    """Cascading randomisation (a `vitx.evaluate.sanity.SanityResult`): Spearman correlation
+    and SSIM between the trained and the randomised model's maps, per step, per method."""
+    figure = new_figure(11.0, 4.0)
+    rank_axes, ssim_axes = figure.subplots(1, 2, sharey=True)
+    steps = list(range(len(result.steps)))
+    for i, method in enumerate(result.spearman):
+        colour = PALETTE[i % len(PALETTE)]
+        rank_axes.plot(steps, result.spearman[method], marker="o", ms=3, color=colour, label=method)
+        ssim_axes.plot(steps, result.ssim[method], marker="o", ms=3, color=colour, label=method)
+    rank_axes.axhline(result.threshold, color="0.5", ls="--", lw=1, label=f"pass below {result.threshold:g}")
+    for axes, title in ((rank_axes, "Spearman rank correlation"), (ssim_axes, "SSIM")):
+        axes.set_xticks(steps, result.steps, rotation=60, ha="right", fontsize="small")
+        axes.set_xlabel("randomised down to")
+        axes.set_title(f"{title} with the trained model's maps", fontsize="medium")
+        axes.set_ylim(min(-0.1, axes.get_ylim()[0]), 1.05)
+        axes.grid(alpha=0.3)
+    rank_axes.set_ylabel("similarity")
+    rank_axes.legend(fontsize="small")
+    return render(figure)

@@ -190,11 +190,34 @@ def _curves(report, models):
         section.text("No model carries a training history (reference checkpoints do).", "note")
 
 
+def _sanity(report, models, images, methods):
+    """Cascading randomisation (vitx.evaluate.sanity) of every method, per model."""
+    from ..evaluate.sanity import sanity_check
+
+    section = report.section("Sanity check")
+    section.text("Cascading model-parameter randomisation (Adebayo et al. 2018): the model is re-initialised from "
+                 "the head down to the embeddings; similarity (Spearman, SSIM) of each method's maps to the trained "
+                 "model's. A method whose maps do not change with the weights fails.")
+    for name, model in models.items():
+        try:
+            result = sanity_check(model, images, methods)
+        except VitxError as exc:
+            _skip(section, name, exc)
+            continue
+        section.heading(name)
+        section.table(result.header(), result.rows())
+        section.image(figures.sanity_curves(result), f"{name}: similarity to the trained model's maps per step",
+                      f"{name}-sanity")
+
+
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
-                   title: str = "vitx inspect", show: int = 4, extra=None) -> Path:
+                   title: str = "vitx inspect", show: int = 4, extra=None, interactive: bool = False,
+                   sanity: bool = False) -> Path:
     """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
     PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
-    the statistics use all of them. `extra(report)` may add sections (the study does)."""
+    the statistics use all of them. `extra(report)` may add sections (the study does).
+    `interactive`: add the attention explorer for the first `show` images (JavaScript).
+    `sanity`: add the cascading-randomisation sanity check of every method (on all images)."""
     if not models:
         raise VitxError("no model to inspect")
     if len(images) == 0:
@@ -209,6 +232,10 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
     _overview(report, models, images)
     if extra is not None:
         extra(report)
+    if interactive:
+        from .explorer import add_explorer_section
+
+        add_explorer_section(report, models, images[:show], methods)
     _method_maps(report, models, images, methods, show)
     _attention(report, models, images)
     _filters(report, models)
@@ -216,4 +243,6 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
     _positions(report, models)
     _statistics(report, models, images)
     _curves(report, models)
+    if sanity:
+        _sanity(report, models, images, methods)
     return report.write(out)

@@ -2,7 +2,8 @@
 
 Images are written as PNG files beside the page *and* embedded as data URIs, so the one
 HTML file opens offline in any browser, can be mailed around alone, and the PNGs stay
-usable in papers. Plain HTML and CSS, no JavaScript.
+usable in papers. Plain HTML and CSS; JavaScript only when a section brings its own
+(the interactive explorer, `vitx inspect --interactive`), inline, never from a network.
 """
 import base64
 import html
@@ -24,6 +25,10 @@ nav a { margin-right: 1em; } figure { display: inline-block; margin: 0.5em 1em 1
 figcaption { font-size: 0.85em; color: #555; max-width: 60em; } img { image-rendering: pixelated; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
 th { background: #eef; } p.note { color: #555; }
+.vx-row { display: flex; flex-wrap: wrap; gap: 1.5em; } .vx-panel { display: inline-block; }
+.vx-canvas { display: block; cursor: crosshair; width: 224px; image-rendering: pixelated; border: 1px solid #ccc; }
+.vx-title { font-weight: 600; margin-bottom: 0.3em; } .vx-controls { margin-top: 0.3em; font-size: 0.85em; max-width: 26em; }
+.vx-control { margin-right: 0.6em; display: inline-block; } .vx-caption { font-size: 0.85em; color: #555; max-width: 26em; }
 """
 
 
@@ -41,6 +46,11 @@ class Section:
     def text(self, text: str, css_class: str = "") -> "Section":
         attr = f' class="{css_class}"' if css_class else ""
         self.parts.append(f"<p{attr}>{html.escape(text)}</p>")
+        return self
+
+    def raw(self, markup: str) -> "Section":
+        """Trusted HTML (and inline script) written by vitx itself, e.g. the explorer."""
+        self.parts.append(markup)
         return self
 
     def heading(self, text: str) -> "Section":
@@ -84,6 +94,20 @@ def _cell(value) -> str:
     return str(value)
 
 
+class ReportPath(type(Path())):
+    """The path of a written report (a `pathlib.Path` in every way) that Jupyter shows
+    inline: `_repr_html_` embeds the page in a sandboxed iframe (scripts allowed, so the
+    explorer works; the page cannot reach the notebook)."""
+
+    height = 720
+
+    def _repr_html_(self) -> str:
+        page = self.read_text(encoding="utf-8")
+        return (f'<div><a href="{html.escape(self.as_uri())}">{html.escape(str(self))}</a></div>'
+                f'<iframe sandbox="allow-scripts" style="width:100%;height:{self.height}px;border:1px solid #ccc" '
+                f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+
+
 class Report:
     """Collect sections, then `write(folder)` -> folder/report.html + the PNGs."""
 
@@ -115,6 +139,6 @@ class Report:
         for section in self.sections:
             for filename, rgb in section.images:
                 save_png(folder / filename, rgb)
-        path = folder / name
+        path = ReportPath(folder / name)
         path.write_text(self.html(), encoding="utf-8")
         return path

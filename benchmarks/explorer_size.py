@@ -1,0 +1,36 @@
+"""Size of the `vitx inspect --interactive` report for a 12-layer ViT at 224 px (README number).
+
+Random-init timm models (no hub download); the images are random noise, so the attention
+is whatever the initialisation gives. Prints the size of the whole report.html and of the
+explorer's embedded data for each model. Usage: python benchmarks/explorer_size.py [N_IMAGES]
+"""
+import re
+import sys
+import tempfile
+import time
+
+import timm
+import torch
+
+from vitx.inspect.inspection import inspect_models
+
+
+def main(count=8):
+    torch.manual_seed(0)
+    images = torch.rand(count, 3, 224, 224)
+    for name in ("deit_tiny_patch16_224", "vit_small_patch16_224"):
+        model = timm.create_model(name, pretrained=False).eval()
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            path = inspect_models({name: model}, images, folder, methods=["raw_attention", "rollout", "grad_rollout",
+                                                                           "chefer2021"], show=count, interactive=True)
+            seconds = time.perf_counter() - start
+            page = path.read_text()
+        data = re.search(r'id="vitx-explorer-data">(.*?)</script>', page, re.S).group(1)
+        heads = model.blocks[0].attn.num_heads
+        print(f"{name}: 12 layers x {heads} heads, {count} images at 224 px: report.html {len(page) / 1e6:.1f} MB "
+              f"(explorer data {len(data) / 1e6:.1f} MB), {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8)

@@ -1,0 +1,156 @@
+"""The interactive explorer: its data against independent attention, and a real browser
+(Playwright driving Debian's chromium) clicking patches, changing layers, switching methods."""
+import json
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import images_for, reference_attention, tiny_timm
+
+import vitx
+from vitx.inspect.explorer import LEVELS, SCALE_STEPS, displayed, pack_nibbles, unpack, unpack_nibbles
+from vitx.inspect.inspection import inspect_models
+
+
+def embedded(page):
+    text = re.search(r'<script type="application/json" id="vitx-explorer-data">(.*?)</script>', page, re.S).group(1)
+    return json.loads(text.replace("<\\/", "</"))
+
+
+def attention_levels(model_data, index):
+    m = model_data
+    patches = m["grid"][0] * m["grid"][1]
+    packed = unpack(m["images"][index]["attention"], np.uint8, (m["layers"], m["heads"], m["tokens"], (patches + 1) // 2))
+    scales = unpack(m["images"][index]["scales"], np.uint8, (m["layers"], m["heads"], m["tokens"]))
+    return unpack_nibbles(packed, patches), scales.astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    models = {"vit": tiny_timm("vit_tiny_patch16_224"), "deit": tiny_timm("deit_tiny_distilled_patch16_224", seed=1)}
+    images = images_for((32, 32), batch=2)
+    path = inspect_models(models, images, tmp_path_factory.mktemp("explorer"), methods=["rollout", "grad_rollout"],
+                          show=2, interactive=True)
+    return path, models, images
+
+
+def test_nibbles_round_trip():
+    levels = np.random.default_rng(0).integers(0, 16, (3, 7), dtype=np.uint8)
+    assert np.array_equal(unpack_nibbles(pack_nibbles(levels), 7), levels)
+
+
+def test_embedded_rows_are_the_models_attention(report):
+    path, models, images = report
+    data = embedded(path.read_text())
+    assert set(data["models"]) == {"vit", "deit"}
+    deit = data["models"]["deit"]
+    assert deit["prefix"] == {"cls": 0, "dist": 1} and deit["patch_start"] == 2 and deit["grid"] == [4, 4]
+    for name, model in models.items():
+        m = data["models"][name]
+        reference = torch.stack(reference_attention(model, images)).detach()  # (L, B, H, N, N), computed without vitx
+        for index in range(2):
+            levels, scales = attention_levels(m, index)
+            rows = reference[:, index, :, :, m["patch_start"]:].double()
+            peak = rows.amax(-1, keepdim=True)
+            expected = np.round(LEVELS * np.sqrt((rows / peak).numpy()))
+            assert np.abs(levels - expected).max() <= 1 and (levels == expected).mean() > 0.99
+            assert np.allclose(np.exp(-scales / SCALE_STEPS), peak[..., 0].numpy(), rtol=0.02, atol=1e-6)
+        exp = vitx.explain(model, images, method="grad_rollout")
+        stored = unpack(m["images"][0]["methods"]["grad_rollout"], np.uint8, (16,))
+        assert np.abs(stored.astype(int) - np.round(255 * exp.maps[0].flatten().numpy())).max() <= 1
+        assert m["images"][0]["predicted"] == int(exp.targets[0])
+
+
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        return None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def row(panel):
+    return np.array([int(v) for v in panel.get_attribute("data-row").split(",")])
+
+
+@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (.ci/run installs both)")
+def test_explorer_in_a_headless_browser(report, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    path, _, _ = report
+    data = embedded(path.read_text())
+    vit = data["models"]["vit"]
+    levels, scales = attention_levels(vit, 0)
+    errors = []
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
+        try:
+            page = chrome.new_page(viewport={"width": 1200, "height": 900})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(path.resolve().as_uri())
+            page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
+            panels = page.locator(".vx-panel")
+            assert panels.count() == 4  # 2 images x 2 models, side by side
+            panel = page.locator(".vx-panel[data-model='vit'][data-image='0']")
+            last = vit["layers"] - 1
+            # start: the cls token, heads fused by their mean (weights = the row maxima)
+            assert panel.get_attribute("data-query") == "cls" and panel.get_attribute("data-head") == "mean"
+            weights = np.exp(-scales[last, :, 0] / SCALE_STEPS)[:, None]
+            fused = ((levels[last, :, 0] / LEVELS) ** 2 * weights).mean(0)
+            assert np.abs(row(panel) - np.round(255 * fused / fused.max())).max() <= 1
+            panel.locator("select.vx-head").select_option("0")
+            cls_row = row(panel)
+            assert np.array_equal(cls_row, displayed(levels[last, 0, 0]))
+            before = panel.locator("canvas").screenshot()
+            # click patch (row 2, column 1) of the 4x4 grid on the 224 px canvas
+            panel.locator("canvas").click(position={"x": 1.5 * 56, "y": 2.5 * 56})
+            patch = 2 * 4 + 1
+            assert panel.get_attribute("data-query") == f"patch:{patch}"
+            clicked = row(panel)
+            assert np.array_equal(clicked, displayed(levels[last, 0, vit["patch_start"] + patch]))
+            assert not np.array_equal(clicked, cls_row)
+            assert panel.locator("canvas").screenshot() != before  # the view changed
+            panel.locator("select.vx-layer").select_option("0")
+            assert panel.get_attribute("data-layer") == "0"
+            assert np.array_equal(row(panel), displayed(levels[0, 0, vit["patch_start"] + patch]))
+            panel.locator("select.vx-mode").select_option("rollout")
+            expected = unpack(vit["images"][0]["methods"]["rollout"], np.uint8, (16,))
+            assert panel.get_attribute("data-mode") == "rollout" and np.array_equal(row(panel), expected)
+            deit = page.locator(".vx-panel[data-model='deit'][data-image='0']")
+            deit.locator("select.vx-token").select_option("dist")
+            assert deit.get_attribute("data-query") == "dist"
+            shot = tmp_path / "explorer.png"
+            page.locator("#vitx-explorer").screenshot(path=str(shot))
+        finally:
+            chrome.close()
+    assert not errors, errors
+    pixels = cv2.imread(str(shot))
+    coloured = (pixels.max(axis=2).astype(int) - pixels.min(axis=2) > 60).mean()
+    assert coloured > 0.02, "the explorer shows no heatmaps"
+
+
+def test_static_report_has_no_script_unless_interactive(tmp_path):
+    page = inspect_models({"vit": tiny_timm("vit_tiny_patch16_224")}, images_for((32, 32), batch=1), tmp_path,
+                          methods=["rollout"]).read_text()
+    assert "<script" not in page and "vitx-explorer" not in page
+
+
+def test_a_model_the_explorer_cannot_record_gets_a_note(monkeypatch):
+    from vitx import VitxError
+    from vitx.inspect import explorer
+    from vitx.inspect.report import Report
+
+    def fake(model, images, methods):
+        if model == "bad":
+            raise VitxError("no attention found")
+        return {"layers": 1, "heads": 1, "tokens": 1, "grid": [1, 1], "patch_start": 0, "prefix": {}, "methods": [],
+                "images": []}
+
+    monkeypatch.setattr(explorer, "model_data", fake)
+    report = Report("t")
+    explorer.add_explorer_section(report, {"good": "good", "bad": "bad"}, [], [])
+    page = report.html()
+    assert "bad: not shown (no attention found)" in page and '"good"' in page and '"bad"' not in page

@@ -1,0 +1,166 @@
+"""The interactive attention explorer embedded in the report (`vitx inspect --interactive`).
+
+For every image and model the page carries exactly what its views need:
+- attention rows: for every layer, head and query token (prefix tokens and every patch),
+  the attention to the patch keys, each row divided by its maximum and quantised to 4 bits
+  on a square-root scale (q = round(15 sqrt(a / max)), shown as (q / 15)^2: finer steps where
+  attention is small), two values a byte, plus the row maxima on a log scale (uint8
+  s = round(-32 ln max), 3 % steps) so that heads can be fused (mean / max) in the browser
+  with the right weights;
+- each method's map for the predicted class, quantised to uint8;
+- the input as the model saw it (PNG).
+The binary arrays are zlib-compressed and base64-encoded inside one JSON script tag; the
+page inflates them with the browser's own `DecompressionStream("deflate")`. The script
+(`explorer.js`, plain JavaScript, no framework, no network) draws on canvases.
+
+Layout of `attention` (after inflating): uint8[layers][heads][tokens][ceil(patches / 2)],
+token order as in the model's sequence, patch 2j in the low and 2j + 1 in the high nibble of
+byte j; `scales`: uint8[layers][heads][tokens], max = exp(-s / 32).
+"""
+import base64
+import json
+import zlib
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution.api import as_logits, evaluation_mode, explain, model_inputs
+from ..capture.recorder import AttentionRecorder
+from ..errors import VitxError
+from ..models import class_names
+
+SCRIPT = Path(__file__).with_name("explorer.js")
+
+
+def _pack(array: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array).tobytes(), 9)).decode("ascii")
+
+
+def unpack(text: str, dtype, shape) -> np.ndarray:
+    """The inverse of the page's encoding (tests and research code read the data back)."""
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=dtype).reshape(shape)
+
+
+LEVELS = 15
+SCALE_STEPS = 32.0
+
+
+def quantise_rows(attention: torch.Tensor, start: int, count: int):
+    """(L, H, N, N) attention -> (uint8 (L, H, N, P) levels 0..15 of each row over the P patch
+    keys, uint8 (L, H, N) log row maxima): level = round(15 sqrt(a / max)), s = round(-32 ln max)."""
+    rows = attention[..., start:start + count].float()
+    scales = rows.amax(-1)
+    relative = (rows / scales.clamp_min(1e-12)[..., None]).clamp(0, 1)
+    levels = torch.round(relative.sqrt() * LEVELS).to(torch.uint8)
+    logs = torch.round(-SCALE_STEPS * scales.clamp_min(1e-30).log()).clamp(0, 255).to(torch.uint8)
+    return levels.numpy(), logs.numpy()
+
+
+def pack_nibbles(levels: np.ndarray) -> np.ndarray:
+    """(..., P) values 0..15 -> (..., ceil(P / 2)) bytes: even index low nibble, odd high."""
+    if levels.shape[-1] % 2:
+        levels = np.concatenate([levels, np.zeros(levels.shape[:-1] + (1,), np.uint8)], -1)
+    return (levels[..., 0::2] | (levels[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    both = np.stack([packed & 15, packed >> 4], -1).reshape(*packed.shape[:-1], -1)
+    return both[..., :count]
+
+
+def displayed(levels: np.ndarray) -> np.ndarray:
+    """What the page draws for a single head, as 0..255 (round(255 (q / 15)^2))."""
+    return np.round(255 * (levels.astype(np.float64) / LEVELS) ** 2).astype(int)
+
+
+def _png(rgb: np.ndarray) -> str:
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise VitxError("could not encode an image for the explorer")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8) -> dict:
+    """Everything the explorer shows for one model on `images` (anything `explain` takes)."""
+    adapter, pixels, views, sources = model_inputs(model, images)
+    items: List[dict] = []
+    layout = None
+    with evaluation_mode(model), torch.no_grad():
+        for start in range(0, pixels.shape[0], batch_size):
+            chunk = pixels[start:start + batch_size]
+            with AttentionRecorder(model, adapter=adapter) as recorder:
+                logits = as_logits(model(chunk)).float()
+                recorder.check_recorded()
+            layout = recorder.layout
+            stacked = torch.stack([a.detach().cpu() for a in recorder.attentions], 1)  # (B, L, H, N, N)
+            probabilities = logits.softmax(-1).cpu()
+            for i in range(chunk.shape[0]):
+                rows, scales = quantise_rows(stacked[i], layout.patch_start, layout.num_patches)
+                top = int(probabilities[i].argmax())
+                items.append({"attention": _pack(pack_nibbles(rows)), "scales": _pack(scales), "predicted": top,
+                              "probability": round(float(probabilities[i, top]), 4)})
+    layers, heads, tokens = stacked.shape[1], stacked.shape[2], stacked.shape[3]
+    names = class_names(model, logits.shape[-1])
+    method_maps: Dict[str, list] = {}
+    for method in methods:
+        try:
+            exp = explain(model, pixels, method=method, batch_size=batch_size)
+        except VitxError:
+            continue  # a method this model cannot run: the switcher simply lacks it
+        method_maps[method] = [_pack(np.uint8(np.round(m.numpy() * 255))) for m in exp.maps]
+    for i, item in enumerate(items):
+        item["view"] = _png(views[i])
+        item["methods"] = {m: maps[i] for m, maps in method_maps.items()}
+        item["label"] = (names[item["predicted"]] if names and item["predicted"] < len(names)
+                         else f"class {item['predicted']}")
+        source = sources[i] if sources and i < len(sources) else None
+        item["source"] = Path(source).name if source else f"image {i}"
+    prefix = {name: index for name, index in layout.prefix.items()}
+    return {"layers": layers, "heads": heads, "tokens": tokens, "grid": list(layout.grid),
+            "patch_start": layout.patch_start, "prefix": prefix, "methods": list(method_maps), "images": items}
+
+
+def colormap_lut(name: str = "jet") -> str:
+    """The 256-entry RGB lookup table of OpenCV's colour map (the static overlays' colours), hex."""
+    from ..imaging import COLORMAPS
+
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], COLORMAPS[name])[:, 0, ::-1]
+    return lut.tobytes().hex()
+
+
+def explorer_html(data: Dict[str, dict]) -> str:
+    """The explorer for {model name: `model_data(...)`}: a container, the embedded data and
+    the script, as one HTML fragment."""
+    payload = json.dumps({"models": data, "lut": colormap_lut()}, separators=(",", ":")).replace("</", "<\\/")
+    script = SCRIPT.read_text(encoding="utf-8")
+    return (f'<div id="vitx-explorer" class="vx-root"><p class="note">Loading the explorer... '
+            f'(it needs JavaScript and a browser with DecompressionStream)</p></div>\n'
+            f'<script type="application/json" id="vitx-explorer-data">{payload}</script>\n'
+            f"<script>{script}</script>")
+
+
+EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, click again to release); "
+                  "or choose a prefix token (cls, dist, registers). Pick the layer and the head, or fuse the heads "
+                  "(mean, max), or switch to a method's map. Each row is scaled to its own maximum. The selected "
+                  "patch is outlined in white.")
+
+
+def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer"):
+    section = report.section(title)
+    section.text(EXPLAINER_TEXT)
+    data = {}
+    for name, model in models.items():
+        try:
+            data[name] = model_data(model, images, methods)
+        except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
+            section.text(f"{name}: not shown ({exc})", "note")
+    if data:
+        section.raw(explorer_html(data))
+    return section
+
+
+__all__ = ["add_explorer_section", "explorer_html", "model_data", "quantise_rows", "unpack"]
