@@ -17,10 +17,19 @@ class Chefer2021(Explainer):
     paper = "Chefer, Gur & Wolf 2021, 'Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers'"
     needs_grad = True
 
+    def reduce(self, layer, attention, gradient):
+        return (gradient * attention).clamp(min=0).sum(dim=1)  # the core divides by the heads: the head mean
+
     def attribute(self, attentions, query, gradients=None):
-        eye = torch.eye(attentions[0].shape[-1], dtype=attentions[0].dtype, device=attentions[0].device)
-        layers = [eye + (gradient * attention).clamp(min=0).mean(dim=1) for attention, gradient in zip(attentions, gradients)]
-        return rollout_row(layers, query)
+        """attentions: per-head (B, h, N, N) with `gradients`, or (without) the per-layer head
+        means of (dA * A)^+ that `reduce` left."""
+        if gradients is not None:
+            attentions = [(g * a).clamp(min=0).mean(dim=1) for a, g in zip(attentions, gradients)]
+
+        def factor(layer, fused):
+            return fused + torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
+
+        return rollout_row(attentions, query, factor)
 
 
 @vitx.hookimpl

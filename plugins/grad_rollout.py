@@ -13,12 +13,19 @@ class GradRollout(Explainer):
         Option("discard_ratio", float, 0.9, "fraction of the lowest weighted attention dropped per layer", minimum=0.0, maximum=0.99),
     )
 
+    def reduce(self, layer, attention, gradient):
+        return (attention * gradient).sum(dim=1)  # the core divides by the heads: the head mean
+
     def attribute(self, attentions, query, gradients=None):
-        layers = []
-        for attention, gradient in zip(attentions, gradients):
-            weighted = (attention * gradient).mean(dim=1).clamp(min=0)
-            layers.append(with_residual(discard_lowest(weighted, self.discard_ratio, query)))
-        return rollout_row(layers, query)
+        """attentions: per-head (B, h, N, N) with `gradients`, or (without) the per-layer head
+        means of attention * gradient that `reduce` left."""
+        if gradients is not None:
+            attentions = [(attention * gradient).mean(dim=1) for attention, gradient in zip(attentions, gradients)]
+
+        def factor(layer, weighted):
+            return with_residual(discard_lowest(weighted.clamp(min=0), self.discard_ratio, query))
+
+        return rollout_row(attentions, query, factor)
 
 
 @vitx.hookimpl

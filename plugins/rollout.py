@@ -17,8 +17,7 @@ class Rollout(Explainer):
         return fuse_heads(attention, self.head_fusion)  # heads are never needed again
 
     def attribute(self, attentions, query, gradients=None):
-        layers = [with_residual(discard_lowest(fused, self.discard_ratio, query)) for fused in attentions]
-        return rollout_row(layers, query)
+        return rollout_row(attentions, query, lambda layer, fused: with_residual(discard_lowest(fused, self.discard_ratio, query)))
 
 
 @vitx.hookimpl

@@ -12,6 +12,7 @@ import csv
 import json
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from vitx.errors import VitxError
 
 from .checkpoint import load_model_file, load_state, save_model, save_state
+from . import distributed as ddp
 from .data import dataset_info, load_split
 from .runs import check_device, check_more_epochs, check_resume, run_folder, space_error, validate_config
 from .teacher import TeacherCNN
@@ -153,9 +155,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, forc
         raise VitxError(f"unknown augmentation {config.augment!r}; use one of {', '.join(AUGMENTS)}")
     info = dataset_info(config.dataset)
     validate_config(config, info.size)
-    device = check_device(config.device)
-    with run_folder(config.out, resume, force) as out:
-        return _train(config, resume, progress, device, out, info)
+    check_device(config.device)
+    world, device = ddp.setup(config.device)  # under torchrun: DDP, one rank per GPU / CPU process
+    with _rank_folder(config.out, resume, force, world) as out:
+        return _train(config, resume, progress, device, out, info, world)
+
+
+@contextmanager
+def _rank_folder(out, resume: bool, force: bool, world):
+    """Rank 0 holds the run folder (lock, overwrite and resume guards, see runs.py) and alone
+    writes to it; under torchrun the other ranks wait until it does, then only read from it
+    (a resumed state). A rank that fails makes torchrun stop the others."""
+    if world.is_main:
+        with run_folder(out, resume, force) as folder:
+            ddp.barrier(world)
+            yield folder
+    else:
+        ddp.barrier(world)
+        yield Path(out)
 
 
 def _resume_state(path: Path, config: TrainConfig) -> dict:
@@ -178,7 +195,7 @@ def _resume_state(path: Path, config: TrainConfig) -> dict:
     return state
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path, info) -> List[dict]:
+def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path, info, world) -> List[dict]:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     in_memory_split = config.augment != "default"
@@ -193,6 +210,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
     amp = device.type == "cuda"  # mixed precision and channels-last only pay off on a GPU
     model.to(device, memory_format=torch.channels_last if amp else torch.contiguous_format)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    net = ddp.wrap(model, world, device)  # forward through DDP; `model` is what is saved and evaluated
     mixer = None
     if config.mixup > 0:
         from torchvision.transforms import v2
@@ -226,8 +244,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
     try:
         for epoch in range(start_epoch, config.epochs):
             size = curriculum_size(config, epoch, info.size)
-            loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            loader = DataLoader(train_set, batch_size=ddp.local_batch_size(config.batch_size, world), drop_last=True,
+                                **ddp.loader_order(train_set, world, config.seed, epoch, config.batch_size))
             model.train()
             started, total_loss = time.time(), torch.zeros((), device=device)
             bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
@@ -240,7 +258,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
                 if mixer is not None:
                     x, y = mixer(x, y)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(config, model, teacher, x, y)
+                    loss = loss_fn(config, net, teacher, x, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -251,11 +269,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
                 total_loss += loss.detach()  # summed on the device: no host sync per step
                 if progress and step % 50 == 0:
                     bar.set_postfix(loss=f"{float(total_loss) / (step + 1):.3f}")
+            total_loss = ddp.mean_across(total_loss, world)
             evaluated = ema.module if ema is not None else model
             accuracy = evaluate(evaluated, test_loader, device)
             history.append({"epoch": epoch + 1, "size": size, "train_loss": round(float(total_loss) / max(steps, 1), 6),
                             "test_accuracy": accuracy, "lr": max(g["lr"] for g in optimizer.param_groups),
                             "seconds": round(time.time() - started, 1)})
+            if not world.is_main:
+                continue  # rank 0 alone writes checkpoints and history
             if progress:
                 print(f"{config.mode} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f}")
             meta.update(dataset=config.dataset, class_names=list(info.classes), history=history,

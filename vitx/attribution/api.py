@@ -61,8 +61,11 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     grad = explainer.uses_gradients() or live
     keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
     tokens = bool(needs & {TOKENS, TOKEN_GRAD}) or ATTENTION not in needs  # no attention: layout from tokens
+    # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
+    reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
+              else None)
     with AttentionRecorder(model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens,
-                           layout=layout) as recorder:
+                           layout=layout, reduce=reduce) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -71,12 +74,15 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
             score = resolved.score(output).sum() if grad else None
             token_grads = (recorder.token_gradients(score, retain_graph=live or ATTENTION_GRAD in needs)
                            if TOKEN_GRAD in needs else None)
-            gradients = recorder.gradients(score) if ATTENTION_GRAD in needs else None
+            if reduce is not None:
+                attentions, gradients = recorder.reduced(score), None
+            else:
+                gradients = recorder.gradients(score) if ATTENTION_GRAD in needs else None
+                attentions = [None if a is None else a.detach() for a in recorder.attentions]
         layout = recorder.layout
     evidence = Evidence(
         model=model, pixels=pixels.detach(), layout=layout, query=layout.query(token, device=pixels.device),
-        output=_detach(output), target=resolved,
-        attentions=[None if a is None else a.detach() for a in recorder.attentions] if ATTENTION in needs else None,
+        output=_detach(output), target=resolved, attentions=attentions if ATTENTION in needs else None,
         attention_grads=gradients,
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
         token_grads=token_grads,

@@ -25,7 +25,7 @@ class Evidence:
     query: torch.Tensor  # (N,) which token is explained
     output: Any  # the model's output of the explained forward (detached)
     target: Target
-    attentions: Optional[List[Optional[torch.Tensor]]] = None  # per layer (B, heads, N, N), or keep()'s reduction
+    attentions: Optional[List[Optional[torch.Tensor]]] = None  # per layer (B, heads, N, N), keep()'s or reduce()'s reduction
     attention_grads: Optional[List[torch.Tensor]] = None  # d(score)/d(attention), per layer
     tokens: Optional[List[torch.Tensor]] = None  # per block (B, N, D) token states
     token_grads: Optional[List[torch.Tensor]] = None

@@ -111,6 +111,24 @@ class Explainer:
         """
         return attention
 
+    def reduce(self, layer: int, attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """Optional, for gradient methods that need only a head-fused N x N map per layer.
+
+        attention, gradient: float32 (B, h, N, N) for some of a layer's heads (the core may
+        pass one image and one head at a time); return the SUM over these heads of the
+        method's per-head term, (B, N, N). The core calls it during the backward pass as soon
+        as the layer's gradient exists, adds up the head groups, divides by the number of
+        heads and keeps only that mean, in the model's dtype. `attribute` then receives those
+        per-layer means as `attentions`, with `gradients=None`. Not overriding it keeps the
+        full per-head attention and gradients (memory grows with heads x layers x N^2).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def reduces(cls) -> bool:
+        """Whether the method reduces each layer in the backward pass (overrides `reduce`)."""
+        return cls.reduce is not Explainer.reduce
+
     def attribute(
         self,
         attentions: List[Optional[torch.Tensor]],

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import VitxError
+from .fused import Reduce
 from .layout import TokenLayout, infer_layout
 from .unwrap import unwrap
 
@@ -56,13 +57,17 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
-                 attention: bool = True, tokens: bool = False, layout=None):
+                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
         self.keep = keep
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
         self.record_tokens = tokens  # token states after each block (see token_states.py)
+        self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
+        self.fused = False
+        self._anchors: List[torch.Tensor] = []
+        self._maps: List[Optional[torch.Tensor]] = []
         self.attentions: List[Optional[torch.Tensor]] = []
         self.graph_attentions: List[torch.Tensor] = []
         self.token_states: List[torch.Tensor] = []  # as the sites returned them (graph tensors)
@@ -82,7 +87,11 @@ class AttentionRecorder:
             handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             stack.callback(handle.remove)
             if self.record_attention:
-                stack.enter_context(self.adapter.attach(self.model, self._record))
+                self.fused = self.reduce is not None and self.adapter.supports_fused
+                if self.fused:
+                    stack.enter_context(self.adapter.attach_fused(self.model, self._attend, self._record_reduced))
+                else:
+                    stack.enter_context(self.adapter.attach(self.model, self._record))
             if self.record_tokens:
                 stack.enter_context(self._attach_token_sites())
         except BaseException:
@@ -103,10 +112,12 @@ class AttentionRecorder:
         self.graph_attentions = []
         self.token_states = []
         self.num_tokens = None
+        self._anchors, self._maps = [], []
 
-    def _check(self, attention: torch.Tensor) -> None:
+    def _check(self, attention) -> None:
         """Fail loudly on anything that is not one layer's token-by-token self-attention of
-        this batch: such a tensor in the list would make every method silently wrong."""
+        this batch: such a tensor in the list would make every method silently wrong.
+        `attention`: the tensor, or anything with its `shape` and `dim()`."""
         where = f"{self.adapter.name!r} adapter, layer {len(self.attentions)}"
         if attention.dim() != 4:
             raise VitxError(
@@ -176,6 +187,63 @@ class AttentionRecorder:
         grads = torch.autograd.grad(score, self.token_states, allow_unused=True, retain_graph=retain_graph)
         return [as_sequence(torch.zeros_like(s) if g is None else g, self.input_size)
                 for s, g in zip(self.token_states, grads)]
+    def _attend(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """Fused mode: one layer's attention, fused forward, reduced in the backward."""
+        from .fused import reduced_attention
+
+        if q.dim() == 4 and q.shape[-2] != k.shape[-2]:  # cross attention: not recorded, as in the explicit path
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        self._check(_Shape(tuple(q.shape[:-1]) + (k.shape[-2],)))
+        self.num_tokens = q.shape[-2]
+        layer = len(self.attentions)
+        self.attentions.append(None)
+        self._maps.append(None)
+        anchor = torch.zeros(0, device=q.device, requires_grad=True)
+        self._anchors.append(anchor)
+        return reduced_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, anchor=anchor,
+                                 layer=layer, reduce=self.reduce, store=self._store)
+
+    def _record_reduced(self, probs: torch.Tensor) -> torch.Tensor:
+        """Fused mode, for attention whose probabilities the model computes itself (a
+        hand-written softmax): passed on unchanged, reduced in the backward pass like the
+        fused layers (softmax keeps its output for its own backward, so nothing is added)."""
+        from .fused import reduced_probabilities
+
+        self._check(probs)
+        self.num_tokens = probs.shape[-1]
+        layer = len(self.attentions)
+        self.attentions.append(None)
+        self._maps.append(None)
+        anchor = torch.zeros(0, device=probs.device, requires_grad=True)
+        self._anchors.append(anchor)
+        return reduced_probabilities(probs, anchor=anchor, layer=layer, reduce=self.reduce, store=self._store)
+
+    def _store(self, layer: int, fused: torch.Tensor) -> None:
+        self._maps[layer] = fused
+
+    def reduced(self, score: torch.Tensor) -> List[torch.Tensor]:
+        """Per layer, the mean over heads of `reduce(layer, attention, d score / d attention)`
+        (B, N, N), in the model's dtype.
+
+        Fused mode (the adapter supports it): each layer is reduced in the backward pass as
+        soon as its gradient exists, from attention recomputed from q and k, and nothing else
+        of it is kept. Otherwise: from the recorded attention and its gradient, layer by
+        layer (the same numbers, with every layer's attention alive at once).
+        """
+        self.check_recorded()
+        if not self.fused:
+            gradients = self.gradients(score)
+            maps = []
+            for layer, (attention, gradient) in enumerate(zip(self.graph_attentions, gradients)):
+                term = self.reduce(layer, attention.detach().float(), gradient.float()).float()
+                maps.append((term / attention.shape[1]).to(attention.dtype))
+            return maps
+        torch.autograd.grad(score, self._anchors, allow_unused=True)
+        known = next((m for m in self._maps if m is not None), None)
+        if known is None:
+            raise VitxError("the target score does not depend on the model's attention: nothing to explain")
+        return [torch.zeros_like(known) if m is None else m for m in self._maps]  # unused layer: zero gradient
 
     @property
     def num_layers(self) -> int:
@@ -246,6 +314,16 @@ def _grid(value):
     if h < 1 or w < 1:
         raise VitxError(f"a grid needs positive sides, got {h}x{w}")
     return h, w
+
+
+class _Shape:
+    """A stand-in with a tensor's shape, for `_check` on attention that is never materialised."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def dim(self):
+        return len(self.shape)
 
 
 def record_attention(model: nn.Module, adapter=None, layout=None) -> AttentionRecorder:

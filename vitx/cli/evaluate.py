@@ -37,23 +37,29 @@ def _cost(cost) -> str:
 @click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
 @click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
-@click.option("--n", "count", default=1000, show_default=True, help="Number of images (a seeded random subset).")
+@click.option("--n", "--limit", "count", default=1000, show_default=True,
+              help="Number of images (a seeded random subset); under torchrun spell it --limit.")
 @click.option("--baseline", default="black", show_default=True, type=click.Choice(["black", "mean", "blur"]))
 @click.option("--batch-size", default=100, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding images (0: none).")
 @click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
 @click.option("--masks", type=click.Path(), help="Localisation instead: a folder with images/ and masks/, "
               "or gtsegs_ijcv.mat (pixel accuracy, mIoU, mAP, pointing game).")
 @click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
               "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
 def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device,
-                     out_dir, sanity, masks=None):
-    """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs)."""
+                     workers, out_dir, sanity, masks=None):
+    """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs).
+
+    Under torchrun the batches are dealt to the ranks and rank 0 writes one result, equal to
+    a single process's (see README, 'Many GPUs and machines')."""
     import torch
 
-    from ..evaluate.folders import labelled_batches
+    from ..batches import batch_loader
+    from ..evaluate.distributed import batch_plan, gather_to_main, init_world, my_batch_ids, rank_device
     from ..evaluate.metrics import evaluate_methods
     from ..models import load_model
     from ..registry import data_config, get_explainer
@@ -73,8 +79,9 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
         return localisation_command(model, checkpoint, device, masks, names, count, batch_size, out_folder(out_dir))
     if (dataset is None) == (folder is None):
         raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
-    out = out_folder(out_dir)
-    net = load_model(model, checkpoint=checkpoint, device=device)
+    world = init_world(device)
+    out = out_folder(out_dir) if world.is_main else None
+    net = load_model(model, checkpoint=checkpoint, device=rank_device(world, device))
     if dataset:
         from vitx.reference_models.data import load_split
 
@@ -84,9 +91,15 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if len(data) == 0:
         raise VitxError("no images to evaluate")
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    plan = batch_plan(indices, batch_size)
+    mine = my_batch_ids(len(plan), world)
     skipped, costs = [], {}
-    results = evaluate_methods(net, labelled_batches(data, indices, batch_size, skipped), names, baseline=baseline,
-                               seed=seed, progress=True, costs=costs)
+    loader = batch_loader(data, [plan[i] for i in mine], workers, skipped)
+    results = evaluate_methods(net, ((b.pixels, b.labels) for b in loader), names, baseline=baseline, seed=seed,
+                               progress=world.is_main, costs=costs, batch_ids=mine, world=world)
+    skipped = [error for rank_skipped in gather_to_main(skipped, world) or [] for error in rank_skipped]
+    if not world.is_main:
+        return
     evaluated = len(indices) - len(skipped)
     (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "seed": seed,
                                                   "batch_size": batch_size, "results": results, "costs": costs}, indent=1))
@@ -103,7 +116,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if sanity:
         from ..evaluate.sanity import sanity_check, write_sanity
 
-        pixels = torch.cat([x for x, _ in labelled_batches(data, indices, batch_size, [])])
+        pixels = torch.cat([b.pixels for b in batch_loader(data, plan, workers) if len(b.indices)])
         result = sanity_check(net, pixels, names, seed=seed, batch_size=batch_size, progress=True)
         click.echo(markdown_table(result.header(), result.rows()))
         click.echo("-> " + ", ".join(map(str, write_sanity(result, out))))

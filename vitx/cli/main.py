@@ -10,8 +10,8 @@ import warnings
 import click
 
 from ..errors import VitxError
+from .dataset import dataset_options, run_dataset_explain, wants_dataset
 from .options import DEFAULT_MODEL, HEAD_FUSIONS
-
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -71,9 +71,14 @@ def _parse_options(pairs):
 @click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
+@dataset_options
 def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, texts, reference, grid,
-            token, head_fusion, discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps, colormap):
-    """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs."""
+            token, head_fusion, discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps,
+            colormap, **dataset_args):
+    """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs.
+
+    Given one FOLDER or --dataset NAME, write the maps in shards instead (resumable; runs
+    under torchrun; see README, 'Explaining a dataset')."""
     from ..imaging import COLORMAPS
     from ..models import load_model, resolve_device
     from ..registry import get_explainer
@@ -81,7 +86,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     from .files import explain_files
 
     paths = list(images) + list(legacy_images)
-    if not paths:
+    if not paths and dataset_args["dataset"] is None:
         raise VitxError("no images given: vitx explain IMAGE... (see --help)")
     if sum(bool(t) for t in (category_index is not None, texts, reference)) > 1:
         raise VitxError("give one kind of target: --category-index, --text or --reference")
@@ -106,6 +111,14 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     finite(discard_ratio, "--discard-ratio")
     positive(batch_size, "--batch-size")
     explainer = get_explainer(method).cls(**options)  # reject bad options before loading a model
+    if wants_dataset(paths, dataset_args["dataset"]):
+        if texts or reference or grid:
+            raise VitxError("--text, --reference and --grid explain image files, not a folder or --dataset")
+        model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
+        return run_dataset_explain(paths, model, checkpoint, pretrained, method, options, category_index, token,
+                                   "cuda" if use_cuda else device, batch_size, out_dir, **dataset_args)
+    if dataset_args["count"] is not None:
+        raise VitxError("--limit / --n count the images of a folder or --dataset; give one of those")
     device = resolve_device("cuda" if use_cuda else device)
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
     out = out_folder(out_dir)

@@ -8,7 +8,6 @@ and a folder that matches no class is an error naming it. Images are read with v
 reader (EXIF rotation, 16-bit, palette...); an unreadable one is skipped with a warning
 naming it, not fatal to a long evaluation.
 """
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -80,21 +79,6 @@ class LabelledFolder:
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         return self.transform(read_image(path)), label
-
-
-def labelled_batches(dataset, indices: Sequence[int], batch_size: int, skipped: List[str]):
-    """(pixels, labels) batches of `dataset[indices]`. Items that raise a VitxError (an
-    unreadable image) are skipped with a warning; their messages are added to `skipped`."""
-    for start in range(0, len(indices), batch_size):
-        items = []
-        for i in indices[start:start + batch_size]:
-            try:
-                items.append(dataset[i])
-            except VitxError as exc:
-                warnings.warn(f"skipped: {exc}")
-                skipped.append(str(exc))
-        if items:
-            yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
 def model_classes(model, config: dict):

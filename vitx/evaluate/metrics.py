@@ -10,8 +10,9 @@
 Every perturbation step of a batch is one forward pass. A random map is always evaluated
 alongside, so a number means something.
 """
+import itertools
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -148,8 +149,19 @@ def _timed(device, function):
     return result, time.perf_counter() - start
 
 
+def _merge(parts, names) -> Dict[str, Curves]:
+    """Per-batch curves, in batch order, into one Curves per method."""
+    curves = {name: Curves() for name in names}
+    for _, per_method in sorted(parts, key=lambda part: part[0]):
+        for name in names:
+            for test, values in vars(per_method[name]).items():
+                getattr(curves[name], test).extend(values)
+    return curves
+
+
 def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", seed=0, progress=False,
-                     options: Optional[Dict[str, dict]] = None, costs: Optional[dict] = None):
+                     options: Optional[Dict[str, dict]] = None, costs: Optional[dict] = None,
+                     batch_ids: Optional[Iterable[int]] = None, world=None):
     """Faithfulness of each method (and of a random map) on labelled batches.
 
     batches: iterable of (pixels (B, C, H, W) preprocessed, labels (B,)). Targets are the
@@ -158,6 +170,12 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     given, is filled with {method: {"seconds_per_image", "cost"}}: the time per image of each
     explanation and its ratio to a plain (no-grad) forward of the same batches (timings vary
     from run to run, so they are kept out of the deterministic result).
+
+    Distributed (vitx.evaluate.distributed): each rank passes its own batches with their
+    global numbers (`batch_ids`) and its `world`; rank 0 gathers every rank's per-batch
+    curves (and timings), puts them in batch order and returns the result, the other ranks
+    return None. The random map of batch i is drawn from a generator seeded with (seed, i),
+    so it does not depend on which rank computes the batch.
     """
     from tqdm import tqdm
 
@@ -174,12 +192,15 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     config = data_config(model)
     device = model_device(model)
     names = list(methods) + ["random"]
-    curves = {name: Curves() for name in names}
-    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    ids = itertools.count() if batch_ids is None else iter(batch_ids)
     seconds = dict.fromkeys(list(methods) + ["forward"], 0.0)
     images = 0
     with evaluation_mode(model):
         for pixels, labels in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+            batch_id = next(ids)
+            if len(pixels) == 0:  # no image of this batch could be read (vitx.batches)
+                continue
             pixels, labels = pixels.to(device), labels.to(device)
             images += len(pixels)
             with torch.no_grad():
@@ -192,10 +213,24 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
             first = explanations[methods[0]]
             targets = first.targets.to(device)  # every map explains the predicted class
             maps = {m: e.maps for m, e in explanations.items()}
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + batch_id)
             maps["random"] = torch.rand(first.maps.shape, generator=generator)
+            per_method = {name: Curves() for name in names}
             for name in names:
-                perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline, curves[name])
+                perturbation_curves(model, pixels, maps[name].to(device), labels, targets, config, baseline,
+                                    per_method[name])
+            parts.append((batch_id, per_method))
+    if world is not None and world.distributed:
+        from .distributed import gather_to_main
+
+        gathered = gather_to_main((parts, seconds, images), world)
+        if not world.is_main:
+            return None
+        parts = [part for rank_parts, _, _ in gathered for part in rank_parts]
+        seconds = {key: sum(rank_seconds[key] for _, rank_seconds, _ in gathered) for key in seconds}
+        images = sum(rank_images for _, _, rank_images in gathered)
     if costs is not None and images:
         for m in methods:
             costs[m] = {"seconds_per_image": seconds[m] / images, "cost": seconds[m] / max(seconds["forward"], 1e-12)}
+    curves = _merge(parts, names)
     return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}

@@ -34,6 +34,17 @@ class Adapter:
         """Context manager: while open, every attention of `model` goes through `record`."""
         raise NotImplementedError
 
+    supports_fused = False  # `attach_fused` implemented (see vitx.capture.fused)
+
+    def attach_fused(self, model: nn.Module, attend, record: Record = None):
+        """Context manager: while open, every self-attention of `model` is computed by
+        `attend(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+        enable_gqa=False)` (F.scaled_dot_product_attention's contract) instead of being made
+        explicit. Lets gradient methods keep the fused forward; optional (`supports_fused`).
+        Attention whose probabilities exist anyway (a hand-written softmax) may still go to
+        `record`, which reduces it in the backward pass like the fused layers."""
+        raise NotImplementedError
+
     def layout(self, model: nn.Module, input_size: Optional[Tuple[int, int]], num_tokens: int) -> TokenLayout:
         raise NotImplementedError
 

@@ -9,7 +9,6 @@ resize mode), i.e. what `open_clip.create_model_and_transforms` would build.
 open_clip is imported only when a model from it is seen, so vitx imports without it.
 """
 import sys
-from contextlib import contextmanager
 from typing import Optional
 
 from torch import nn
@@ -43,14 +42,20 @@ class OpenClipAdapter(Adapter):
     def sites(model):
         return [m for m in image_tower(model).transformer.modules() if isinstance(m, nn.MultiheadAttention)]
 
-    @contextmanager
+    supports_fused = True
+
     def attach(self, model, record):
+        return explicit_mha(self._sites(model), record)
+
+    def attach_fused(self, model, attend, record=None):
+        return explicit_mha(self._sites(model), None, attend)
+
+    def _sites(self, model):
         sites = self.sites(model)
         if not sites:
             raise VitxError("this open_clip image tower has no nn.MultiheadAttention blocks; vitx records "
                             "open_clip VisionTransformer towers built with the default attention")
-        with explicit_mha(sites, record):
-            yield
+        return sites
 
     def layout(self, model, input_size, num_tokens):
         tower = image_tower(model)

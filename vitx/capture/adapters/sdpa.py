@@ -17,18 +17,29 @@ from .softmax import is_token_softmax, record_token_softmax
 
 
 class _AttentionInterceptor(TorchFunctionMode):
-    def __init__(self, record: Record, batch_size):
+    """Every F.scaled_dot_product_attention call made explicit and recorded (or, given `attend`,
+    computed by it: the fused capture), and every token softmax recorded."""
+
+    def __init__(self, record: Record, batch_size, attend=None):
         super().__init__()
         self.record = record
         self.batch_size = batch_size
+        self.attend = attend
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
+            if self.attend is not None:
+                return self.attend(*args, **kwargs)
             return explicit_attention(*args, **kwargs, record=self.record)[0]
-        if is_token_softmax(func, args, kwargs):
+        if self.record is not None and is_token_softmax(func, args, kwargs):
             return record_token_softmax(func(*args, **kwargs), self.record, self.batch_size())
         return func(*args, **kwargs)
+
+
+def route_sdpa(attend):
+    """A function mode that sends every F.scaled_dot_product_attention call to `attend`."""
+    return _AttentionInterceptor(None, lambda: None, attend)
 
 
 class SDPAAdapter(Adapter):
@@ -40,8 +51,19 @@ class SDPAAdapter(Adapter):
     def matches(self, model):
         return True
 
-    @contextmanager
+    supports_fused = True
+
     def attach(self, model, record):
+        return self._intercept(model, record)
+
+    def attach_fused(self, model, attend, record=None):
+        """SDPA calls go to `attend` (fused); a hand-written token softmax has its
+        probabilities anyway, so they go to `record` (the fused recorder reduces them in the
+        backward pass too)."""
+        return self._intercept(model, record, attend)
+
+    @contextmanager
+    def _intercept(self, model, record, attend=None):
         calls = {}
 
         def remember_batch(module, args, kwargs):
@@ -50,7 +72,7 @@ class SDPAAdapter(Adapter):
 
         handle = model.register_forward_pre_hook(remember_batch, with_kwargs=True)
         try:
-            with _AttentionInterceptor(record, lambda: calls.get("batch")):
+            with _AttentionInterceptor(record, lambda: calls.get("batch"), attend):
                 yield
         finally:
             handle.remove()

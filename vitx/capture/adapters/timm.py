@@ -49,6 +49,25 @@ class TimmAdapter(Adapter):
         blocks = getattr(model, "blocks", None)
         return list(blocks) if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else super().token_sites(model)
 
+    supports_fused = True
+
+    @contextmanager
+    def attach_fused(self, model, attend, record=None):
+        """Fused attention switched on per module (restored after); its
+        F.scaled_dot_product_attention calls go to `attend`."""
+        from .sdpa import route_sdpa
+
+        sites = self.sites(model)
+        saved = [(m, m.fused_attn) for m in sites]
+        try:
+            for m in sites:
+                m.fused_attn = True
+            with route_sdpa(attend):
+                yield
+        finally:
+            for m, flag in saved:
+                m.fused_attn = flag
+
     def layout(self, model, input_size, num_tokens):
         embed = model.patch_embed
         if getattr(model, "dynamic_img_size", False) and input_size is not None:

@@ -76,6 +76,8 @@ class TimmTokenFamiliesAdapter(TimmAdapter):
             return refusal("XCiT", XCIT_WHY, explainer.name, allowed={"raw_attention": "its class-attention layers"})
         return None
 
+    supports_fused = False  # attention is not one plain SDPA per layer: recorded explicitly
+
     @contextmanager
     def attach(self, model, record):
         found = sites(model)

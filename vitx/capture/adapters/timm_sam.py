@@ -58,6 +58,8 @@ class SamAdapter(TimmAdapter):
     def matches(self, model):
         return class_path(model) == SAM
 
+    supports_fused = False  # attention is not one plain SDPA per layer: recorded explicitly
+
     @contextmanager
     def attach(self, model, record):
         saved, handles, shapes = [], [], {}

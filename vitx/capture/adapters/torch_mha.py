@@ -27,8 +27,13 @@ class MultiheadAttentionAdapter(Adapter):
     def matches(self, model):
         return bool(self.sites(model))
 
+    supports_fused = True
+
     def attach(self, model, record):
         return explicit_mha(self.sites(model), record)
+
+    def attach_fused(self, model, attend, record=None):
+        return explicit_mha(self.sites(model), None, attend)
 
     def token_sites(self, model):
         layers = getattr(getattr(model, "encoder", None), "layers", None)  # torchvision VisionTransformer
@@ -52,14 +57,15 @@ class MultiheadAttentionAdapter(Adapter):
 
 
 @contextmanager
-def explicit_mha(sites, record):
-    """Inside the context, each `nn.MultiheadAttention` in `sites` runs `_explicit_mha_forward`;
-    every instance's own forward (or the class's) is back afterwards."""
+def explicit_mha(sites, record, attend=None):
+    """Inside the context, each `nn.MultiheadAttention` in `sites` runs `_explicit_mha_forward`
+    (attention recorded by `record`, or computed by `attend`); every instance's own forward (or
+    the class's) is back afterwards."""
     patched = []
     try:
         for mha in sites:
             patched.append((mha, "forward" in mha.__dict__, mha.__dict__.get("forward")))
-            mha.forward = _explicit_mha_forward(mha, record)
+            mha.forward = _explicit_mha_forward(mha, record, attend)
         yield
     finally:
         for mha, had_own, previous in patched:
@@ -69,7 +75,9 @@ def explicit_mha(sites, record):
                 del mha.forward
 
 
-def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record):
+def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record, attend=None):
+    """The module's math with attention made explicit (recorded by `record`), or, given
+    `attend`, computed by it (F.scaled_dot_product_attention's contract; no weights returned)."""
     def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
         plain = (
@@ -86,13 +94,15 @@ def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record):
         heads = mha.num_heads
         qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
         q, k, v = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        out, probs = explicit_attention(
-            q, k, v, is_causal=is_causal, dropout_p=mha.dropout if mha.training else 0.0, record=record
-        )
+        dropout = mha.dropout if mha.training else 0.0
+        if attend is not None:
+            out, probs = attend(q, k, v, is_causal=is_causal, dropout_p=dropout), None
+        else:
+            out, probs = explicit_attention(q, k, v, is_causal=is_causal, dropout_p=dropout, record=record)
         out = mha.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
         if not mha.batch_first:
             out = out.transpose(0, 1)
-        weights = (probs.mean(dim=1) if average_attn_weights else probs) if need_weights else None
+        weights = (probs.mean(dim=1) if average_attn_weights else probs) if need_weights and probs is not None else None
         return out, weights
 
     return forward
