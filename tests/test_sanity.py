@@ -98,8 +98,8 @@ def test_a_method_that_ignores_the_model_fails_and_rollout_passes():
 def test_evaluate_cli_sanity_writes_its_files(tmp_path):
     examples = Path(__file__).parent.parent / "examples" / "fashion_mnist"
     for image in sorted(examples.glob("*.png"))[:4]:
-        (tmp_path / "folder" / "x").mkdir(parents=True, exist_ok=True)
-        shutil.copy(image, tmp_path / "folder" / "x" / image.name)
+        (tmp_path / "folder" / "0").mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, tmp_path / "folder" / "0" / image.name)
     result = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path / "folder"), "--methods",
                                        "rollout,centre_prior_test", "--n", "4", "--sanity", "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output
