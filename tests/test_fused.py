@@ -114,3 +114,35 @@ def test_bfloat16_reductions_are_stored_in_bfloat16():
         logits = model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16).requires_grad_(True))
         maps = recorder.reduced(logits[:, 0].float().sum())
     assert {m.dtype for m in maps} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("style", ["F.softmax", "flat (B*heads)"])
+def test_hand_written_softmax_is_reduced_in_the_backward_like_the_fused_layers(style):
+    """The generic adapter's fused mode: a notebook ViT's own softmax has no SDPA call to
+    route, so its probabilities are reduced in the backward pass instead; the reductions, the
+    input gradient and grad_rollout's map equal the explicit path's."""
+    from test_any_vit import NotebookViT
+
+    torch.manual_seed(0)
+    model = NotebookViT(style=style).eval()
+    for p in model.parameters():  # sharper attention than random init's near-uniform one
+        p.data.mul_(3.0)
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    expected = _reduced(model, x, fused_mode=False)
+    got = _reduced(model, x, fused_mode=True)
+    assert len(got) == len(expected) == 3
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert max(float(e.abs().max()) for e in expected) > 1e-3
+    plain = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(model(plain)[:, 1].sum(), plain)
+    with AttentionRecorder(model, reduce=_term) as recorder:
+        pixels = x.clone().requires_grad_(True)
+        (have,) = torch.autograd.grad(model(pixels)[:, 1].sum(), pixels)
+    torch.testing.assert_close(have, want)
+    adapter = find_adapter(model)
+    explicit = type(adapter)()
+    explicit.supports_fused = False
+    a = vitx.explain(model, x, method="grad_rollout", target=[1, 2])
+    b = vitx.explain(model, x, method="grad_rollout", target=[1, 2], adapter=explicit)
+    torch.testing.assert_close(a.relevance, b.relevance, atol=1e-6, rtol=1e-5)
