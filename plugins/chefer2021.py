@@ -18,7 +18,7 @@ class Chefer2021(Explainer):
     needs_grad = True
 
     def reduce(self, layer, attention, gradient):
-        return (gradient * attention).clamp(min=0).sum(dim=1)  # the core divides by the heads: the head mean
+        return (gradient * attention).clamp_(min=0).sum(dim=1)  # the core divides by the heads: the head mean
 
     def attribute(self, attentions, query, gradients=None):
         """attentions: per-head (B, h, N, N) with `gradients`, or (without) the per-layer head

@@ -95,7 +95,7 @@ class ReducedAttention(torch.autograd.Function):
             total[images] += ctx.reduce(ctx.layer, attention, gradient).float()
             if want:  # softmax backward, in place: A*dA - A * rowsum(A*dA)
                 d_scores = gradient.mul_(attention)
-                d_scores = d_scores.sub_(attention * d_scores.sum(dim=-1, keepdim=True)).to(q.dtype)
+                d_scores = d_scores.addcmul_(attention, d_scores.sum(dim=-1, keepdim=True), value=-1).to(q.dtype)
                 del gradient
                 dq[images, group] = torch.matmul(d_scores, kc) * ctx.scale
                 dk[images, group] = torch.matmul(d_scores.transpose(-2, -1), qc) * ctx.scale
