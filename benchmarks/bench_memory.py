@@ -16,6 +16,7 @@ DINOv2-size ViT-S/14 (vit_small_patch14_dinov2, 1370 tokens) at 518 px, batch 1 
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -84,14 +85,31 @@ def child(model_name, size, batch, mode, device_name, repeats, dtype_name):
     print(json.dumps({"peak_mib": peak, "seconds": statistics.median(times) if times else first}))
 
 
-def measure(args, config, mode):
-    model, size, batch = config.split(":")
+# glibc keeps freed heap memory and fragments it, so CPU peak RSS of one run varied by up to
+# 2x between identical runs (160-290 MiB for rollout, vit_small, batch 16). With every
+# allocation over 64 KiB mmap'ed and unmapped on free, RSS follows the live tensors and the
+# peak repeats to the MiB; that costs page faults, so timing runs in a second, default process.
+EXACT_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def _child(args, config, mode, repeats, env=None):
     command = [sys.executable, __file__, "--child", mode, "--configs", config, "--device", args.device,
-               "--repeats", str(args.repeats), "--dtype", args.dtype]
-    done = subprocess.run(command, capture_output=True, text=True)
+               "--repeats", str(repeats), "--dtype", args.dtype]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return None, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
     return json.loads(done.stdout.strip().splitlines()[-1]), None
+
+
+def measure(args, config, mode):
+    """{peak_mib, seconds}: CPU memory from a run with EXACT_RSS, time from a default one."""
+    if args.device.startswith("cuda"):
+        return _child(args, config, mode, args.repeats)
+    memory, error = _child(args, config, mode, 0, env={**os.environ, **EXACT_RSS})
+    if memory is None:
+        return None, error
+    timing, error = _child(args, config, mode, args.repeats)
+    return (None, error) if timing is None else ({"peak_mib": memory["peak_mib"], "seconds": timing["seconds"]}, None)
 
 
 def main():

@@ -97,6 +97,31 @@ def test_folder_explain_writes_shards_and_an_index_equal_to_explain(tiny_checkpo
     assert rows[1].split(",")[1] == str(files[0].relative_to(image_folder))
 
 
+def test_folder_explain_skips_unreadable_images_and_names_them(tiny_checkpoint, image_folder, tmp_path):
+    """A broken file costs its own row, not the run: the other images are explained as
+    `vitx.explain` explains them, a batch of broken files only gives an empty shard, and the
+    command ends non-zero naming the file."""
+    import shutil
+
+    folder = tmp_path / "in"
+    shutil.copytree(image_folder, folder)
+    for name in ("zz_broken1.png", "zz_broken2.png"):  # sorted last: batches [a1 a3 a5 b0] [b2 b4 b6 zz1] [zz2]
+        (folder / "b" / name).write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", str(folder), "--model", tiny_checkpoint, "--batch-size", "4",
+                                       "--workers", "2", "--out", str(out)])
+    assert result.exit_code == 1 and "skipped 2 unreadable image(s)" in result.output and "zz_broken1" in result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["images"] == 9 and meta["shards"] == 3
+    with np.load(out / "maps" / "shard-00002.npz") as third:
+        assert len(third["index"]) == 0  # only a broken file: an empty shard, so a rerun does not retry it
+    saved = read_maps(out)
+    good = [p for p in sorted(p for p in folder.rglob("*.png")) if "broken" not in p.name]
+    expected = vitx.explain(load_model_file(tiny_checkpoint), [str(p) for p in good], method="rollout", batch_size=4)
+    assert len(saved["index"]) == 7
+    np.testing.assert_allclose(saved["maps"], expected.maps.numpy(), atol=1e-6)
+
+
 def test_dataset_explain_resumes_after_an_interrupted_run(tiny_checkpoint, image_folder, tmp_path, monkeypatch):
     model = load_model_file(tiny_checkpoint)
     from vitx.registry import find_adapter
