@@ -130,3 +130,15 @@ def test_inspect_cli_on_a_dataset_sample(tmp_path):
     page = (tmp_path / "r" / "report.html").read_text()
     assert "1 model(s), 8 image(s)." in page and "fashion-vit-methods-0.png" in page
     assert "fashion-vit-methods-1.png" not in page  # --show 1
+
+
+def test_inspect_shows_progress_per_section_and_the_report_is_unchanged(tmp_path, capsys):
+    """The progress bar (stderr, one step per section) only reports: the page is the same."""
+    models = {"vit": tiny_reference(distill=False)}
+    images = [np.full((28, 28), 40 * i, dtype=np.uint8) for i in range(2)]
+    quiet = inspect_models(models, images, tmp_path / "a", methods=["rollout"], show=1).read_text()
+    assert "inspect" not in capsys.readouterr().err
+    loud = inspect_models(models, images, tmp_path / "b", methods=["rollout"], show=1, progress=True).read_text()
+    err = capsys.readouterr().err
+    assert "inspect" in err and "/7 " in err and "method maps" in err and "curves" in err  # 7 sections
+    assert loud == quiet

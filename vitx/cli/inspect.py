@@ -90,7 +90,8 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
         raise VitxError(f"none of the {len(failed)} image(s) could be read: {failed[0]}")
     models = {_label(m): load_model(m, checkpoint=c, device=device) for m, c in pairs}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
-    path = inspect_models(models, inputs, out, methods=names, show=show, interactive=interactive, sanity=sanity)
+    path = inspect_models(models, inputs, out, methods=names, show=show, interactive=interactive, sanity=sanity,
+                          progress=True)
     click.echo(f"report: {path}")
     if failed:
         raise VitxError(f"skipped {len(failed)} unreadable image(s): {failed[0]}"

@@ -212,12 +212,13 @@ def _sanity(report, models, images, methods):
 
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
                    title: str = "vitx inspect", show: int = 4, extra=None, interactive: bool = False,
-                   sanity: bool = False) -> Path:
+                   sanity: bool = False, progress: bool = False) -> Path:
     """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
     PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
     the statistics use all of them. `extra(report)` may add sections (the study does).
     `interactive`: add the attention explorer for the first `show` images (JavaScript).
-    `sanity`: add the cascading-randomisation sanity check of every method (on all images)."""
+    `sanity`: add the cascading-randomisation sanity check of every method (on all images).
+    `progress`: a progress bar per section on stderr (the CLI's)."""
     if not models:
         raise VitxError("no model to inspect")
     if len(images) == 0:
@@ -232,17 +233,36 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
     _overview(report, models, images)
     if extra is not None:
         extra(report)
+    steps = []
     if interactive:
         from .explorer import add_explorer_section
 
-        add_explorer_section(report, models, images[:show], methods)
-    _method_maps(report, models, images, methods, show)
-    _attention(report, models, images)
-    _filters(report, models)
-    _activations(report, models, images)
-    _positions(report, models)
-    _statistics(report, models, images)
-    _curves(report, models)
+        steps.append(("explorer", lambda: add_explorer_section(report, models, images[:show], methods)))
+    steps += [
+        ("method maps", lambda: _method_maps(report, models, images, methods, show)),
+        ("attention", lambda: _attention(report, models, images)),
+        ("filters", lambda: _filters(report, models)),
+        ("activations", lambda: _activations(report, models, images)),
+        ("positions", lambda: _positions(report, models)),
+        ("statistics", lambda: _statistics(report, models, images)),
+        ("curves", lambda: _curves(report, models)),
+    ]
     if sanity:
-        _sanity(report, models, images, methods)
+        steps.append(("sanity check", lambda: _sanity(report, models, images, methods)))
+    _run_steps(steps, progress)
     return report.write(out)
+
+
+def _run_steps(steps, progress: bool) -> None:
+    """Each section in turn, with a progress bar on stderr naming the one being built (a
+    report of several models, or with the sanity check, takes minutes)."""
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(steps), desc="inspect", unit="section", file=sys.stderr, disable=not progress,
+              leave=False) as bar:
+        for label, build in steps:
+            bar.set_postfix_str(label)
+            build()
+            bar.update(1)
