@@ -12,9 +12,7 @@ import argparse
 import functools
 import importlib.util
 import os
-import statistics
 import sys
-import time
 import types
 
 import timm
@@ -23,6 +21,7 @@ from torch import nn
 from torchvision.models import vision_transformer
 
 import vitx
+from bench_speed import timed  # benchmarks/ is on sys.path when run as a script
 
 METHODS = (("chefer2021", {}), ("attnlrp", {"variant": "cp"}), ("attnlrp", {"variant": "attnlrp"}),
            ("transformer_attribution", {}))
@@ -49,20 +48,6 @@ def build(name):
         return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=3,
                                  embed_dim=24, num_heads=2, num_classes=5), 32
     return timm.create_model(name, pretrained=False), 224
-
-
-def timed(fn, repeats, device):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def lxt_cp_lrp():

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 
 import vitx
 from vitx.cli import main
-from vitx.reference_models import train as train_module
 from vitx.reference_models.checkpoint import load_model_file
 from vitx.reference_models.data import DEBIAN_FASHION, FASHION_CLASSES, dataset_info, load_split
 from vitx.reference_models.finetune import FinetuneConfig, build_finetune, to_model_input
@@ -114,23 +113,13 @@ def test_hf_fine_tune_starts_from_the_saved_weights_and_learns(hf_folder, tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["timm", "hf"])
-def test_resume_after_interrupt_reproduces_the_uninterrupted_run(kind, hf_folder, tmp_path, monkeypatch):
+def test_resume_after_interrupt_reproduces_the_uninterrupted_run(kind, hf_folder, tmp_path, interrupted_in_second_epoch):
     model = TIMM if kind == "timm" else str(hf_folder)
     settings = dict(model=model, ema=0.9, augment="default", epochs=2, train_limit=192)
     straight = train(tiny_config(tmp_path, "straight", **settings), progress=False)
 
-    real_evaluate = train_module.evaluate
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the second epoch
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", interrupted)
-    assert len(train(tiny_config(tmp_path, "resumed", **settings), progress=False)) == 1
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    with interrupted_in_second_epoch():
+        assert len(train(tiny_config(tmp_path, "resumed", **settings), progress=False)) == 1
     resumed = train(tiny_config(tmp_path, "resumed", **settings), resume=True, progress=False)
     assert strip(resumed) == strip(straight)
     a = load_model_file(tmp_path / "straight" / "model.safetensors").state_dict()

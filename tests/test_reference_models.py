@@ -54,26 +54,16 @@ def test_distillation_modes_need_a_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("augment", ["default", "flip"])
-def test_resume_after_interrupt_reproduces_the_uninterrupted_run(augment, tmp_path, monkeypatch):
+def test_resume_after_interrupt_reproduces_the_uninterrupted_run(augment, tmp_path, interrupted_in_second_epoch):
     config = tiny_config(tmp_path, "straight", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28],
                          augment=augment)
     straight = train(config, progress=False)
 
-    real_evaluate = train_module.evaluate
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # Ctrl-C during the second epoch
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", interrupted)
     resumed_config = tiny_config(tmp_path, "resumed", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28],
                                  augment=augment)
-    partial = train(resumed_config, progress=False)
+    with interrupted_in_second_epoch():
+        partial = train(resumed_config, progress=False)
     assert len(partial) == 1
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
     resumed = train(resumed_config, resume=True, progress=False)
 
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]

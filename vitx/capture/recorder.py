@@ -187,6 +187,7 @@ class AttentionRecorder:
         grads = torch.autograd.grad(score, self.token_states, allow_unused=True, retain_graph=retain_graph)
         return [as_sequence(torch.zeros_like(s) if g is None else g, self.input_size)
                 for s, g in zip(self.token_states, grads)]
+
     def _attend(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         """Fused mode: one layer's attention, fused forward, reduced in the backward."""
         from .fused import reduced_attention
@@ -194,13 +195,7 @@ class AttentionRecorder:
         if q.dim() == 4 and q.shape[-2] != k.shape[-2]:  # cross attention: not recorded, as in the explicit path
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
-        self._check(_Shape(tuple(q.shape[:-1]) + (k.shape[-2],)))
-        self.num_tokens = q.shape[-2]
-        layer = len(self.attentions)
-        self.attentions.append(None)
-        self._maps.append(None)
-        anchor = torch.zeros(0, device=q.device, requires_grad=True)
-        self._anchors.append(anchor)
+        layer, anchor = self._reduced_layer(_Shape(tuple(q.shape[:-1]) + (k.shape[-2],)), q.device)
         return reduced_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, anchor=anchor,
                                  layer=layer, reduce=self.reduce, store=self._store)
 
@@ -210,14 +205,19 @@ class AttentionRecorder:
         fused layers (softmax keeps its output for its own backward, so nothing is added)."""
         from .fused import reduced_probabilities
 
-        self._check(probs)
-        self.num_tokens = probs.shape[-1]
-        layer = len(self.attentions)
+        layer, anchor = self._reduced_layer(probs, probs.device)
+        return reduced_probabilities(probs, anchor=anchor, layer=layer, reduce=self.reduce, store=self._store)
+
+    def _reduced_layer(self, attention, device):
+        """Check and count one fused-mode layer: (its index, the zero-size anchor whose
+        gradient runs its backward). Its map arrives in `_store` during the backward."""
+        self._check(attention)
+        self.num_tokens = attention.shape[-1]
         self.attentions.append(None)
         self._maps.append(None)
-        anchor = torch.zeros(0, device=probs.device, requires_grad=True)
+        anchor = torch.zeros(0, device=device, requires_grad=True)
         self._anchors.append(anchor)
-        return reduced_probabilities(probs, anchor=anchor, layer=layer, reduce=self.reduce, store=self._store)
+        return len(self.attentions) - 1, anchor
 
     def _store(self, layer: int, fused: torch.Tensor) -> None:
         self._maps[layer] = fused

@@ -94,9 +94,16 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     plan = batch_plan(indices, batch_size)
     mine = my_batch_ids(len(plan), world)
     skipped, costs = [], {}
-    loader = batch_loader(data, [plan[i] for i in mine], workers, skipped)
-    results = evaluate_methods(net, ((b.pixels, b.labels) for b in loader), names, baseline=baseline, seed=seed,
-                               progress=world.is_main, costs=costs, batch_ids=mine, world=world)
+    kept = []  # one process with --sanity: the decoded images are kept for it instead of read again
+
+    def batches():
+        for batch in batch_loader(data, [plan[i] for i in mine], workers, skipped):
+            if sanity and not world.distributed and batch.indices:
+                kept.append(batch.pixels)
+            yield batch.pixels, batch.labels
+
+    results = evaluate_methods(net, batches(), names, baseline=baseline, seed=seed, progress=world.is_main,
+                               costs=costs, batch_ids=mine, world=world)
     skipped = [error for rank_skipped in gather_to_main(skipped, world) or [] for error in rank_skipped]
     if not world.is_main:
         return
@@ -116,7 +123,9 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if sanity:
         from ..evaluate.sanity import sanity_check, write_sanity
 
-        pixels = torch.cat([b.pixels for b in batch_loader(data, plan, workers) if len(b.indices)])
+        if world.distributed:  # rank 0 holds only its own batches: read every image of the plan
+            kept = [b.pixels for b in batch_loader(data, plan, workers) if b.indices]
+        pixels = torch.cat(kept)
         result = sanity_check(net, pixels, names, seed=seed, batch_size=batch_size, progress=True)
         click.echo(markdown_table(result.header(), result.rows()))
         click.echo("-> " + ", ".join(map(str, write_sanity(result, out))))
