@@ -53,7 +53,7 @@ def _drop(layer, attention):
     return None  # the method does not read attention: keep none of it
 
 
-def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None):
+def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None, rows=None):
     """One batched forward (and backward when asked for) that records what `explainer`
     requires, then its math on the `Evidence`."""
     needs = explainer.requirements()
@@ -86,7 +86,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         attention_grads=gradients,
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
         token_grads=token_grads,
-        extras=_extras(model, adapter, recorder, needs, live),
+        extras=_extras(model, adapter, recorder, needs, live), rows=rows,
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
@@ -180,7 +180,8 @@ def explain(
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             chunk_target = split_target(target, start, stop, count)
-            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout))
+            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout,
+                                         slice(start, stop)))
 
     logits = torch.cat([c[0] for c in chunks]).cpu()
     relevance = torch.cat([c[2] for c in chunks]).float().cpu()

@@ -3,6 +3,7 @@ import json
 
 import click
 
+from ..baselines import BASELINES, DEFAULT_BASELINE
 from ..errors import VitxError
 from .checks import model_and_checkpoint, out_folder, positive
 from .options import DEFAULT_MODEL
@@ -39,7 +40,9 @@ def _cost(cost) -> str:
 @click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
 @click.option("--n", "--limit", "count", default=1000, show_default=True,
               help="Number of images (a seeded random subset); under torchrun spell it --limit.")
-@click.option("--baseline", default="black", show_default=True, type=click.Choice(["black", "mean", "blur"]))
+@click.option("--baseline", default=DEFAULT_BASELINE, show_default=True, type=click.Choice(BASELINES),
+              help="What removed patches become (each image's mean colour, the dataset mean, black, blur, noise); "
+              "also the baseline of every method that takes one (integrated_gradients, occlusion, rise).")
 @click.option("--batch-size", default=100, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
