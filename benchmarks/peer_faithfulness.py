@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # reference_models (the data loader) lives next to vitx
 import vitx  # noqa: E402
 from bench_lrp import lxt_cp_lrp  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from reference_models.data import dataset_info, load_split  # noqa: E402
+from vitx.datasets import dataset_info, load_split  # noqa: E402
 from vitx.attribution.api import list_methods  # noqa: E402
 from vitx.evaluate.metrics import Curves, perturbation_curves, summarise  # noqa: E402
 

@@ -86,7 +86,7 @@ def test_evaluate_cli_on_an_image_folder_and_on_the_dataset(tmp_path):
     from click.testing import CliRunner
 
     from vitx.cli import main
-    from vitx.reference_models.data import DEBIAN_FASHION
+    from vitx.datasets import DEBIAN_FASHION
 
     examples = Path(__file__).parent.parent / "examples" / "fashion_mnist"
     for image in examples.glob("*.png"):

@@ -4,49 +4,23 @@ This is where the pieces meet: the explainer (math), the adapter and recorder (a
 the model's data config (inputs), targets, and the token layout. A method never sees any
 of it beyond the recorded tensors and the query vector.
 """
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..capture.recorder import AttentionRecorder, model_lock
+from ..capture.model_state import evaluation_mode, model_lock
+from ..capture.recorder import AttentionRecorder
 from ..capture.support import check_method
 from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKEN_GRAD, TOKENS
 from .explanation import Explanation, normalise_maps
-from .targets import as_logits, resolve_target, split_target  # noqa: F401 (as_logits: re-exported)
-from ..inputs import prepare_images, to_model
+from .targets import resolve_target, split_target
+from ..inputs import model_inputs
 from ..models import class_names, load_model, model_device
-from ..registry import find_adapter, get_explainer
-
-
-@contextmanager
-def evaluation_mode(model: nn.Module):
-    """Eval mode inside, and each module's own training flag restored afterwards.
-
-    Holds the model's lock (see `model_lock`): two threads saving and restoring the flags
-    of one model in interleaved order would otherwise leave it in the wrong mode.
-    """
-    with model_lock(model):
-        flags = [(m, m.training) for m in model.modules()]
-        for module, _ in flags:
-            module.training = False
-        try:
-            yield model
-        finally:
-            for module, training in flags:
-                module.training = training
-
-
-def model_inputs(model: nn.Module, images, adapter=None):
-    """(adapter, pixels on the model's device, views, sources): `images` preprocessed with the
-    data config of the adapter that recognises `model`."""
-    adapter = adapter or find_adapter(model)
-    pixels, views, sources = prepare_images(images, adapter.data_config(model))
-    return adapter, to_model(pixels, model), views, sources
+from ..registry import get_explainer
 
 
 def _drop(layer, attention):

@@ -4,6 +4,7 @@ import json
 import click
 
 from ..baselines import BASELINES, DEFAULT_BASELINE
+from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from .checks import model_and_checkpoint, out_folder, positive
 from .options import DEFAULT_MODEL
@@ -35,7 +36,7 @@ def _cost(cost) -> str:
 @click.command("evaluate")
 @click.option("--model", "-m", default=None, help="Model name or checkpoint path [default: the CLI default].")
 @click.option("--checkpoint", type=click.Path())
-@click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]), help="Test split of a dataset.")
+@click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
 @click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
 @click.option("--n", "--limit", "count", default=1000, show_default=True,
@@ -86,7 +87,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     out = out_folder(out_dir) if world.is_main else None
     net = load_model(model, checkpoint=checkpoint, device=rank_device(world, device))
     if dataset:
-        from vitx.reference_models.data import load_split
+        from vitx.datasets import load_split
 
         data = load_split(dataset, train=False, data_dir=data_dir, augment=False)
     else:

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from ..imaging import IMAGE_SUFFIXES
 from .options import DEFAULT_MODEL
@@ -26,18 +27,12 @@ def dataset_sample(name, count, seed, data_dir):
     preprocesses them with its own data config."""
     import torch
 
-    from vitx.reference_models.data import load_split
+    from vitx.datasets import load_split
 
     data = load_split(name, train=False, data_dir=data_dir, augment=False)
     data.transform = None
     picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     return [data[i][0] for i in picks]
-
-
-def _model_label(name):
-    """fashion_vit -> fashion_vit; runs/vit/model.safetensors -> model; a run folder runs/ft -> ft."""
-    path = Path(name)
-    return path.stem if path.suffix else path.name if path.is_dir() else name
 
 
 @click.command("inspect")
@@ -46,7 +41,7 @@ def _model_label(name):
               help="Model name or checkpoint path; repeat to compare models [default: the CLI default].")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
               help="Weights for the --model of the same position (repeat with --model).")
-@click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]),
+@click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES),
               help="Add a sample of this dataset's test split (for the statistics).")
 @click.option("--n", "count", default=64, show_default=True, help="Size of the dataset sample.")
 @click.option("--methods", default="raw_attention,rollout,grad_rollout,chefer2021", show_default=True)

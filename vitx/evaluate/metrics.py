@@ -55,7 +55,7 @@ def _masks(order: torch.Tensor, counts: Sequence[int], grid, size) -> torch.Tens
 
 @torch.no_grad()
 def _curve(model, pixels, fill, masks, labels, targets):
-    from ..attribution.api import as_logits
+    from ..attribution.targets import as_logits
 
     accuracy, probability = [], []
     for mask in masks:
@@ -178,7 +178,8 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BA
     """
     from tqdm import tqdm
 
-    from ..attribution.api import evaluation_mode, explain
+    from ..attribution.api import explain
+    from ..capture.model_state import evaluation_mode
     from ..models import model_device
     from ..registry import data_config
 

@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution.api import as_logits, evaluation_mode, explain, model_inputs
+from ..attribution.api import explain
+from ..attribution.targets import as_logits
+from ..capture.model_state import evaluation_mode
+from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..errors import VitxError
 from ..models import class_names
