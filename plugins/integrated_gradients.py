@@ -41,8 +41,8 @@ class IntegratedGradients(Explainer):
     requires = (MODEL,)
     options = (
         Option("steps", int, 32, "points on the path from the baseline to the image", minimum=1, maximum=4096),
-        Option("baseline", baseline, DEFAULT_BASELINE, "where the path starts (vitx.baselines): each image's mean colour, "
-               "dataset_mean (0 after normalisation, captum's default), black, blur, noise, a tensor or a callable"),
+        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here where the path starts "
+               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
         Option("steps_per_pass", int, 16, "path points stacked into one forward/backward pass", minimum=1),
     )

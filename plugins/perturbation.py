@@ -54,7 +54,8 @@ class Occlusion(Explainer):
     requires = (MODEL,)
     options = (
         Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1),
-        Option("baseline", baseline, DEFAULT_BASELINE, "what occluded pixels become (vitx.baselines)"),
+        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the occluded window "
+               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("batch", int, 256, "images per forward pass", minimum=1),
     )
 
@@ -93,7 +94,8 @@ class RISE(Explainer):
         Option("masks", int, 1000, "number of random masks", minimum=1),
         Option("cells", int, 0, "mask grid side (0: the patch grid)", minimum=0),
         Option("probability", float, 0.5, "probability that a cell is kept", minimum=0.01, maximum=1.0),
-        Option("baseline", baseline, DEFAULT_BASELINE, "what masked pixels become (vitx.baselines)"),
+        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the masked ones "
+               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("seed", int, 0, "seed of the masks"),
         Option("batch", int, 256, "images per forward pass", minimum=1),
     )
