@@ -17,6 +17,8 @@ from .layout import TokenLayout, infer_layout
 from .unwrap import unwrap
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
+# (layer, attention, running state or None, layout) -> the new running state, or None to keep the layer instead
+Fold = Callable[[int, torch.Tensor, Optional[torch.Tensor], TokenLayout], Optional[torch.Tensor]]
 
 SUPPORTED = (
     "timm attention modules, Hugging Face transformers vision models, open_clip image towers, "
@@ -35,7 +37,8 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
-                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None):
+                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
+                 fold: Optional[Fold] = None):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
@@ -43,6 +46,8 @@ class AttentionRecorder:
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
         self.record_tokens = tokens  # token states after each block (see token_states.py)
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
+        self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
+        self.folded: Optional[torch.Tensor] = None
         self.fused = False
         self._anchors: List[torch.Tensor] = []
         self._maps: List[Optional[torch.Tensor]] = []
@@ -90,6 +95,7 @@ class AttentionRecorder:
         self.graph_attentions = []
         self.token_states = []
         self.num_tokens = None
+        self.folded = None
         self._anchors, self._maps = [], []
 
     def _check(self, attention) -> None:
@@ -125,6 +131,12 @@ class AttentionRecorder:
     def _record(self, attention: torch.Tensor) -> torch.Tensor:
         self._check(attention)
         self.num_tokens = attention.shape[-1]
+        if self.fold is not None:
+            running = self.fold(len(self.attentions), attention, self.folded, self._attention_layout())
+            if running is not None:  # folded into the running state: nothing of the layer is kept
+                self.folded = running
+                self.attentions.append(None)
+                return attention
         if self.keep is None:
             self.attentions.append(attention)
         else:
@@ -246,6 +258,10 @@ class AttentionRecorder:
         if not self.record_attention:
             return self._token_layout()
         self.check_recorded()
+        return self._attention_layout()
+
+    def _attention_layout(self) -> TokenLayout:
+        """The layout of the attention's token set (`num_tokens`), checked against it."""
         if isinstance(self.layout_override, TokenLayout):
             layout, source = self.layout_override, "the layout you passed"
         elif self.layout_override is not None:
