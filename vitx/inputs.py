@@ -49,9 +49,30 @@ def _to_pil(item) -> Tuple[Image.Image, Optional[str]]:
 
         return to_rgb(item), None
     if isinstance(item, np.ndarray):
-        array = item if item.dtype == np.uint8 else np.clip(item * 255, 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB"), None
+        return Image.fromarray(array_to_uint8(item)).convert("RGB"), None
     raise VitxError(f"cannot use {type(item).__name__} as an image: pass paths, PIL images, arrays or a tensor")
+
+
+def array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """An (H, W) / (H, W, C) image array -> uint8. uint8 is taken as is, integers must lie in
+    0..255; floats are 0..1 (scaled by 255) unless a value exceeds 1, then they are 0..255
+    (a float copy of a uint8 image). Anything else (negative, above 255, NaN/inf) is refused:
+    guessing would give a silently wrong picture."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise VitxError(f"cannot use an image array of dtype {array.dtype}: pass uint8 (0..255) or float (0..1) pixels")
+    if array.size == 0:
+        raise VitxError("the image array is empty")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise VitxError("the image array holds NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise VitxError(f"image array values run from {low:g} to {high:g}: pass uint8 or 0..255 pixels, or floats "
+                        "in 0..1 (normalise your array first, or pass a preprocessed tensor)")
+    if np.issubdtype(array.dtype, np.floating) and high <= 1.0:
+        array = array * 255.0
+    return np.rint(array).astype(np.uint8)
 
 
 def denormalise(batch: torch.Tensor, config: dict) -> List[np.ndarray]:
