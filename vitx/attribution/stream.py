@@ -178,6 +178,16 @@ def _write_npz(path, arrays) -> None:
         np.savez(handle, **arrays)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value):
+    """A text cell a spreadsheet would run as a formula (OWASP 'CSV injection': it starts
+    with = + - @ tab or CR) gets a leading single quote, so a file named `=HYPERLINK(...)`
+    is shown as text; numbers and other text are unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def write_index(out: Path, dataset, name: str, shards: int) -> Path:
     """index.csv from the shards (so it is always what the shards hold)."""
     rows = []
@@ -191,11 +201,12 @@ def write_index(out: Path, dataset, name: str, shards: int) -> Path:
                              int(data["predictions"][row]), f"{float(data['probabilities'][row]):.6f}", shard, row])
     rows.sort(key=lambda r: r[0])
     for row, source in zip(rows, _sources(dataset, name, [r[0] for r in rows])):
-        row[1] = source
+        row[1] = safe_cell(source)
     path = out / "index.csv"
 
     def save(tmp):
-        with open(tmp, "w", newline="") as handle:
+        # a file name of invalid UTF-8 keeps its bytes (surrogateescape), as the file system has them
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(["index", "source", "label", "target", "prediction", "probability", "shard", "row"])
             writer.writerows(rows)

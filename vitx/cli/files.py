@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import List, Sequence
 
-from ..errors import VitxError
+from ..errors import VitxError, printable
 
 
 def output_names(sources: Sequence[str], method: str, out: Path, suffixes=(".png",)) -> List[str]:
@@ -28,7 +28,7 @@ def _say(text: str = "", err: bool = False) -> None:
     """Print without tearing the progress bar."""
     from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stderr if err else sys.stdout)
+    tqdm.write(printable(text), file=sys.stderr if err else sys.stdout)
 
 
 def explain_files(net, paths: Sequence[str], method: str, options: dict, target, token, batch_size: int, out: Path,
