@@ -162,3 +162,109 @@ def test_file_names_that_are_not_utf8(tmp_path, mode):
         assert sorted(r["source"] for r in _index_rows(tmp_path / "o")) == sorted([BAD_NAME, "good.png"])
     else:
         assert "report.html" in made or any(m.endswith(".html") for m in made)
+
+
+# ---------------------------------------------------------------- plugins: aliases, bad calls, name clashes
+
+def _loader(tag):
+    def load(checkpoint=None, pretrained=None, **kwargs):
+        model = tiny_timm()
+        model.tag = tag
+        return model
+    return load
+
+
+def _model_plugin(*calls):
+    class Plugin:
+        @vitx.hookimpl
+        def vitx_register_models(self, register):
+            for args, kwargs in calls:
+                register(*args, **kwargs)
+    return Plugin()
+
+
+def test_register_with_aliases_as_the_hookspec_documents():
+    """Item 6: register(name, loader, description=..., aliases=[...]) raised TypeError."""
+    from vitx.registry import get_registry
+
+    vitx.register_plugin(_model_plugin(((("tiny_aliased", _loader("a")),
+                                         {"description": "a tiny one", "aliases": ["tiny_a", "ta"]}))),
+                         name="alias-plugin")
+    models = get_registry().models
+    assert models["tiny_a"] is models["tiny_aliased"] is models["ta"]
+    assert vitx.load_model("ta").tag == "a"
+
+
+@pytest.mark.parametrize("bad", [((), {}), ((42,), {}), (("x", "not callable"), {}),
+                                 (("x", _loader("x")), {"colour": "red"}), (("x", _loader("x")), {"aliases": 3})])
+def test_a_bad_register_call_is_a_warning_not_a_crash(bad):
+    from vitx.registry import get_registry
+
+    with pytest.warns(UserWarning, match="bad-plugin"):
+        vitx.register_plugin(_model_plugin(bad, (("fine_one", _loader("f")), {})), name="bad-plugin")
+    assert "fine_one" in get_registry().models and "deit_tiny" in get_registry().models
+
+
+def test_a_bad_register_call_in_an_installed_plugin_keeps_the_cli_working(tmp_path):
+    site = tmp_path / "site"
+    info = site / "bad_models-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-models\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vitx]\nbad_models = bad_models_plugin\n")
+    (site / "bad_models_plugin.py").write_text(
+        "import vitx\n\n@vitx.hookimpl\ndef vitx_register_models(register):\n"
+        "    register('m', lambda **k: None, aliases=['mm'])\n    register('n', lambda **k: None, size=3)\n")
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "vitx", "models"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "bad-models" in done.stderr
+    assert "  mm " in done.stdout and "fashion_vit" in done.stdout
+
+
+def test_a_plugin_cannot_replace_a_builtin_model():
+    """Item 9: `fashion_vit` / `deit_tiny` from a plugin replaced the built-in silently."""
+    from vitx.registry import get_registry
+
+    with pytest.warns(UserWarning, match="fashion_vit.*other-plugin.*vitx"):
+        vitx.register_plugin(_model_plugin((("fashion_vit", _loader("x")), {}), (("deit_tiny", _loader("y")), {})),
+                             name="other-plugin")
+    models = get_registry().models
+    assert models["fashion_vit"].plugin == "vitx" and models["deit_tiny"].plugin != "other-plugin"
+    assert not hasattr(vitx.load_model("fashion_vit"), "tag")
+
+
+def _explainer_plugin(label):
+    from vitx.plugins.rollout import Rollout
+
+    class Impostor(Rollout):
+        name = "rollout"
+        summary = f"not the real rollout ({label})"
+
+    class Shared(Rollout):
+        name = "shared_method"
+        summary = label
+
+    class Plugin:
+        @vitx.hookimpl
+        def vitx_register_explainers(self, register):
+            register(Impostor)
+            register(Shared)
+    return Plugin()
+
+
+@pytest.mark.parametrize("order", [("zeta", "alpha"), ("alpha", "zeta")])
+def test_explainer_name_clashes_resolve_the_same_way_every_time(order):
+    """Item 9: built-ins win; between two third-party plugins the first by name wins."""
+    from vitx.registry import get_registry
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for label in order:
+            vitx.register_plugin(_explainer_plugin(label), name=label)
+    explainers = get_registry().explainers
+    assert explainers["rollout"].plugin == "vitx"
+    assert explainers["shared_method"].plugin == "alpha"
+    text = " ".join(str(w.message) for w in caught)
+    assert "'rollout'" in text and "'shared_method'" in text and "zeta" in text
