@@ -268,3 +268,30 @@ def test_explainer_name_clashes_resolve_the_same_way_every_time(order):
     assert explainers["shared_method"].plugin == "alpha"
     text = " ".join(str(w.message) for w in caught)
     assert "'rollout'" in text and "'shared_method'" in text and "zeta" in text
+
+
+# ---------------------------------------------------------------- 8: timm checkpoints of every head layout
+
+TIMM_HEADS = [
+    ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=1, embed_dim=24, num_heads=2)),  # head
+    ("swin_tiny_patch4_window7_224", dict(img_size=56, window_size=7, embed_dim=24, depths=(1, 1), num_heads=(1, 2))),
+    ("convnext_atto", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))),  # head.fc
+    ("resnet18", dict(layers=(1, 1, 1, 1))),  # fc
+    ("mobilenetv3_small_050", dict()),  # classifier
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8, depth=1, embed_dim=24, num_heads=2)),
+]
+
+
+@pytest.mark.parametrize("arch,small", TIMM_HEADS, ids=[a for a, _ in TIMM_HEADS])
+def test_timm_checkpoint_brings_its_class_count_for_every_head_layout(arch, small, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    trained = timm.create_model(arch, pretrained=False, num_classes=2, **small).eval()
+    path = tmp_path / "fine_tuned.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    loaded = vitx.load_model(arch, checkpoint=str(path), device="cpu", **small)
+    x = torch.randn(1, 3, *trained.pretrained_cfg["input_size"][1:]) if "img_size" not in small else \
+        torch.randn(1, 3, small["img_size"], small["img_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained(x))

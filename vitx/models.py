@@ -114,9 +114,9 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
 
     if checkpoint is not None:
         state = strip_wrappers(read_state_dict(checkpoint))
-        head = state.get("head.weight")
-        if head is not None and "num_classes" not in kwargs:
-            kwargs["num_classes"] = head.shape[0]  # a fine-tuned checkpoint brings its own head
+        classes = checkpoint_classes(arch, state)
+        if classes is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = classes  # a fine-tuned checkpoint brings its own head
         model = timm.create_model(arch, pretrained=False, **kwargs)
         return load_weights(model, state, str(checkpoint), arch)
     if pretrained is False:
@@ -125,6 +125,21 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
         return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as exc:
         raise _pretrained_error(arch, exc) from None
+
+
+def checkpoint_classes(arch: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """The class count of the classifier in `state`, found where timm says the classifier of
+    `arch` is (its pretrained config's `classifier`: 'head', 'head.fc', 'fc', 'classifier', or
+    several for distilled heads), or None when the checkpoint has no such layer."""
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(arch)
+    names = getattr(config, "classifier", None) or "head"
+    for name in (names,) if isinstance(names, str) else names:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.dim() >= 2:
+            return weight.shape[0]
+    return None
 
 
 def load_torchvision(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
