@@ -245,10 +245,20 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def class_names(model: nn.Module, num_classes: int):
-    """Class names when known: the model's own `class_names`, or ImageNet-1k for 1000 classes."""
+    """Class names when known: the model's own `class_names`, a Hugging Face config's
+    `id2label` (unless it holds only the LABEL_0, LABEL_1... placeholders transformers fills
+    in), or ImageNet-1k for 1000 classes."""
     names = getattr(model, "class_names", None)
     if names:
         return list(names)
+    labels = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(labels, dict) and len(labels) == num_classes:
+        try:
+            named = [str(labels[i]) for i in range(num_classes)]
+        except KeyError:
+            named = None
+        if named and named != [f"LABEL_{i}" for i in range(num_classes)]:
+            return named
     return imagenet_class_names() if num_classes == 1000 else None
 
 
