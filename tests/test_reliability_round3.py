@@ -295,3 +295,77 @@ def test_timm_checkpoint_brings_its_class_count_for_every_head_layout(arch, smal
         torch.randn(1, 3, small["img_size"], small["img_size"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), trained(x))
+
+
+# ---------------------------------------------------------------- Hugging Face: names, Swin refusal, crop
+
+def test_hf_classifier_shows_its_class_names(tmp_path):
+    """Item 11: config.id2label was ignored (the CLI printed '0 87.9 %')."""
+    from framework_models import hf_model, write_images
+
+    labels = {0: "cat", 1: "dog", 2: "bird"}
+    named = hf_model("ViTForImageClassification", "ViTConfig", num_labels=3, id2label=labels,
+                     label2id={v: k for k, v in labels.items()})
+    exp = vitx.explain(named, torch.randn(2, 3, 32, 32), method="rollout")
+    assert exp.class_names == ["cat", "dog", "bird"]
+    assert exp.predictions[0][0].name == labels[exp.predictions[0][0].index]
+    default = hf_model("ViTForImageClassification", "ViTConfig", num_labels=3)  # LABEL_0..: no names
+    assert vitx.explain(default, torch.randn(1, 3, 32, 32), method="rollout").class_names is None
+    named.save_pretrained(tmp_path / "named")
+    image = write_images(tmp_path, count=1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run("explain", image, "--model", f"hf:{tmp_path / 'named'}", "--out", tmp_path / "out",
+                     "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "explaining class" in result.output
+    assert any(line.strip().endswith(tuple(labels.values())) for line in result.output.splitlines()
+               if "%" in line), result.output
+
+
+@pytest.mark.parametrize("config_name,model_name", [("SwinConfig", "SwinModel"),
+                                                    ("SwinConfig", "SwinForImageClassification"),
+                                                    ("Swinv2Config", "Swinv2Model")])
+def test_hf_swin_refuses_attention_methods_before_any_forward_with_the_family_message(config_name, model_name):
+    """Item 12: the refusal came after a full forward, with the recorder's 'batch 64' message."""
+    import transformers
+
+    config = getattr(transformers, config_name)(image_size=32, patch_size=4, embed_dim=12, depths=[1, 1],
+                                                num_heads=[2, 2], window_size=4)
+    model = getattr(transformers, model_name)(config).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    timm_swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=12,
+                                  depths=(1, 1), num_heads=(1, 2))
+    with pytest.raises(VitxError) as timm_info:
+        vitx.explain(timm_swin, torch.randn(1, 3, 56, 56), method="rollout")
+    for method in ("rollout", "raw_attention", "chefer2021"):
+        with pytest.raises(VitxError, match="shifted-window") as info:
+            vitx.explain(model, torch.randn(1, 3, 32, 32), method=method)
+        assert "batch" not in str(info.value) and "Swin" in str(info.value)
+    assert not calls
+    why = str(timm_info.value).split("this model: ")[1][:60]  # the same reason as for timm's Swin
+    assert why in str(info.value)
+    vitx.explain(model, torch.randn(1, 3, 32, 32), method="integrated_gradients", steps=2)  # others still run
+
+
+def test_hf_centre_crop_matches_the_image_processor_on_odd_margins(tmp_path):
+    """Item 13: vitx rounded an odd crop margin up, the processor rounds it down."""
+    import transformers
+    from framework_models import hf_model, write_images
+    from vitx.attribution.api import model_inputs
+
+    model = hf_model("ViTForImageClassification", "ViTConfig", num_labels=3)
+    model.save_pretrained(tmp_path / "m")
+    processor = transformers.BitImageProcessor(size={"shortest_edge": 35}, crop_size={"height": 32, "width": 32},
+                                               do_center_crop=True, resample=2)  # margins 3 (and 3 + 10)
+    processor.save_pretrained(tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = vitx.load_model(f"hf:{tmp_path / 'm'}", device="cpu")
+    for size in ((35, 35), (40, 52), (52, 40)):
+        image = write_images(tmp_path, count=1, size=size, seed=size[1])[0]
+        _, pixels, _, _ = model_inputs(loaded, [str(image)])
+        reference = loaded.vitx_processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+        assert pixels.shape == reference.shape
+        assert (pixels - reference).abs().max() < 0.05, (size, (pixels - reference).abs().max())

@@ -140,6 +140,12 @@ class TransformersAdapter(Adapter):
             for module in sites:
                 _active.pop(module, None)
 
+    def refuse(self, model, explainer):
+        """Swin and its kin: attention methods refused before any forward (as for timm's Swin)."""
+        from .hierarchical import hf_refusal
+
+        return hf_refusal(getattr(vision_config(model), "model_type", ""), explainer)
+
     def layout(self, model, input_size, num_tokens):
         tower = vision_tower(model)
         config = vision_config(model)
