@@ -17,15 +17,41 @@ from .imaging import read_image
 
 
 def split_transform(config: dict):
-    """(geometric part, tensor part) of timm's eval transform for `config`."""
+    """(geometric part, tensor part) of timm's eval transform for `config`.
+
+    `crop_rounding: "floor"` in the config (set for Hugging Face image processors): the centre
+    crop puts an odd margin's extra pixel at the bottom / right, as the processors do
+    (`(size - crop) // 2`); torchvision's CenterCrop rounds the offset to the nearest even."""
     from timm.data import create_transform
     from torchvision import transforms
 
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     transform = create_transform(**{k: config[k] for k in keys if k in config})
     steps = list(transform.transforms)
+    if config.get("crop_rounding") == "floor":
+        steps = [FloorCenterCrop(t.size) if isinstance(t, transforms.CenterCrop) else t for t in steps]
     cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
     return transforms.Compose(steps[:cut]), transforms.Compose(steps[cut:])
+
+
+class FloorCenterCrop:
+    """Centre crop of a PIL image to (h, w) with the offset rounded down (the Hugging Face
+    image processors' rule), for images at least as large as the crop."""
+
+    def __init__(self, size):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from torchvision.transforms import functional
+
+        height, width = self.size
+        if image.height < height or image.width < width:
+            return functional.center_crop(image, [height, width])  # padding: torchvision's rule
+        top, left = (image.height - height) // 2, (image.width - width) // 2
+        return image.crop((left, top, left + width, top + height))
+
+    def __repr__(self):
+        return f"FloorCenterCrop(size={self.size})"
 
 
 def image_transform(config: dict):

@@ -246,7 +246,8 @@ def processor_data_config(processor, config) -> dict:
         else:
             crop_pct = 1.0
         return {"input_size": (channels, height, width), "mean": mean, "std": std,
-                "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": "center"}
+                "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": "center",
+                "crop_rounding": "floor"}  # the processors' `(size - crop) // 2` (see inputs.split_transform)
     if size is not None and size[0] == "exact":
         return {"input_size": (channels, *size[1]), "mean": mean, "std": std,
                 "interpolation": interpolation, "crop_pct": 1.0, "crop_mode": "squash"}
