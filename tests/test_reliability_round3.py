@@ -369,3 +369,68 @@ def test_hf_centre_crop_matches_the_image_processor_on_odd_margins(tmp_path):
         reference = loaded.vitx_processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
         assert pixels.shape == reference.shape
         assert (pixels - reference).abs().max() < 0.05, (size, (pixels - reference).abs().max())
+
+
+# ---------------------------------------------------------------- 4: NaN / inf outputs for one image
+
+def test_a_nan_output_is_named_and_never_explained_as_a_number():
+    """Item 4: the warning did not name the image, its target became 0, top-5 showed p=nan,
+    and rollout gave it an ordinary-looking map."""
+    model = tiny_timm()
+    x = torch.randn(3, 3, 32, 32)
+    x[1] *= 1e38  # finite pixels, overflowing activations: this image's outputs are NaN / inf
+    with torch.no_grad():
+        assert not torch.isfinite(model(x)[1]).all() and torch.isfinite(model(x)[[0, 2]]).all()
+    for method in ("rollout", "grad_rollout"):
+        with pytest.warns(UserWarning, match=r"image 1\b") as caught:
+            exp = vitx.explain(model, x, method=method)
+        assert "image 0" not in " ".join(str(w.message) for w in caught)
+        assert torch.isnan(exp.maps[1]).all() and torch.isnan(exp.relevance[1]).all()
+        assert exp.targets.tolist()[1] == -1 and exp.predictions[1] == []
+        alone = vitx.explain(model, x[[0, 2]], method=method)
+        torch.testing.assert_close(exp.maps[[0, 2]], alone.maps)
+        assert exp.targets[[0, 2]].tolist() == alone.targets.tolist()
+        assert "NaN" in exp.title(1)[0]
+        assert exp.panel(1).dtype == np.uint8  # drawn (blank map), with the title saying why
+
+
+def test_a_nan_output_from_a_file_names_the_file(tmp_path):
+    class Broken(nn.Module):
+        """Returns NaN logits for a bright image (mean pixel above 0)."""
+
+        def __init__(self):
+            super().__init__()
+            self.vit = tiny_timm()
+            self.pretrained_cfg = {**self.vit.pretrained_cfg, "input_size": (3, 32, 32), "crop_pct": 1.0}
+
+        def forward(self, x):
+            out = self.vit(x)
+            return torch.where((x.flatten(1).mean(1) > 0)[:, None], torch.full_like(out, float("nan")), out)
+
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(tmp_path / "white.png")
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "black.png")
+    with pytest.warns(UserWarning, match="white.png"):
+        exp = vitx.explain(Broken(), [str(tmp_path / "black.png"), str(tmp_path / "white.png")],
+                           method="integrated_gradients", steps=2)
+    assert torch.isfinite(exp.maps[0]).all() and torch.isnan(exp.maps[1]).all()
+
+
+def test_cli_names_an_image_with_nan_outputs_and_writes_nothing_for_it(tmp_path, monkeypatch):
+    from vitx.attribution import api
+
+    real = api.explain
+
+    def nan_for_second(*args, **kwargs):
+        result = real(*args, **kwargs)
+        logits = result.logits.clone()
+        logits[1] = float("nan")
+        return type(result)(**{**result.__dict__, "logits": logits})
+
+    monkeypatch.setattr(api, "explain", nan_for_second)
+    first, second = (str(p) for p in FASHION[:2])
+    result = run("explain", first, second, "--model", "fashion_vit", "--out", tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: could not explain 1 of 2 image(s): the model's output is NaN" in result.output
+    assert "explaining class" in result.output and "image 1" not in result.output
+    assert f"warning: {second}: not explained" in result.output
+    assert sorted(os.listdir(tmp_path)) == [Path(first).stem + "_rollout.png"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..errors import VitxError
@@ -196,6 +197,7 @@ def _shard_arrays(model, batch, method, target, token, options) -> dict:
     result = explain(model, batch.pixels, method=method, target=target, token=token, batch_size=len(batch.pixels),
                      **options)
     probabilities, predictions = result.probabilities.max(dim=-1)
+    predictions[~torch.isfinite(probabilities)] = -1  # NaN outputs: no prediction (and a NaN map)
     return {
         "index": np.asarray(batch.indices, dtype=np.int64),
         "maps": result.maps.numpy().astype(np.float32),
