@@ -434,3 +434,70 @@ def test_cli_names_an_image_with_nan_outputs_and_writes_nothing_for_it(tmp_path,
     assert "explaining class" in result.output and "image 1" not in result.output
     assert f"warning: {second}: not explained" in result.output
     assert sorted(os.listdir(tmp_path)) == [Path(first).stem + "_rollout.png"]
+
+
+# ---------------------------------------------------------------- 7: one clear error instead of a traceback
+
+class NeedsMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vit = tiny_timm()
+
+    def forward(self, x, mask):
+        return self.vit(x)
+
+
+def _meta_model():
+    with torch.device("meta"):
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
+                                 embed_dim=24, num_heads=2, num_classes=5)
+
+
+@pytest.mark.parametrize("case,fragments", [
+    ("script", ["TorchScript", "before torch.jit.script"]),
+    ("meta", ["meta device", "load"]),
+    ("uint8", ["uint8", "float", "file paths"]),
+    ("int64", ["int64", "float"]),
+    ("empty", ["no images"]),
+    ("extra_args", ["mask", "Wrap"]),
+])
+def test_library_misuse_is_one_clear_error(case, fragments):
+    x = torch.randn(2, 3, 32, 32)
+    model = tiny_timm()
+    if case == "script":
+        model = torch.jit.script(model)
+    elif case == "meta":
+        model = _meta_model()
+    elif case == "uint8":
+        x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    elif case == "int64":
+        x = torch.randint(0, 256, (2, 3, 32, 32))
+    elif case == "empty":
+        x = x[:0]
+    elif case == "extra_args":
+        model = NeedsMask()
+    with pytest.raises(VitxError) as info:
+        vitx.explain(model, x, method="rollout")
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_one_channel_vit_given_files_uses_one_channel_statistics():
+    """A 1-channel ViT whose data config holds 3-channel mean / std (timm's default for
+    in_chans=1): files and PIL images are normalised per channel, like a tensor made by hand."""
+    from timm.data import create_transform
+    from vitx.registry import data_config
+
+    model = tiny_timm(in_chans=1)
+    config = data_config(model)
+    assert config["input_size"][0] == 1 and len(config["mean"]) == 3
+    gray = create_transform(input_size=config["input_size"], interpolation=config["interpolation"],
+                            crop_pct=config["crop_pct"], mean=(float(np.mean(config["mean"])),),
+                            std=(float(np.mean(config["std"])),))(Image.open(CHELSEA).convert("L"))
+    expected = vitx.explain(model, gray[None], method="rollout")
+    for given in (CHELSEA, Image.open(CHELSEA)):
+        got = vitx.explain(model, given, method="rollout")
+        torch.testing.assert_close(got.logits, expected.logits)
+        torch.testing.assert_close(got.maps, expected.maps)
+        assert got.views[0].shape[-1] == 3

@@ -25,6 +25,7 @@ def split_transform(config: dict):
     from timm.data import create_transform
     from torchvision import transforms
 
+    config = channel_statistics(config)
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     transform = create_transform(**{k: config[k] for k in keys if k in config})
     steps = list(transform.transforms)
@@ -32,6 +33,21 @@ def split_transform(config: dict):
         steps = [FloorCenterCrop(t.size) if isinstance(t, transforms.CenterCrop) else t for t in steps]
     cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
     return transforms.Compose(steps[:cut]), transforms.Compose(steps[cut:])
+
+
+def channel_statistics(config: dict) -> dict:
+    """`config` with one mean / std per input channel. A 1-channel model whose config holds
+    RGB statistics (timm keeps the pretrained RGB mean / std for in_chans=1, while it sums the
+    RGB filters into one) gets their average, the statistics of a gray image whose three
+    channels are equal; any other mismatch is refused."""
+    channels = config["input_size"][0]
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    if len(mean) == channels and len(std) == channels:
+        return config
+    if channels == 1 and len(mean) == len(std) == 3:
+        return {**config, "mean": (sum(mean) / 3,), "std": (sum(std) / 3,)}
+    raise VitxError(f"the model takes {channels}-channel images but its data config has {len(mean)} means and "
+                    f"{len(std)} standard deviations: give the model a matching pretrained_cfg / data config")
 
 
 class FloorCenterCrop:
@@ -103,6 +119,7 @@ def array_to_uint8(array: np.ndarray) -> np.ndarray:
 
 def denormalise(batch: torch.Tensor, config: dict) -> List[np.ndarray]:
     """Preprocessed (B, C, H, W) tensor -> uint8 RGB views, for overlays."""
+    config = channel_statistics(config)
     mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(config["std"]).view(1, -1, 1, 1)
     pixels = (batch.detach().float().cpu() * std + mean).nan_to_num(0.0).clamp(0, 1)
@@ -117,6 +134,13 @@ def prepare_images(images, config: dict):
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         if batch.dim() != 4:
             raise VitxError(f"an image tensor must be (B, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
+        if not batch.is_floating_point():
+            raise VitxError(
+                f"an image tensor must hold float pixels, preprocessed as the model expects; this one is "
+                f"{str(batch.dtype).replace('torch.', '')}: pass the images as file paths, PIL images or numpy "
+                "arrays for vitx to preprocess, or convert and normalise the tensor yourself")
+        if batch.shape[0] == 0:
+            raise VitxError("no images given (the tensor's batch is empty)")
         channels = config["input_size"][0]
         if batch.shape[1] != channels:
             raise VitxError(f"the model expects {channels}-channel images, the tensor has {batch.shape[1]} channels")

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..capture.model_checks import check_model
 from ..capture.recorder import AttentionRecorder, model_lock
 from ..capture.support import check_method
 from ..capture.unwrap import unwrap
@@ -43,7 +44,8 @@ def evaluation_mode(model: nn.Module):
 
 def model_inputs(model: nn.Module, images, adapter=None):
     """(adapter, pixels on the model's device, views, sources): `images` preprocessed with the
-    data config of the adapter that recognises `model`."""
+    data config of the adapter that recognises `model` (a model vitx cannot run is refused first)."""
+    check_model(model)
     adapter = adapter or find_adapter(model)
     pixels, views, sources = prepare_images(images, adapter.data_config(model))
     return adapter, to_model(pixels, model), views, sources
