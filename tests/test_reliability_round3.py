@@ -544,3 +544,54 @@ def test_a_model_that_runs_a_vit_twice_per_forward_is_refused_for_attention_meth
     exp = vitx.explain(model, x, method="integrated_gradients", steps=2)  # reads no attention: still runs
     assert torch.isfinite(exp.maps).all()
     vitx.explain(model.second if hasattr(model, "second") else model.model, x, method="rollout")  # one pass: fine
+
+
+# ---------------------------------------------------------------- 14: `make test` installs what the suite needs
+
+def _fake_apt(tmp_path, present):
+    """A PATH with a recording apt-get (and chromium when `present`), and the system tools the script uses."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "apt.log"
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    tools = ["id", "sh", "bash", "env", "cat"] + (["chromium"] if present else [])
+    for tool in tools:
+        real = shutil.which(tool) or "/bin/true"
+        os.symlink(real, bin_dir / tool)
+    for path in bin_dir.iterdir():
+        path.chmod(0o755)
+    return bin_dir, log
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="runs the script as root with a fake apt-get")
+@pytest.mark.parametrize("present", [False, True])
+def test_system_deps_script_installs_only_what_is_missing(tmp_path, present):
+    import subprocess
+
+    bin_dir, log = _fake_apt(tmp_path, present)
+    dataset = tmp_path / "fashion-mnist"
+    if present:
+        dataset.mkdir()
+    bash = shutil.which("bash")
+    for _ in range(2):  # idempotent: the same outcome twice
+        done = subprocess.run([bash, str(ROOT / "scripts" / "system-deps.sh")], capture_output=True, text=True,
+                              env={"PATH": str(bin_dir), "VITX_FASHION_MNIST_DIR": str(dataset)})
+        assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines() if log.exists() else []
+    if present:
+        assert calls == []
+    else:
+        assert calls == ["install -y -q dataset-fashion-mnist chromium"] * 2
+
+
+def test_make_test_runs_the_system_deps_script_and_ci_runs_make_test():
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT), "test", "VENV=/nonexistent-venv"], capture_output=True,
+                         text=True)
+    assert "scripts/system-deps.sh" in dry.stdout, dry.stdout + dry.stderr
+    assert dry.stdout.index("system-deps.sh") < dry.stdout.index("pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "apt-get" not in ci
