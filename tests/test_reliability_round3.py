@@ -595,3 +595,23 @@ def test_make_test_runs_the_system_deps_script_and_ci_runs_make_test():
     assert dry.stdout.index("system-deps.sh") < dry.stdout.index("pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "apt-get" not in ci
+
+
+def test_hf_resize_to_a_size_then_crop_matches_the_image_processor(tmp_path):
+    """Item 13, the DeiT / BEiT layout: resize to an exact size (squash), then crop the centre."""
+    import transformers
+    from framework_models import hf_model, write_images
+    from vitx.attribution.api import model_inputs
+
+    model = hf_model("DeiTForImageClassification", "DeiTConfig", num_labels=3)
+    model.save_pretrained(tmp_path / "m")
+    transformers.DeiTImageProcessor(size={"height": 35, "width": 35}, crop_size={"height": 32, "width": 32},
+                                    resample=2).save_pretrained(tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = vitx.load_model(f"hf:{tmp_path / 'm'}", device="cpu")
+    for size in ((40, 52), (52, 40)):
+        image = write_images(tmp_path, count=1, size=size, seed=size[1])[0]
+        _, pixels, _, _ = model_inputs(loaded, [str(image)])
+        reference = loaded.vitx_processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+        assert (pixels - reference).abs().max() < 0.05, (size, (pixels - reference).abs().max())

@@ -19,8 +19,9 @@ from .imaging import read_image
 def split_transform(config: dict):
     """(geometric part, tensor part) of timm's eval transform for `config`.
 
-    `crop_rounding: "floor"` in the config (set for Hugging Face image processors): the centre
-    crop puts an odd margin's extra pixel at the bottom / right, as the processors do
+    Two keys beyond timm's, set for Hugging Face image processors: `resize_size: (h, w)`
+    resizes to exactly that size before the crop (timm's squash mode can only scale both
+    sides by one crop_pct), and `crop_rounding: "floor"`: the centre crop puts an odd margin's extra pixel at the bottom / right, as the processors do
     (`(size - crop) // 2`); torchvision's CenterCrop rounds the offset to the nearest even."""
     from timm.data import create_transform
     from torchvision import transforms
@@ -29,6 +30,9 @@ def split_transform(config: dict):
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     transform = create_transform(**{k: config[k] for k in keys if k in config})
     steps = list(transform.transforms)
+    if config.get("resize_size"):
+        steps = [transforms.Resize(tuple(config["resize_size"]), interpolation=t.interpolation)
+                 if isinstance(t, transforms.Resize) else t for t in steps]
     if config.get("crop_rounding") == "floor":
         steps = [FloorCenterCrop(t.size) if isinstance(t, transforms.CenterCrop) else t for t in steps]
     cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
