@@ -94,6 +94,7 @@ def test_resume_after_the_folder_changed_recomputes_the_changed_images(tmp_path)
     from vitx.attribution.stream import read_maps
 
     np.testing.assert_allclose(read_maps(out)["maps"], read_maps(tmp_path / "fresh")["maps"])
+    assert set(read_maps(out)) == {"index", "maps", "targets", "predictions", "probabilities", "labels"}
     assert [r["source"] for r in _index_rows(out)] == ["0.png", "1.png", "2.png", "9.png"]
 
 

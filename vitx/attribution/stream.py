@@ -260,7 +260,7 @@ def read_maps(out) -> dict:
     for shard in range(meta["shards"]):
         with np.load(out / "maps" / SHARD.format(shard)) as data:
             if len(data["index"]):  # a shard of unreadable images only is empty
-                parts.append({k: data[k] for k in data.files})
+                parts.append({k: data[k] for k in data.files if k != "keys"})  # keys: per planned image, not per row
     if not parts:
         raise VitxError(f"{out} holds no maps (no image could be read)")
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
