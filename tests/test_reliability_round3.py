@@ -616,3 +616,10 @@ def test_hf_resize_to_a_size_then_crop_matches_the_image_processor(tmp_path):
         _, pixels, _, _ = model_inputs(loaded, [str(image)])
         reference = loaded.vitx_processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
         assert (pixels - reference).abs().max() < 0.05, (size, (pixels - reference).abs().max())
+
+
+def test_a_colour_convolution_in_front_of_the_vit_is_not_a_second_pass():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), tiny_timm())
+    x = torch.randn(2, 3, 32, 32)
+    exp = vitx.explain(model, x, method="rollout")
+    assert exp.maps.shape == (2, 4, 4)

@@ -75,7 +75,7 @@ class AttentionRecorder:
             if self.record_tokens:
                 stack.enter_context(self._attach_token_sites())
             if self.record_attention:
-                for conv in (m for m in self.model.modules() if isinstance(m, nn.Conv2d)):
+                for conv in (m for m in self.model.modules() if _embeds(m)):
                     stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
         except BaseException:
             stack.close()
@@ -310,6 +310,14 @@ class AttentionRecorder:
             )
         grads = torch.autograd.grad(score, self.graph_attentions, allow_unused=True)
         return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
+
+
+def _embeds(module: nn.Module) -> bool:
+    """A convolution that turns an image into something else (other channels, or a stride):
+    a patch embedding or stem. A 3->3, stride-1 convolution (a learnt colour transform in front
+    of the model) keeps the image an image and is not one."""
+    return isinstance(module, nn.Conv2d) and (module.out_channels != module.in_channels
+                                              or any(s > 1 for s in module.stride))
 
 
 def _grid(value):
