@@ -76,7 +76,7 @@ def row(panel):
     return np.array([int(v) for v in panel.get_attribute("data-row").split(",")])
 
 
-@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (.ci/run installs both)")
+@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
 def test_explorer_in_a_headless_browser(report, tmp_path):
     from playwright.sync_api import sync_playwright
 

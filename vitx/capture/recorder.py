@@ -58,6 +58,8 @@ class AttentionRecorder:
         self.batch_size = None
         self.num_tokens = None
         self._stack: Optional[ExitStack] = None
+        self._pixels = None  # (C, H, W) of the model call's image batch
+        self._stem_calls: List[nn.Module] = []  # convolutions over the image in this call (see _on_conv)
 
     def __enter__(self) -> "AttentionRecorder":
         if self.adapter is None:
@@ -77,6 +79,9 @@ class AttentionRecorder:
                     stack.enter_context(self.adapter.attach(self.model, self._record))
             if self.record_tokens:
                 stack.enter_context(self._attach_token_sites())
+            if self.record_attention:
+                for conv in (m for m in self.model.modules() if _embeds(m)):
+                    stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
         except BaseException:
             stack.close()
             raise
@@ -97,6 +102,30 @@ class AttentionRecorder:
         self.num_tokens = None
         self.folded = None
         self._anchors, self._maps = [], []
+        self._pixels = tuple(x.shape[1:]) if torch.is_tensor(x) and x.dim() == 4 else None
+        self._stem_calls = []
+
+    def _on_conv(self, module, args):
+        """Count the convolutions over the image itself (a patch embedding or stem: a 4-d input
+        of the image's channels and size). A second one in one model call means the image
+        passes through the network twice (an ensemble of ViTs, flip test-time augmentation):
+        the recorded layers would be those of both passes in one list, and every attention-flow
+        map a mixture equal to neither pass, so that is refused here, before it happens."""
+        x = args[0] if args else None
+        if self._pixels is None or not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self._pixels:
+            return
+        self._stem_calls.append(module)
+        if len(self._stem_calls) > 1:
+            names = {id(m): n for n, m in self.model.named_modules()}
+            first, second = (names.get(id(m), "?") for m in self._stem_calls[:2])
+            how = (f"its stem {first!r} ran twice" if first == second
+                   else f"two stems ran on it, {first!r} and {second!r}")
+            raise VitxError(
+                f"{type(self.model).__name__} runs the image through the network twice in one forward ({how}: an "
+                "ensemble or test-time augmentation), so the recorded layers would mix both passes and no single "
+                "attention flow describes the output. Explain each member / pass as its own model "
+                "(e.g. vitx.explain(model.member, images)), or use a method that reads no attention "
+                "(integrated_gradients, occlusion, rise)")
 
     def _check(self, attention) -> None:
         """Fail loudly on anything that is not one layer's token-by-token self-attention of
@@ -297,6 +326,14 @@ class AttentionRecorder:
             )
         grads = torch.autograd.grad(score, self.graph_attentions, allow_unused=True)
         return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
+
+
+def _embeds(module: nn.Module) -> bool:
+    """A convolution that turns an image into something else (other channels, or a stride):
+    a patch embedding or stem. A 3->3, stride-1 convolution (a learnt colour transform in front
+    of the model) keeps the image an image and is not one."""
+    return isinstance(module, nn.Conv2d) and (module.out_channels != module.in_channels
+                                              or any(s > 1 for s in module.stride))
 
 
 def _grid(value):
