@@ -39,6 +39,8 @@ setup(
     entry_points={
         "console_scripts": ["vitx = vitx.cli.main:main"],
         "vitx": [
+            "vitx.adapters = vitx.capture.adapters",  # the core's own hooks, through the same door
+            "vitx.models = vitx.models",
             "raw_attention = vitx.plugins.raw_attention",
             "rollout = vitx.plugins.rollout",
             "grad_rollout = vitx.plugins.grad_rollout",

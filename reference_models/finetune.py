@@ -24,7 +24,7 @@ from vitx.attribution.targets import as_logits
 from vitx.errors import VitxError, suggest
 
 from vitx.datasets import dataset_info
-from .train import TrainConfig
+from .config import TrainConfig
 
 HF_PREFIX = "hf:"
 # PIL resampling filters as Hugging Face image processors store them -> timm/torch names

@@ -13,9 +13,9 @@ import json
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -27,43 +27,12 @@ from tqdm import tqdm
 from vitx.errors import VitxError
 
 from .checkpoint import load_model_file, load_state, save_model, save_state
+from .config import AUGMENTS, MODES, TrainConfig  # noqa: F401 (AUGMENTS, MODES: re-exported for the train CLI)
 from . import distributed as ddp
 from vitx.datasets import dataset_info, load_split
 from .runs import check_device, check_more_epochs, check_resume, run_folder, space_error, validate_config
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
-
-MODES = ("teacher", "baseline", "kd", "deit", "finetune")
-AUGMENTS = ("default", "flip", "none")
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "fashion_mnist"
-    mode: str = "baseline"
-    out: str = "runs/model"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    seed: int = 0
-    teacher: Optional[str] = None
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.5
-    kd_hard: bool = False
-    curriculum: List[int] = field(default_factory=list)
-    ema: float = 0.0
-    mixup: float = 0.0
-    augment: str = "default"  # default (the dataset's transforms), flip (in memory), none (in memory)
-    teacher_width: int = 16
-    train_limit: int = 0
-    test_limit: int = 0
-    data_dir: Optional[str] = None
-    download: bool = True
-    device: str = "cpu"
-    vit: dict = field(default_factory=dict)
 
 
 def curriculum_size(config: TrainConfig, epoch: int, full: int) -> int:

@@ -1,11 +1,13 @@
 """The plugin manager and the lookups built on it (explainers, adapters, models by name).
 
-Built-in explainers live in `vitx.plugins` and arrive through the `vitx` entry-point group,
-the same door a third-party package uses. Core modules that define hook implementations
-(adapters, model aliases) are registered directly: they are part of vitx, not plugins.
+Everything arrives through the `vitx` entry-point group, the door a third-party package
+uses: the built-in explainers (`vitx.plugins`), the reference models, and the core's own hook
+modules (the adapters, the model aliases). So this module imports none of what it registers,
+and the layers point one way: adapters and loaders ask the registry, never the reverse.
 
 Debugging switches: VITX_DISABLE_PLUGINS=name1,name2 (or '*') skips entry points;
-VITX_PLUGINS=name1,name2 loads only those.
+VITX_PLUGINS=name1,name2 loads only those. The core's entry points (CORE_ENTRY_POINTS) are
+never skipped: without adapters no model can be explained.
 """
 import importlib.metadata
 import os
@@ -20,6 +22,7 @@ from .errors import VitxError, suggest
 
 ENTRY_POINT_GROUP = "vitx"
 CORE_PLUGIN = "vitx (core)"
+CORE_ENTRY_POINTS = ("vitx.adapters", "vitx.models")  # part of vitx itself: always loaded
 
 
 @dataclass
@@ -60,7 +63,8 @@ def _load_entry_points(registry: "Registry") -> None:
     disabled = _env_list("VITX_DISABLE_PLUGINS") or set()
     allowed = _env_list("VITX_PLUGINS")
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if "*" in disabled or ep.name in disabled or (allowed is not None and ep.name not in allowed):
+        skipped = "*" in disabled or ep.name in disabled or (allowed is not None and ep.name not in allowed)
+        if skipped and ep.name not in CORE_ENTRY_POINTS:
             continue
         if manager.get_plugin(ep.name) is not None:
             continue
@@ -72,7 +76,8 @@ def _load_entry_points(registry: "Registry") -> None:
             warnings.warn(f"vitx: plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
             continue
         dist = getattr(ep, "dist", None)
-        registry.sources[ep.name] = dist.name if dist is not None else ep.value
+        registry.sources[ep.name] = (CORE_PLUGIN if ep.name in CORE_ENTRY_POINTS
+                                     else dist.name if dist is not None else ep.value)
 
 
 BUILTIN_SOURCES = ("vitx", CORE_PLUGIN)  # the vitx distribution's own entry points, and the core modules
@@ -139,15 +144,14 @@ def _model_entry(plugin: str, args, kwargs):
 
 
 def _build() -> Registry:
-    from .capture import adapters
-    from . import models
-
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
-    manager.register(adapters, name="vitx.adapters")
-    manager.register(models, name="vitx.models")
-    registry = Registry(manager=manager, sources={"vitx.adapters": CORE_PLUGIN, "vitx.models": CORE_PLUGIN})
+    registry = Registry(manager=manager)
     _load_entry_points(registry)
+    missing = [name for name in CORE_ENTRY_POINTS if manager.get_plugin(name) is None]
+    if missing:
+        raise VitxError(f"vitx's own entry points ({', '.join(missing)}) are not installed: vitx is imported from a "
+                        "source tree without its metadata; run `pip install -e .` (or `make install`) there")
     _populate(registry)
     return registry
 
