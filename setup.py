@@ -49,6 +49,7 @@ setup(
             "perturbation = vitx.plugins.perturbation",
             "attnlrp = vitx.plugins.attnlrp",
             "transformer_attribution = vitx.plugins.transformer_attribution",
+            "libragrad = vitx.plugins.libragrad",
             "reference_models = vitx.reference_models.plugin",
         ],
     },

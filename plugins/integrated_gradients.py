@@ -13,6 +13,7 @@ import torch
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
+from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.errors import VitxError
 from vitx.evaluate.metrics import BASELINES, baseline_images
 
@@ -44,6 +45,7 @@ class IntegratedGradients(Explainer):
         Option("baseline", str, "mean", "what the path starts from: the dataset mean (0 after normalisation, captum's default), black, or a blurred image", BASELINES),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
         Option("steps_per_pass", int, 16, "path points stacked into one forward/backward pass", minimum=1),
+        GRAD_MODE_OPTION,
     )
 
     def explain(self, evidence):
@@ -65,6 +67,7 @@ class InputXGradient(Explainer):
     summary = "input * d(score)/d(input), summed per patch (one backward pass)"
     paper = "Shrikumar et al. 2016, 'Not Just a Black Box: Learning Important Features Through Propagating Activation Differences'"
     requires = (MODEL,)
+    options = (GRAD_MODE_OPTION,)
 
     def explain(self, evidence):
         _, grad = evidence.input_gradient(evidence.pixels)

@@ -62,10 +62,14 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
     tokens = bool(needs & {TOKENS, TOKEN_GRAD}) or ATTENTION not in needs  # no attention: layout from tokens
     # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
+    # (not under a gradient mode: the fused backward is the plain softmax's)
     reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
-              else None)
-    with AttentionRecorder(model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens,
-                           layout=layout, reduce=reduce) as recorder:
+              and explainer.plain_gradients else None)
+    # the gradient mode's function rules are entered first, so an adapter's own function mode
+    # (above them on the stack) makes attention explicit before the rules see its softmax
+    with explainer.gradient_rules(model), AttentionRecorder(
+            model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
+            reduce=reduce) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -87,6 +91,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
         token_grads=token_grads,
         extras=_extras(model, adapter, recorder, needs, live),
+        rules=lambda: explainer.gradient_rules(model),
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)

@@ -6,8 +6,9 @@ did not ask for stays None. Methods that need more forward passes (integrated gr
 perturbation, LRP) get `score` and `input_gradient`, which run the model the same way the
 explained forward did: eval mode, the same target, the model's device and dtype.
 """
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +31,15 @@ class Evidence:
     tokens: Optional[List[torch.Tensor]] = None  # per block (B, N, D) token states
     token_grads: Optional[List[torch.Tensor]] = None
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
+    rules: Callable[[], ContextManager] = nullcontext  # the method's gradient mode, for its own forwards
 
     def score(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,) target score of `pixels` (gradients flow when enabled by the caller); like
         `input_gradient`, a batch of k stacked copies of the explained batch is scored
         copy by copy (perturbation methods score many masked versions in one forward)."""
-        return self._target_for(pixels.shape[0]).score(self.model(pixels))
+        with self.rules():
+            output = self.model(pixels)
+        return self._target_for(pixels.shape[0]).score(output)
 
     def _target_for(self, batch: int):
         """The target for `batch` images: the explained batch stacked batch // B times."""
@@ -51,7 +55,9 @@ class Evidence:
         (or a whole number of copies of it, e.g. the steps of a path stacked on the batch)."""
         with torch.enable_grad():
             x = pixels.detach().requires_grad_(True)
-            score = self._target_for(x.shape[0]).score(self.model(x))
+            with self.rules():
+                output = self.model(x)
+            score = self._target_for(x.shape[0]).score(output)
             (grad,) = torch.autograd.grad(score.sum(), x)
         return score.detach(), grad
 
