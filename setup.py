@@ -50,6 +50,7 @@ setup(
             "attnlrp = vitx.plugins.attnlrp",
             "transformer_attribution = vitx.plugins.transformer_attribution",
             "libragrad = vitx.plugins.libragrad",
+            "tokentm = vitx.plugins.tokentm",
             "reference_models = vitx.reference_models.plugin",
         ],
     },

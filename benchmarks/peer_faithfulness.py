@@ -145,6 +145,8 @@ def vitx_methods(model, batch, rise_masks):
                "rise": {"masks": rise_masks}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
+    for method in ("integrated_gradients", "input_x_gradient", "gradcam", "grad_rollout", "chefer2021"):
+        names.append((f"{method} (libragrad)", method, {**options.get(method, {}), "grad_mode": "libragrad"}))
     def run(pixels, targets, method, opts):  # the raw patch relevance (`.maps` is it rescaled to [0, 1] per image)
         exp = vitx.explain(model, pixels, method=method, target=targets, batch_size=batch, **opts)
         return exp.layout.patch_map(exp.relevance).detach()
@@ -190,7 +192,7 @@ def evaluate(args):
     curves = {name: Curves() for name in list(methods) + ["random"]}
     seconds = dict.fromkeys(list(methods) + ["forward"], 0.0)
     kept = {name: [] for name in ("integrated_gradients", "IntegratedGradients (32 steps)", "attnlrp (cp)", "CP-LRP",
-                                  "legrad", "LeGrad", "gradcam", "GradCAM (last ln_1)")}
+                                  "legrad", "LeGrad", "gradcam", "GradCAM (last ln_1)", "input_x_gradient (libragrad)")}
     start = time.perf_counter()
     for b, idx in enumerate(order.split(args.batch)):
         pixels, labels = rgb(x[idx]).contiguous(), y[idx]
@@ -225,6 +227,7 @@ def evaluate(args):
         checks.append(f"{title}: vitx {ours[0]:.4f} ({ours[1]}) vs. best peer {theirs[0]:.4f} ({theirs[1]}): "
                       f"{'ok' if ok else 'NOT MET'}")
     pairs = [("integrated_gradients", "IntegratedGradients (32 steps)"), ("attnlrp (cp)", "CP-LRP"),
+             ("input_x_gradient (libragrad)", "CP-LRP"),
              ("legrad", "LeGrad"), ("gradcam", "GradCAM (last ln_1)")]
     agree = {f"{a} vs. {b}": correlation(kept[a], kept[b]) for a, b in pairs}
     report = (header + "\n" + text + "\n\nvitx best >= best peer (ties count):\n" + "\n".join(checks) +

@@ -15,7 +15,7 @@ from ..capture.support import check_method
 from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
-from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKEN_GRAD, TOKENS
+from .explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, TOKEN_GRAD, TOKENS
 from .explanation import Explanation, normalise_maps
 from .targets import as_logits, resolve_target, split_target  # noqa: F401 (as_logits: re-exported)
 from ..inputs import prepare_images, to_model
@@ -69,7 +69,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     # (above them on the stack) makes attention explicit before the rules see its softmax
     with explainer.gradient_rules(model), AttentionRecorder(
             model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
-            reduce=reduce) as recorder:
+            reduce=reduce, states=BLOCK_STATES in needs) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -90,6 +90,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         attention_grads=gradients,
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
         token_grads=token_grads,
+        block_states=recorder.block_states if BLOCK_STATES in needs else None,
         extras=_extras(model, adapter, recorder, needs, live),
         rules=lambda: explainer.gradient_rules(model),
     )

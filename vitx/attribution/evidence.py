@@ -30,6 +30,7 @@ class Evidence:
     attention_grads: Optional[List[torch.Tensor]] = None  # d(score)/d(attention), per layer
     tokens: Optional[List[torch.Tensor]] = None  # per block (B, N, D) token states
     token_grads: Optional[List[torch.Tensor]] = None
+    block_states: Optional[List[tuple]] = None  # per block (input, stream after attention, output), (B, N, D)
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
     rules: Callable[[], ContextManager] = nullcontext  # the method's gradient mode, for its own forwards
 

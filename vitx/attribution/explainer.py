@@ -57,7 +57,8 @@ ATTENTION_GRAD = "attention_grad"  # d(target score)/d(attention) per layer
 TOKENS = "tokens"  # token states after each block (B, N, D)
 TOKEN_GRAD = "token_grad"  # d(target score)/d(token states) per block
 MODEL = "model"  # nothing recorded: the method runs the model itself (evidence.score / input_gradient)
-REQUIREMENTS = (ATTENTION, ATTENTION_GRAD, TOKENS, TOKEN_GRAD, MODEL)
+BLOCK_STATES = "block_states"  # per block: its input, the residual stream after attention, its output
+REQUIREMENTS = (ATTENTION, ATTENTION_GRAD, TOKENS, TOKEN_GRAD, MODEL, BLOCK_STATES)
 
 
 class Explainer:
