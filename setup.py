@@ -51,6 +51,7 @@ setup(
             "transformer_attribution = vitx.plugins.transformer_attribution",
             "libragrad = vitx.plugins.libragrad",
             "tokentm = vitx.plugins.tokentm",
+            "beyond_intuition = vitx.plugins.beyond_intuition",
             "reference_models = vitx.reference_models.plugin",
         ],
     },

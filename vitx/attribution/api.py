@@ -92,7 +92,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         token_grads=token_grads,
         block_states=recorder.block_states if BLOCK_STATES in needs else None,
         extras=_extras(model, adapter, recorder, needs, live),
-        rules=lambda: explainer.gradient_rules(model),
+        rules=lambda: explainer.gradient_rules(model), adapter=adapter,
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)

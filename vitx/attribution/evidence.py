@@ -33,6 +33,7 @@ class Evidence:
     block_states: Optional[List[tuple]] = None  # per block (input, stream after attention, output), (B, N, D)
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
     rules: Callable[[], ContextManager] = nullcontext  # the method's gradient mode, for its own forwards
+    adapter: Any = None  # the adapter that recorded the explained forward
 
     def score(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,) target score of `pixels` (gradients flow when enabled by the caller); like
@@ -61,6 +62,17 @@ class Evidence:
             score = self._target_for(x.shape[0]).score(output)
             (grad,) = torch.autograd.grad(score.sum(), x)
         return score.detach(), grad
+
+    def attention_gradients(self, pixels: torch.Tensor) -> List[torch.Tensor]:
+        """d score / d attention per layer, (B, heads, N, N), for another batch shaped like
+        `self.pixels` (e.g. scaled copies of it), recorded the way the explained forward was:
+        same adapter, target and gradient mode."""
+        from ..capture.recorder import AttentionRecorder
+
+        with self.rules(), AttentionRecorder(self.model, adapter=self.adapter) as recorder, torch.enable_grad():
+            output = self.model(pixels.detach().requires_grad_(True))
+            score = self._target_for(pixels.shape[0]).score(output).sum()
+            return [g.detach() for g in recorder.gradients(score)]
 
     def pixels_to_tokens(self, relevance: torch.Tensor) -> torch.Tensor:
         """Pixel relevance (B, C, H, W) or (B, H, W) -> (B, N) token relevance: the sum over
