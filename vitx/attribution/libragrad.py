@@ -12,9 +12,9 @@ the forward value untouched (the authors' 'LX1' configuration, timm fork
   attention probabilities act as constant mixing weights, the gradient reaches the tokens
   through the values only. The probabilities stay differentiable themselves (a fresh leaf),
   so d score / d attention is still there for attention methods (Chefer, grad rollout);
-- GELU, SiLU and friends: the gate is detached, x * gate(x).detach(), whose gradient is
-  f(x) / x (`gelu_gradient_mode = LineX_ZO`); sigmoid and tanh on their own are no gates and
-  keep their gradient;
+- GELU, SiLU (and Mish, hardswish: x * gate(x) as well): the gate is detached,
+  x * gate(x).detach(), whose gradient is f(x) / x (`gelu_gradient_mode = LineX_ZO`); other
+  element-wise functions (sigmoid, tanh, ELU, softplus) are no gates and keep their gradient;
 - a product of two input-dependent tensors (a GLU's act(a) * b) gets half the gradient on
   each factor (the authors' 'DU' rule for gated MLPs);
 - linear layers, convolutions, residual additions: unchanged.
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..errors import VitxError
 from .explainer import Option
-from .lrp import LRPRules, _argument, _live, frozen_parameters
+from .lrp import _ELEMENTWISE, LRPRules, _argument, _live, frozen_parameters
 
 GRAD_MODES = ("plain", "libragrad")
 
@@ -48,7 +48,11 @@ GRAD_MODE_OPTION = Option(
     "q/k and activation gates pruned; Mehri et al., CVPR 2025)", GRAD_MODES,
 )
 
-_NOT_GATES = {torch.tanh, torch.sigmoid, Tensor.tanh, Tensor.sigmoid, F.tanh, F.sigmoid}
+# activations of the form x * gate(x), whose gate LibraGrad detaches (gradient f(x) / x, LRP's
+# identity rule); every other element-wise function (sigmoid, tanh, ELU, softplus, ...) is no
+# gate and keeps its own gradient
+_GATED = {F.gelu, F.silu, F.mish, F.hardswish}
+_NOT_GATES = _ELEMENTWISE - _GATED
 
 
 class LibraGradRules(LRPRules):
