@@ -27,7 +27,7 @@ The rules reuse the function-rule machinery of `vitx.attribution.lrp`: LibraGrad
 gate and product rules are LRP's LN, identity and uniform rules in gradient x input form,
 and its attention rule is CP-LRP's, so this module only states where they differ.
 """
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -166,26 +166,14 @@ def gradient_rules(mode: str, model: nn.Module):
     if mode == "plain":
         return nullcontext()
     if mode == "libragrad":
-        return _Combined(frozen_parameters(model), LibraGradRules())
+        return _libragrad(model)
     raise VitxError(f"unknown gradient mode {mode!r}; use one of {', '.join(GRAD_MODES)}")
 
 
-class _Combined:
-    """Several context managers entered in order and left in reverse (re-usable: fresh each
-    time it is entered, as a torch function mode must not be entered twice at once)."""
-
-    def __init__(self, *contexts):
-        self.contexts = contexts
-
-    def __enter__(self):
-        for context in self.contexts:
-            context.__enter__()
-        return self
-
-    def __exit__(self, *exc_info):
-        for context in reversed(self.contexts):
-            context.__exit__(*exc_info)
-        return False
+@contextmanager
+def _libragrad(model: nn.Module):
+    with frozen_parameters(model), LibraGradRules():
+        yield
 
 
 @dataclass
