@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitx
-from helpers import images_for, tiny_sdpa, tiny_timm, tiny_torchvision
+from helpers import SDPABlock, images_for, tiny_sdpa, tiny_timm, tiny_torchvision
 from framework_models import hf_model
 from vitx.attribution.libragrad import token_fullgrad
 from vitx.errors import VitxError
@@ -53,6 +53,27 @@ def _fair_attention(attn, store):
         store.append(probs)
         return attn.proj((probs @ v).transpose(1, 2).reshape(b, n, c))
     return forward
+
+
+class EinsumBlock(SDPABlock):
+    """Attention written with einsum and a tensor softmax, as the Beyond-Intuition authors' ViT."""
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attention = (torch.einsum("bhid,bhjd->bhij", q, k) * (d // self.heads) ** -0.5).softmax(dim=-1)
+        out = torch.einsum("bhij,bhjd->bhid", attention, v)
+        x = x + self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+def tiny_einsum():
+    model = tiny_sdpa()
+    for i, block in enumerate(model.blocks):
+        einsum = EinsumBlock(24, 2)
+        einsum.load_state_dict(block.state_dict())
+        model.blocks[i] = einsum
+    return model
 
 
 def with_biases(model):
@@ -99,9 +120,9 @@ def test_chefer2021_under_libragrad_reads_the_balanced_attention_gradients():
     assert torch.allclose(explained, row[:, 0], atol=1e-5)
 
 
-@pytest.mark.parametrize("factory", [tiny_timm, tiny_sdpa, tiny_torchvision,
+@pytest.mark.parametrize("factory", [tiny_timm, tiny_sdpa, tiny_einsum, tiny_torchvision,
                                      lambda: hf_model("ViTForImageClassification", "ViTConfig", num_labels=5)],
-                         ids=["timm", "hand_written", "torchvision", "hf_vit"])
+                         ids=["timm", "hand_written", "einsum_attention", "torchvision", "hf_vit"])
 def test_fullgrad_under_libragrad_is_complete(factory):
     """Embedding and bias terms add up to the score under LibraGrad, not under plain gradients."""
     model = with_biases(factory())

@@ -81,10 +81,8 @@ class LibraGradRules(LRPRules):
         leaf._vitx_constant = True
         return leaf
 
-    def _product(self, func, args, kwargs):
-        if len(args) >= 2 and (_constant(args[0]) or _constant(args[1])):
-            return func(*args, **kwargs)  # attention @ values: linear in the values, no sharing
-        return super()._product(func, args, kwargs)
+    def _shares(self, operand) -> bool:
+        return _live(operand) and not _constant(operand)  # attention @ values: linear in the values
 
     def _linear(self, func, args, kwargs):
         out = super()._linear(func, args, kwargs)
