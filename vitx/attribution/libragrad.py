@@ -74,9 +74,9 @@ class LibraGradRules(LRPRules):
 
     def _softmax(self, func, args, kwargs):
         probs = func(*args, **kwargs)
-        if not probs.requires_grad:
+        if not probs.requires_grad or probs.dim() < 3:  # (batch, classes): a head's softmax, no attention
             return probs
-        # constant weights for the tokens, yet a differentiable leaf for attention methods
+        # attention: constant weights for the tokens, yet a differentiable leaf for attention methods
         leaf = probs.detach().requires_grad_(True)
         leaf._vitx_constant = True
         return leaf
