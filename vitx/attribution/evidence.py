@@ -34,6 +34,14 @@ class Evidence:
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
     rules: Callable[[], ContextManager] = nullcontext  # the method's gradient mode, for its own forwards
     adapter: Any = None  # the adapter that recorded the explained forward
+    rows: Optional[slice] = None  # which of the caller's images this batch is (explain() runs in chunks)
+
+    def baseline(self, spec) -> torch.Tensor:
+        """The baseline images of this batch for a `baseline=` option (vitx.baselines): what
+        removed pixels become, in the model's input space."""
+        from ..baselines import baseline_images
+
+        return baseline_images(self.pixels, spec, self.extras["data_config"], self.rows)
 
     def score(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,) target score of `pixels` (gradients flow when enabled by the caller); like
