@@ -28,6 +28,7 @@ class BeyondIntuition(Explainer):
                minimum=1, maximum=1024),
         Option("first_block", int, 0, "first block rolled out, counted from 0 (the authors use 3 of ViT-B's 12)",
                minimum=0),
+        Option("steps_per_pass", int, 5, "path points stacked into one recorded forward/backward pass", minimum=1),
     )
 
     def explain(self, evidence):
@@ -43,9 +44,12 @@ class BeyondIntuition(Explainer):
             importance = importance / importance.sum(dim=1, keepdim=True).clamp(min=1e-30)
             fused = (importance[:, :, None, None] * attention).sum(dim=1)
             relevance = relevance + fused @ relevance
-        total = 0
-        for alpha in np.linspace(0, 1, self.steps):
-            total = total + evidence.attention_gradients(float(alpha) * evidence.pixels)[-1].float()
+        pixels, total = evidence.pixels, 0
+        alphas = np.linspace(0, 1, self.steps)
+        for first in range(0, self.steps, self.steps_per_pass):
+            chunk = alphas[first:first + self.steps_per_pass]
+            last = evidence.attention_gradients(torch.cat([float(a) * pixels for a in chunk]))[-1].float()
+            total = total + last.reshape(len(chunk), pixels.shape[0], *last.shape[1:]).sum(dim=0)
         weights = (total / self.steps).clamp(min=0).mean(dim=1)
         query = evidence.query.to(relevance.dtype)
         return torch.einsum("i,bij->bj", query, weights * relevance)
