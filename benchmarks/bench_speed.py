@@ -3,6 +3,8 @@
 Prints a markdown table (the one in the README). Models are randomly initialised: speed
 does not depend on the weights. Usage: python benchmarks/bench_speed.py [--device cuda]
 [--models deit_tiny_patch16_224,vit_small_patch16_224] [--batches 1,16] [--repeats 5]
+[--methods libragrad,tokentm,chefer2021:grad_mode=libragrad]: with --methods, the time per
+image of each listed method (options after ':') and its ratio to plain inference instead.
 """
 import argparse
 import statistics
@@ -66,13 +68,42 @@ def original_loop_rollout(model, x):
             attn.fused_attn = True
 
 
+def method_spec(spec):
+    """'name:key=value:key=value' -> (name, options); values parsed by the method's own Options."""
+    name, *pairs = spec.strip().split(":")
+    return name, dict(pair.split("=", 1) for pair in pairs)
+
+
+def method_costs(args):
+    """| model | batch | method | ms per image | vs. inference |: one line per method and batch size."""
+    device = torch.device(args.device)
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, timm {timm.__version__}\n")
+    print("| model | batch | method | ms / image | vs. inference |")
+    print("|---|---|---|---|---|")
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).eval().to(device)
+        for batch in map(int, args.batches.split(",")):
+            x = torch.randn(batch, 3, 224, 224, device=device)
+            base = timed(lambda: plain_forward(model, x), args.repeats, device)
+            for spec in args.methods.split(","):
+                method, options = method_spec(spec)
+                took = timed(lambda: vitx.explain(model, x, method=method, target=0, batch_size=batch, **options),
+                             args.repeats, device)
+                print(f"| {name} | {batch} | {spec.strip()} | {took / batch * 1e3:.1f} | {took / base:.1f}x |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="deit_tiny_patch16_224,vit_small_patch16_224")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", default="", help="instead: per-image time of these methods, comma-separated, "
+                        "each 'name' or 'name:option=value' (e.g. chefer2021:grad_mode=libragrad)")
     args = parser.parse_args()
+    if args.methods:
+        return method_costs(args)
     device = torch.device(args.device)
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, timm {timm.__version__}\n")
     print("| model | batch | inference ms | raw_attention | rollout | fwd+bwd ms | grad_rollout | loop img/s | vitx rollout img/s | speed-up |")

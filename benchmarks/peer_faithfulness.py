@@ -145,6 +145,8 @@ def vitx_methods(model, batch, rise_masks):
                "rise": {"masks": rise_masks}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
+    for method in ("integrated_gradients", "input_x_gradient", "gradcam", "grad_rollout", "chefer2021"):
+        names.append((f"{method} (libragrad)", method, {**options.get(method, {}), "grad_mode": "libragrad"}))
     def run(pixels, targets, method, opts):  # the raw patch relevance (`.maps` is it rescaled to [0, 1] per image)
         exp = vitx.explain(model, pixels, method=method, target=targets, batch_size=batch, **opts)
         return exp.layout.patch_map(exp.relevance).detach()
@@ -182,6 +184,12 @@ def evaluate(args):
     x, y = fashion(train=False)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.n]
     methods = vitx_methods(model, args.batch, args.rise_masks) | peers(model)
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",")]
+        unknown = [name for name in wanted if name not in methods]
+        if unknown:
+            raise SystemExit(f"--only: unknown methods {unknown}; known: {sorted(methods)}")
+        methods = {name: methods[name] for name in wanted}
     warm = rgb(x[order[:2]])
     with torch.no_grad():
         warm_targets = model(warm).argmax(-1)
@@ -190,7 +198,7 @@ def evaluate(args):
     curves = {name: Curves() for name in list(methods) + ["random"]}
     seconds = dict.fromkeys(list(methods) + ["forward"], 0.0)
     kept = {name: [] for name in ("integrated_gradients", "IntegratedGradients (32 steps)", "attnlrp (cp)", "CP-LRP",
-                                  "legrad", "LeGrad", "gradcam", "GradCAM (last ln_1)")}
+                                  "legrad", "LeGrad", "gradcam", "GradCAM (last ln_1)", "input_x_gradient (libragrad)")}
     start = time.perf_counter()
     for b, idx in enumerate(order.split(args.batch)):
         pixels, labels = rgb(x[idx]).contiguous(), y[idx]
@@ -204,7 +212,7 @@ def evaluate(args):
             tick = time.perf_counter()
             maps[name] = fn(pixels, targets).float()
             seconds[name] += time.perf_counter() - tick
-        maps["random"] = torch.rand(maps["rollout"].shape, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + b))
+        maps["random"] = torch.rand(next(iter(maps.values())).shape, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + b))
         for name, m in maps.items():
             perturbation_curves(model, pixels, m, labels, targets, DATA_CONFIG, "dataset_mean", curves[name])
             if name in kept:
@@ -225,16 +233,18 @@ def evaluate(args):
         checks.append(f"{title}: vitx {ours[0]:.4f} ({ours[1]}) vs. best peer {theirs[0]:.4f} ({theirs[1]}): "
                       f"{'ok' if ok else 'NOT MET'}")
     pairs = [("integrated_gradients", "IntegratedGradients (32 steps)"), ("attnlrp (cp)", "CP-LRP"),
+             ("input_x_gradient (libragrad)", "CP-LRP"),
              ("legrad", "LeGrad"), ("gradcam", "GradCAM (last ln_1)")]
-    agree = {f"{a} vs. {b}": correlation(kept[a], kept[b]) for a, b in pairs}
+    agree = {f"{a} vs. {b}": correlation(kept[a], kept[b]) for a, b in pairs if kept.get(a) and kept.get(b)}
     report = (header + "\n" + text + "\n\nvitx best >= best peer (ties count):\n" + "\n".join(checks) +
               "\n\nPearson correlation of the patch maps, all values pooled (raw scales) and per image:\n" +
               "\n".join(f"{k}: {v['pooled']:.6f} (per image: mean {v['per_image_mean']:.6f}, min {v['per_image_min']:.6f})"
                         for k, v in agree.items()) + "\n")
     print("\n" + report)
     print(f"total {time.perf_counter() - start:.0f} s")
-    (RESULTS / "peer_faithfulness.md").write_text(report)
-    (RESULTS / "peer_faithfulness.json").write_text(json.dumps(
+    stem = "peer_faithfulness_only" if args.only else "peer_faithfulness"
+    (RESULTS / f"{stem}.md").write_text(report)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"n": len(order), "batch": args.batch, "seed": args.seed, "baseline": "dataset_mean", "model": info,
          "auc": rows, "cost_vs_forward": costs, "seconds": seconds, "acceptance": checks, "correlation": agree,
          "command": "python " + " ".join(sys.argv)}, indent=2) + "\n")
@@ -250,6 +260,8 @@ def main():
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--rise-masks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated method names to run (default: all); "
+                        "the results then go to peer_faithfulness_only.{md,json}")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -8,6 +8,7 @@ import torch
 
 import vitx
 from vitx.attribution.explainer import Explainer
+from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.attribution.ops import rollout_row
 
 
@@ -16,6 +17,7 @@ class Chefer2021(Explainer):
     summary = "relevance R += mean_heads((dA * A)^+) R per block, from R = I (no renormalisation)"
     paper = "Chefer, Gur & Wolf 2021, 'Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers'"
     needs_grad = True
+    options = (GRAD_MODE_OPTION,)
 
     def reduce(self, layer, attention, gradient):
         return (gradient * attention).clamp_(min=0).sum(dim=1)  # the core divides by the heads: the head mean

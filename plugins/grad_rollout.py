@@ -1,6 +1,7 @@
 """Gradient rollout: attention weighted by its gradient for the target class, then rolled out."""
 import vitx
 from vitx.attribution.explainer import Explainer, Option
+from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.attribution.ops import discard_lowest, rollout_row, with_residual
 
 
@@ -11,6 +12,7 @@ class GradRollout(Explainer):
     needs_grad = True
     options = (
         Option("discard_ratio", float, 0.9, "fraction of the lowest weighted attention dropped per layer", minimum=0.0, maximum=0.99),
+        GRAD_MODE_OPTION,
     )
 
     def reduce(self, layer, attention, gradient):

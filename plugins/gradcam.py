@@ -8,6 +8,7 @@ last stage's feature map, the same way.
 """
 import vitx
 from vitx.attribution.explainer import TOKEN_GRAD, TOKENS, Explainer, Option
+from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.errors import VitxError
 
 
@@ -27,6 +28,7 @@ class GradCAM(Explainer):
     options = (
         Option("layer", int, None, "block whose output is read (negative counts from the last); default: the last "
                "block's input when the head reads a cls token, else the last block (stage)"),
+        GRAD_MODE_OPTION,
     )
 
     def explain(self, evidence):

@@ -13,6 +13,7 @@ import torch
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
+from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.errors import VitxError
 from vitx.baselines import DEFAULT_BASELINE, baseline
 
@@ -45,6 +46,7 @@ class IntegratedGradients(Explainer):
                "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
         Option("steps_per_pass", int, 16, "path points stacked into one forward/backward pass", minimum=1),
+        GRAD_MODE_OPTION,
     )
 
     def explain(self, evidence):
@@ -66,6 +68,7 @@ class InputXGradient(Explainer):
     summary = "input * d(score)/d(input), summed per patch (one backward pass)"
     paper = "Shrikumar et al. 2016, 'Not Just a Black Box: Learning Important Features Through Propagating Activation Differences'"
     requires = (MODEL,)
+    options = (GRAD_MODE_OPTION,)
 
     def explain(self, evidence):
         _, grad = evidence.input_gradient(evidence.pixels)

@@ -15,7 +15,7 @@ from ..capture.support import check_method
 from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
-from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKEN_GRAD, TOKENS
+from .explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, TOKEN_GRAD, TOKENS
 from .explanation import Explanation, normalise_maps
 from .targets import resolve_target, split_target
 from ..inputs import model_inputs
@@ -36,11 +36,15 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
     tokens = bool(needs & {TOKENS, TOKEN_GRAD}) or ATTENTION not in needs  # no attention: layout from tokens
     # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
+    # (not under a gradient mode: the fused backward is the plain softmax's)
     reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
-              else None)
+              and explainer.plain_gradients else None)
     fold = _fold(explainer, token) if explainer.folds() and not grad and ATTENTION in needs else None
-    with AttentionRecorder(model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens,
-                           layout=layout, reduce=reduce, fold=fold) as recorder:
+    # the gradient mode's function rules are entered first, so an adapter's own function mode
+    # (above them on the stack) makes attention explicit before the rules see its softmax
+    with explainer.gradient_rules(model), AttentionRecorder(
+            model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
+            reduce=reduce, fold=fold, states=BLOCK_STATES in needs) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -61,7 +65,9 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         attention_grads=gradients,
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
         token_grads=token_grads, folded=recorder.folded,
+        block_states=recorder.block_states if BLOCK_STATES in needs else None,
         extras=_extras(model, adapter, recorder, needs, live), rows=rows,
+        rules=lambda: explainer.gradient_rules(model), adapter=adapter,
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)

@@ -6,8 +6,9 @@ did not ask for stays None. Methods that need more forward passes (integrated gr
 perturbation, LRP) get `score` and `input_gradient`, which run the model the same way the
 explained forward did: eval mode, the same target, the model's device and dtype.
 """
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, ContextManager, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,10 @@ class Evidence:
     tokens: Optional[List[torch.Tensor]] = None  # per block (B, N, D) token states
     token_grads: Optional[List[torch.Tensor]] = None
     folded: Optional[torch.Tensor] = None  # the running state of `Explainer.fold`, when the method folds
+    block_states: Optional[List[tuple]] = None  # per block (input, stream after attention, output), (B, N, D)
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
+    rules: Callable[[], ContextManager] = nullcontext  # the method's gradient mode, for its own forwards
+    adapter: Any = None  # the adapter that recorded the explained forward
     rows: Optional[slice] = None  # which of the caller's images this batch is (explain() runs in chunks)
 
     def baseline(self, spec) -> torch.Tensor:
@@ -44,7 +48,9 @@ class Evidence:
         """(B,) target score of `pixels` (gradients flow when enabled by the caller); like
         `input_gradient`, a batch of k stacked copies of the explained batch is scored
         copy by copy (perturbation methods score many masked versions in one forward)."""
-        return self._target_for(pixels.shape[0]).score(self.model(pixels))
+        with self.rules():
+            output = self.model(pixels)
+        return self._target_for(pixels.shape[0]).score(output)
 
     def _target_for(self, batch: int):
         """The target for `batch` images: the explained batch stacked batch // B times."""
@@ -60,9 +66,22 @@ class Evidence:
         (or a whole number of copies of it, e.g. the steps of a path stacked on the batch)."""
         with torch.enable_grad():
             x = pixels.detach().requires_grad_(True)
-            score = self._target_for(x.shape[0]).score(self.model(x))
+            with self.rules():
+                output = self.model(x)
+            score = self._target_for(x.shape[0]).score(output)
             (grad,) = torch.autograd.grad(score.sum(), x)
         return score.detach(), grad
+
+    def attention_gradients(self, pixels: torch.Tensor) -> List[torch.Tensor]:
+        """d score / d attention per layer, (B, heads, N, N), for another batch shaped like
+        `self.pixels` (e.g. scaled copies of it), recorded the way the explained forward was:
+        same adapter, target and gradient mode."""
+        from ..capture.recorder import AttentionRecorder
+
+        with self.rules(), AttentionRecorder(self.model, adapter=self.adapter) as recorder, torch.enable_grad():
+            output = self.model(pixels.detach().requires_grad_(True))
+            score = self._target_for(pixels.shape[0]).score(output).sum()
+            return [g.detach() for g in recorder.gradients(score)]
 
     def pixels_to_tokens(self, relevance: torch.Tensor) -> torch.Tensor:
         """Pixel relevance (B, C, H, W) or (B, H, W) -> (B, N) token relevance: the sum over

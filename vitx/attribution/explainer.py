@@ -57,7 +57,8 @@ ATTENTION_GRAD = "attention_grad"  # d(target score)/d(attention) per layer
 TOKENS = "tokens"  # token states after each block (B, N, D)
 TOKEN_GRAD = "token_grad"  # d(target score)/d(token states) per block
 MODEL = "model"  # nothing recorded: the method runs the model itself (evidence.score / input_gradient)
-REQUIREMENTS = (ATTENTION, ATTENTION_GRAD, TOKENS, TOKEN_GRAD, MODEL)
+BLOCK_STATES = "block_states"  # per block: its input, the residual stream after attention, its output
+REQUIREMENTS = (ATTENTION, ATTENTION_GRAD, TOKENS, TOKEN_GRAD, MODEL, BLOCK_STATES)
 
 
 class Explainer:
@@ -103,6 +104,18 @@ class Explainer:
     @property
     def settings(self) -> dict:
         return {o.name: getattr(self, o.name) for o in self.options}
+
+    def gradient_rules(self, model):
+        """The context the explained forward (and `Evidence.score` / `input_gradient`) runs in:
+        the gradient mode named by the method's option `grad_mode` (plain gradients, or
+        LibraGrad's: vitx.attribution.libragrad), nothing for a method without that option."""
+        from .libragrad import gradient_rules
+
+        return gradient_rules(getattr(self, "grad_mode", "plain"), model)
+
+    @property
+    def plain_gradients(self) -> bool:
+        return getattr(self, "grad_mode", "plain") == "plain"
 
     def keep(self, layer: int, attention: torch.Tensor) -> Optional[torch.Tensor]:
         """What to store of one layer's attention when no gradient is needed.

@@ -175,9 +175,13 @@ class LRPRules(TorchFunctionMode):
             probs = self.on_attention(probs)
         return probs
 
+    def _shares(self, operand) -> bool:
+        """Whether a factor of a product takes a share of its relevance (the uniform rule)."""
+        return _live(operand)
+
     def _product(self, func, args, kwargs):
         out = func(*args, **kwargs)
-        if len(args) >= 2 and _live(args[0]) and _live(args[1]):
+        if len(args) >= 2 and self._shares(args[0]) and self._shares(args[1]):
             _scale_gradient(out, 0.5)
         return out
 
@@ -193,8 +197,9 @@ class LRPRules(TorchFunctionMode):
         operands = args[1:]
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
             operands = operands[0]
-        if sum(_live(o) for o in operands) >= 2:
-            _scale_gradient(out, 1.0 / sum(_live(o) for o in operands))
+        sharing = sum(self._shares(o) for o in operands)
+        if sharing >= 2:
+            _scale_gradient(out, 1.0 / sharing)
         return out
 
     def _linear(self, func, args, kwargs):

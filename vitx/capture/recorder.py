@@ -38,13 +38,16 @@ class AttentionRecorder:
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
                  attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
-                 fold: Optional[Fold] = None):
+                 fold: Optional[Fold] = None, states: bool = False):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
         self.keep = keep
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
-        self.record_tokens = tokens  # token states after each block (see token_states.py)
+        self.record_tokens = tokens or states  # token states after each block (see token_states.py)
+        self.record_states = states  # also each block's input and its stream after attention
+        self.block_inputs: List[torch.Tensor] = []
+        self.block_mids: List[torch.Tensor] = []
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
         self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
         self.folded: Optional[torch.Tensor] = None
@@ -82,6 +85,8 @@ class AttentionRecorder:
             if self.record_attention:
                 for conv in (m for m in self.model.modules() if _embeds(m)):
                     stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
+            if self.record_states:
+                stack.enter_context(self._attach_block_states())
         except BaseException:
             stack.close()
             raise
@@ -99,6 +104,7 @@ class AttentionRecorder:
         self.attentions = []
         self.graph_attentions = []
         self.token_states = []
+        self.block_inputs, self.block_mids = [], []
         self.num_tokens = None
         self.folded = None
         self._anchors, self._maps = [], []
@@ -184,6 +190,28 @@ class AttentionRecorder:
                 f"blocks): the {self.adapter.name!r} adapter must name its token sites (Adapter.token_sites)"
             )
         return hook_token_sites(sites, self._record_tokens)
+
+    def _attach_block_states(self):
+        from .token_states import hook_block_inputs
+
+        stack = ExitStack()
+        stack.enter_context(hook_block_inputs(self.adapter.token_sites(self.model),
+                                              lambda i, x: self.block_inputs.append(x)))
+        stack.enter_context(hook_block_inputs(self.adapter.mid_sites(self.model),
+                                              lambda i, x: self.block_mids.append(x)))
+        return stack
+
+    @property
+    def block_states(self):
+        """Per block, (input, residual stream after attention, output), each (B, N, D) detached."""
+        from .token_states import as_sequence
+
+        outputs = self.tokens
+        if not (len(self.block_inputs) == len(self.block_mids) == len(outputs)):
+            raise VitxError(f"recorded {len(self.block_inputs)} block inputs, {len(self.block_mids)} states after "
+                            f"attention and {len(outputs)} outputs: the blocks are not run once each in order")
+        return [tuple(as_sequence(t, self.input_size).detach() for t in triple)
+                for triple in zip(self.block_inputs, self.block_mids, outputs)]
 
     def _record_tokens(self, site: int, output) -> None:
         from .token_states import check_state

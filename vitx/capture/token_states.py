@@ -43,6 +43,41 @@ def default_token_sites(model: nn.Module) -> List[nn.Module]:
     return best
 
 
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or "norm" in type(module).__name__.lower()
+
+
+def default_mid_sites(blocks: List[nn.Module]) -> List[nn.Module]:
+    """Each block's second normalisation among its direct children, in registration order: in
+    a pre-norm block (x + attn(norm1(x)), then + mlp(norm2(.))) its input is the residual
+    stream after attention. A block without two norms has no such site (an error)."""
+    sites = []
+    for index, block in enumerate(blocks):
+        norms = [m for m in block.children() if _is_norm(m)]
+        if len(norms) < 2:
+            raise VitxError(
+                f"block {index} ({type(block).__name__}) has no second norm whose input is the residual stream after "
+                "attention; methods that read it need a pre-norm block or an adapter that names it (Adapter.mid_sites)"
+            )
+        sites.append(norms[1])
+    return sites
+
+
+@contextmanager
+def hook_block_inputs(sites: List[nn.Module], record: Callable[[int, object], None]):
+    """Forward pre-hooks on `sites` calling record(site index, first input); removed on exit."""
+    handles = []
+    try:
+        for index, site in enumerate(sites):
+            handles.append(site.register_forward_pre_hook(
+                lambda mod, args, kwargs, i=index: record(i, args[0] if args else next(iter(kwargs.values()))),
+                with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def hook_token_sites(sites: List[nn.Module], record: Callable[[int, object], None]):
     """Forward hooks on `sites` calling record(site index, output); removed on exit."""

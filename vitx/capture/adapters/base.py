@@ -56,6 +56,15 @@ class Adapter:
 
         return default_token_sites(model)
 
+    def mid_sites(self, model: nn.Module) -> List[nn.Module]:
+        """Per block (as `token_sites`), the module whose input is the residual stream after the
+        attention branch and before the MLP: a pre-norm block's second norm (timm norm2, Hugging
+        Face layernorm_after, torchvision ln_2, open_clip ln_2). Default: found by structure
+        (`token_states.default_mid_sites`)."""
+        from ..token_states import default_mid_sites
+
+        return default_mid_sites(self.token_sites(model))
+
     def head(self, model: nn.Module) -> Optional[Callable[[torch.Tensor], object]]:
         """tokens (B, N, D) of the last block -> the model's output: its final norm, pooling and
         classifier, so that methods such as LeGrad can read any block's tokens as the head
