@@ -26,7 +26,6 @@ method, `@`), and swaps each for the same value with an LRP backward:
 explained forward (and restores them), so only tensors computed from the pixels qualify.
 Everything else passes through untouched; outside the `with` block the model is unchanged.
 """
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..capture.attention_math import explicit_attention
+from ..capture.attention_math import explicit_attention, multi_head_attention
 from ..errors import VitxError
 
 VARIANTS = ("attnlrp", "cp")
@@ -94,7 +93,6 @@ _PRODUCTS = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.b
 _LINEAR = {F.linear, F.conv1d, F.conv2d, F.conv3d}
 _LAYER_NORM = {F.layer_norm, torch.layer_norm}
 _RMS_NORM = {F.rms_norm, torch.rms_norm}
-_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
 
 def _argument(args, kwargs, index, name, default=None):
@@ -150,8 +148,8 @@ class LRPRules(TorchFunctionMode):
             with self:  # re-enter: the explicit attention's matmuls and softmax follow the rules
                 return explicit_attention(*args, **kwargs)[0]
         if func is F.multi_head_attention_forward:
-            with self:
-                return _multi_head_attention(*args, **kwargs)
+            with self:  # decomposed (vitx.capture.attention_math): its pieces follow the rules
+                return multi_head_attention(*args, **kwargs)
         return func(*args, **kwargs)
 
     # --- rules -------------------------------------------------------------------------
@@ -233,65 +231,6 @@ class LRPRules(TorchFunctionMode):
         dims = tuple(range(-len(tuple(shape)), 0))
         y = x * torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps).detach()
         return y if weight is None else y * weight
-
-
-def _multi_head_attention(*args, **kwargs):
-    """F.multi_head_attention_forward as explicit attention (same contract; plain and masked
-    self- or cross-attention). Runs inside `LRPRules`, so its pieces follow the rules."""
-    a = _MHA_SIGNATURE.bind(*args, **kwargs)
-    a.apply_defaults()
-    a = a.arguments
-    if a["bias_k"] is not None or a["add_zero_attn"] or a["static_k"] is not None or a["static_v"] is not None:
-        raise VitxError("LRP: nn.MultiheadAttention with bias_k/bias_v, add_zero_attn or static keys is not supported")
-    query, key, value = a["query"], a["key"], a["value"]
-    unbatched = query.dim() == 2
-    if unbatched:
-        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-    heads = a["num_heads"]
-    if a["use_separate_proj_weight"]:
-        weights = a["q_proj_weight"], a["k_proj_weight"], a["v_proj_weight"]
-    else:
-        weights = a["in_proj_weight"].chunk(3)
-    biases = a["in_proj_bias"].chunk(3) if a["in_proj_bias"] is not None else (None, None, None)
-    q, k, v = (F.linear(t, w, b) for t, w, b in zip((query, key, value), weights, biases))
-    tgt, batch, width = q.shape
-
-    def split(t):  # (L, B, E) -> (B, heads, L, E / heads)
-        return t.reshape(t.shape[0], batch, heads, -1).permute(1, 2, 0, 3)
-
-    mask = _mha_mask(a["attn_mask"], a["key_padding_mask"], batch, heads, tgt, k.shape[0], q.dtype)
-    causal = a["is_causal"] and mask is None
-    dropout = a["dropout_p"] if a["training"] else 0.0
-    if a["need_weights"]:
-        out, probs = explicit_attention(split(q), split(k), split(v), attn_mask=mask, dropout_p=dropout,
-                                        is_causal=causal)
-    else:  # through the rules' own SDPA handling (fused where the variant allows)
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask, dropout_p=dropout,
-                                             is_causal=causal)
-    out = out.permute(2, 0, 1, 3).reshape(tgt, batch, width)
-    out = F.linear(out, a["out_proj_weight"], a["out_proj_bias"])
-    weights = None
-    if a["need_weights"]:
-        weights = probs.mean(dim=1) if a["average_attn_weights"] else probs
-        weights = weights.squeeze(0) if unbatched else weights
-    return (out.squeeze(1) if unbatched else out), weights
-
-
-def _mha_mask(attn_mask, key_padding_mask, batch, heads, tgt, src, dtype):
-    """nn.MultiheadAttention's masks (bool True = blocked, or additive) as one additive mask."""
-    def additive(mask):
-        if mask.dtype == torch.bool:
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
-        return mask.to(dtype)
-
-    total = None
-    if attn_mask is not None:
-        mask = additive(attn_mask)
-        total = mask.reshape(batch, heads, tgt, src) if mask.dim() == 3 else mask
-    if key_padding_mask is not None:
-        padding = additive(key_padding_mask).reshape(batch, 1, 1, src)
-        total = padding if total is None else total + padding
-    return total
 
 
 @contextmanager

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .attention_math import attention_scores, default_scale, repeat_kv
+
 # (layer, attention chunk (b, h, N, N) float32, gradient chunk (b, h, N, N) float32) -> (b, N, N):
 # the sum over the chunk's heads of the method's per-head term
 Reduce = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,16 +48,6 @@ def _chunks(batch: int, heads: int, tokens: int):
     for image in range(batch):
         for start in range(0, heads, group):
             yield slice(image, image + 1), slice(start, min(heads, start + group))
-
-
-def _scores(q, k, scale, mask, is_causal):
-    scores = torch.matmul(q * scale, k.transpose(-2, -1)).float()
-    if is_causal:
-        allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    return scores
 
 
 def _mask_chunk(mask, images, heads):
@@ -90,7 +82,7 @@ class ReducedAttention(torch.autograd.Function):
         total = torch.zeros(batch, tokens, k.shape[-2], dtype=torch.float32, device=q.device)
         for images, group in _chunks(batch, heads, tokens):
             qc, kc, vc, doc = q[images, group], k[images, group], v[images, group], d_out[images, group]
-            attention = _scores(qc, kc, ctx.scale, _mask_chunk(mask, images, group), ctx.is_causal).softmax(dim=-1)
+            attention = attention_scores(qc, kc, ctx.scale, _mask_chunk(mask, images, group), ctx.is_causal).softmax(dim=-1)
             gradient = torch.matmul(doc, vc.transpose(-2, -1)).float()  # d out / d attention
             total[images] += ctx.reduce(ctx.layer, attention, gradient).float()
             if want:  # softmax backward, in place: A*dA - A * rowsum(A*dA)
@@ -112,11 +104,9 @@ def reduced_attention(q, k, v, attn_mask: Optional[torch.Tensor] = None, dropout
     Dropout is not supported (vitx explains in eval mode)."""
     if dropout_p:
         raise ValueError("attention dropout is active: explain in eval mode")
-    if enable_gqa and k.shape[-3] != q.shape[-3]:
-        repeat = q.shape[-3] // k.shape[-3]
-        k = k.repeat_interleave(repeat, dim=-3)
-        v = v.repeat_interleave(repeat, dim=-3)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if enable_gqa:
+        k, v = repeat_kv(q, k, v)
+    scale = default_scale(q, scale)
     return ReducedAttention.apply(q, k, v, anchor, attn_mask, scale, is_causal, layer, reduce, store)
 
 

@@ -1,11 +1,9 @@
 """`torch.nn.MultiheadAttention` self-attention (torchvision's ViT and models built on it)."""
 from contextlib import contextmanager
 
-import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VitxError
-from ..attention_math import Record, explicit_attention
+from ..attention_math import Record, multi_head_attention
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, infer_token_layout
 
 
@@ -76,33 +74,22 @@ def explicit_mha(sites, record, attend=None):
 
 
 def _explicit_mha_forward(mha: nn.MultiheadAttention, record: Record, attend=None):
-    """The module's math with attention made explicit (recorded by `record`), or, given
-    `attend`, computed by it (F.scaled_dot_product_attention's contract; no weights returned)."""
+    """The module's math through vitx's multi-head decomposition (vitx.capture.attention_math),
+    attention recorded by `record`, or computed by `attend` (F.scaled_dot_product_attention's
+    contract; no weights returned)."""
     def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        plain = (
-            query is key is value and mha._qkv_same_embed_dim and mha.bias_k is None
-            and not mha.add_zero_attn and key_padding_mask is None and attn_mask is None
-        )
-        if not plain:
-            raise VitxError(
-                "vitx records nn.MultiheadAttention only for plain self-attention "
-                "(query is key is value, no masks, bias_k or add_zero_attn); write an adapter"
-            )
-        x = query if mha.batch_first else query.transpose(0, 1)
-        batch, tokens, width = x.shape
-        heads = mha.num_heads
-        qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
-        q, k, v = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        dropout = mha.dropout if mha.training else 0.0
-        if attend is not None:
-            out, probs = attend(q, k, v, is_causal=is_causal, dropout_p=dropout), None
-        else:
-            out, probs = explicit_attention(q, k, v, is_causal=is_causal, dropout_p=dropout, record=record)
-        out = mha.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
-        if not mha.batch_first:
+        if mha.batch_first:
+            query, key, value = (t.transpose(0, 1) if t.dim() == 3 else t for t in (query, key, value))
+        out, weights = multi_head_attention(
+            query, key, value, mha.embed_dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.bias_k,
+            mha.bias_v, mha.add_zero_attn, mha.dropout, mha.out_proj.weight, mha.out_proj.bias,
+            training=mha.training, key_padding_mask=key_padding_mask, need_weights=need_weights and attend is None,
+            attn_mask=attn_mask, use_separate_proj_weight=not mha._qkv_same_embed_dim,
+            q_proj_weight=mha.q_proj_weight, k_proj_weight=mha.k_proj_weight, v_proj_weight=mha.v_proj_weight,
+            average_attn_weights=average_attn_weights, is_causal=is_causal, record=record, attend=attend)
+        if mha.batch_first and out.dim() == 3:
             out = out.transpose(0, 1)
-        weights = (probs.mean(dim=1) if average_attn_weights else probs) if need_weights and probs is not None else None
         return out, weights
 
     return forward

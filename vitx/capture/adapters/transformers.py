@@ -14,11 +14,10 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, Optional
 
-import torch
 from torch import nn
 
 from ...errors import VitxError
-from ..attention_math import Record
+from ..attention_math import Record, explicit_attention
 from ..layout import MEAN_TOKEN, TokenLayout, infer_layout
 from .base import IMAGENET_MEAN, Adapter, grid_from_patch_conv
 
@@ -33,21 +32,12 @@ _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 
 
 
 def _vitx_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Same contract as transformers' eager attention; records the probabilities."""
-    record = _active.get(module)
-    if key.shape[1] != query.shape[1]:  # grouped-query attention
-        repeat = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        mask = attention_mask[..., : key.shape[-2]]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    if record is not None:
-        probs = record(probs)
-    attended = nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(attended, value).transpose(1, 2).contiguous(), probs
+    """Same contract as transformers' eager attention, through vitx's kernel
+    (vitx.capture.attention_math); records the probabilities."""
+    mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
+    out, probs = explicit_attention(query, key, value, attn_mask=mask, dropout_p=dropout if module.training else 0.0,
+                                    scale=scaling, enable_gqa=True, record=_active.get(module))
+    return out.transpose(1, 2).contiguous(), probs
 
 
 def _ensure_registered() -> None:
