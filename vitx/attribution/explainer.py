@@ -73,6 +73,10 @@ class Explainer:
     paper: ClassVar[str] = ""
     needs_grad: ClassVar[bool] = False
     requires: ClassVar[Tuple[str, ...]] = ()
+    # True: `attribute` also handles window layers of hierarchical models (vitx.capture.windows:
+    # compact block-diagonal layers chained by stage merges, through vitx.attribution.ops);
+    # attention methods without it are refused on those models before any forward
+    windows: ClassVar[bool] = False
     options: ClassVar[Sequence[Option]] = ()
 
     @classmethod

@@ -14,8 +14,9 @@ from torch import nn
 
 from ..errors import VitxError
 from .fused import Reduce
-from .layout import TokenLayout, infer_layout
+from .layout import MEAN_TOKEN, TokenLayout, infer_layout
 from .unwrap import unwrap
+from .windows import Windowed
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 
@@ -74,6 +75,7 @@ class AttentionRecorder:
         self.input_size = None
         self.batch_size = None
         self.num_tokens = None
+        self._stages = None  # window layers: (grid of the first, tokens of the last)
         self._stack: Optional[ExitStack] = None
 
     def __enter__(self) -> "AttentionRecorder":
@@ -112,6 +114,7 @@ class AttentionRecorder:
         self.graph_attentions = []
         self.token_states = []
         self.num_tokens = None
+        self._stages = None
         self._anchors, self._maps = [], []
 
     def _check(self, attention) -> None:
@@ -119,6 +122,8 @@ class AttentionRecorder:
         this batch: such a tensor in the list would make every method silently wrong.
         `attention`: the tensor, or anything with its `shape` and `dim()`."""
         where = f"{self.adapter.name!r} adapter, layer {len(self.attentions)}"
+        if isinstance(attention, Windowed) or self._stages is not None:
+            return self._check_windowed(attention, where)
         if attention.dim() != 4:
             raise VitxError(
                 f"recorded attention of shape {tuple(attention.shape)} ({where}): expected (batch, heads, tokens, "
@@ -144,9 +149,30 @@ class AttentionRecorder:
                 "attention cannot be rolled out. Use a method that reads token states or gradients"
             )
 
+    def _check_windowed(self, attention, where) -> None:
+        """Window layers (vitx.capture.windows) chain: each starts on the grid the previous one
+        ended on, or carries the merge from it. Mixed with dense layers: no single chain."""
+        if not isinstance(attention, Windowed) or (self.attentions and self._stages is None):
+            raise VitxError(f"recorded window and full-grid attention in one model ({where}): the adapter must "
+                            "record every layer as window attention over the stage's grid")
+        if attention.dim() != 4 or (self.batch_size is not None and attention.shape[0] != self.batch_size):
+            raise VitxError(f"recorded window attention of shape {attention.shape} ({where}): expected "
+                            f"(batch {self.batch_size}, heads, tokens, tokens)")
+        if self._stages is None:
+            return
+        before = attention.num_tokens if attention.entry is None else attention.entry.num_tokens
+        if before != self._stages[1]:
+            raise VitxError(f"window layer over {before} tokens follows a layer over {self._stages[1]} ({where}): "
+                            "the adapter recorded no merge between these stages")
+
     def _record(self, attention: torch.Tensor) -> torch.Tensor:
         self._check(attention)
-        self.num_tokens = attention.shape[-1]
+        if isinstance(attention, Windowed):  # num_tokens: the first stage's grid, which the maps cover
+            first = self._stages[0] if self._stages else attention.grid
+            self._stages = (first, attention.num_tokens)
+            self.num_tokens = first[0] * first[1]
+        else:
+            self.num_tokens = attention.shape[-1]
         if self.keep is None:
             self.attentions.append(attention)
         else:
@@ -236,8 +262,10 @@ class AttentionRecorder:
             gradients = self.gradients(score)
             maps = []
             for layer, (attention, gradient) in enumerate(zip(self.graph_attentions, gradients)):
-                term = self.reduce(layer, attention.detach().float(), gradient.float()).float()
-                maps.append((term / attention.shape[1]).to(attention.dtype))
+                values, grads = _values(attention), _values(gradient)  # a window layer: its blocks
+                term = self.reduce(layer, values.detach().float(), grads.float()).float()
+                term = (term / values.shape[1]).to(values.dtype)
+                maps.append(attention.like(term) if isinstance(attention, Windowed) else term)
             return maps
         torch.autograd.grad(score, self._anchors, allow_unused=True)
         known = next((m for m in self._maps if m is not None), None)
@@ -268,6 +296,9 @@ class AttentionRecorder:
         if not self.record_attention:
             return self._token_layout()
         self.check_recorded()
+        if self._stages is not None:  # hierarchical: maps on the first stage's grid, query on the last's tokens
+            return TokenLayout(prefix={}, num_prefix=0, grid=self._stages[0], default_token=MEAN_TOKEN,
+                               query_tokens=self._stages[1])
         if isinstance(self.layout_override, TokenLayout):
             layout, source = self.layout_override, "the layout you passed"
         elif self.layout_override is not None:
@@ -301,8 +332,19 @@ class AttentionRecorder:
                 "attention gradients need a forward with gradients enabled "
                 "(torch.enable_grad(), input or parameters requiring grad)"
             )
-        grads = torch.autograd.grad(score, self.graph_attentions, allow_unused=True)
-        return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
+        values = [_values(a) for a in self.graph_attentions]
+        grads = torch.autograd.grad(score, values, allow_unused=True)
+        return [_like(a, torch.zeros_like(v) if g is None else g)
+                for a, v, g in zip(self.graph_attentions, values, grads)]
+
+
+def _values(attention):
+    """The tensor autograd sees: a window layer's blocks, or the attention itself."""
+    return attention.blocks if isinstance(attention, Windowed) else attention
+
+
+def _like(attention, values):
+    return attention.like(values) if isinstance(attention, Windowed) else values
 
 
 def _grid(value):

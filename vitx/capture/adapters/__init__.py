@@ -8,6 +8,7 @@ from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
+from .swin import TimmSwinAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
 from .timm_families import TimmTokenFamiliesAdapter
@@ -20,7 +21,7 @@ from .wrappers import PreprocessingWrapperAdapter
 __all__ = [
     "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmTokenFamiliesAdapter", "TransformersAdapter",
+    "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -28,6 +29,7 @@ __all__ = [
 @hookimpl
 def vitx_register_adapters(register):
     register(SamAdapter())
+    register(TimmSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())

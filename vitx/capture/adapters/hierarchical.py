@@ -25,8 +25,6 @@ WINDOWED_PYRAMID = (
 
 # class path -> (family, why attention methods are undefined for it)
 FAMILIES = {
-    "timm.models.swin_transformer.SwinTransformer": ("Swin", "shifted-window " + WINDOWED_PYRAMID),
-    "timm.models.swin_transformer_v2.SwinTransformerV2": ("SwinV2", "shifted-window " + WINDOWED_PYRAMID),
     "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": ("SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID),
     "torchvision.models.swin_transformer.SwinTransformer": (
         "torchvision Swin (swin_t / swin_v2_t)", "shifted-window " + WINDOWED_PYRAMID),
