@@ -1,0 +1,99 @@
+"""Attention flow through windowed hierarchical ViTs (Swin, SwinV2) against a dense reference.
+
+vitx records each window layer compactly (vitx.capture.windows) and chains the stages through
+the patch merging; tests/window_reference.py recomputes every layer as a FULL attention over
+the stage's grid from the block's own weights and composes plain matrices. Maps must agree
+image by image (correlation > 0.999), for every attention-flow method and option that changes
+which entries count.
+"""
+import pytest
+import torch
+
+import vitx
+import window_reference as ref
+from compat_rows import timm_model
+from helpers import images_for
+from vitx.errors import VitxError
+
+TARGETS = [1, 3]
+
+
+def correlation(a, b):
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+def sharpen_v2(model):
+    """Cosine attention ignores the scale of q and k: raise the logit scale instead. timm starts
+    SwinV2's post-norms at zero (each block the identity, no gradient reaches the attention)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                p.fill_(4.0)
+            if name.endswith(("norm1.weight", "norm2.weight")) and not p.any():
+                p.fill_(1.0)
+    return model
+
+
+def loud_head(model):
+    """Random heads give tiny logit gradients, so gradient maps are nearly the identity's: scale up."""
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(300.0)
+    return model
+
+
+SWIN = dict(img_size=(32, 64), patch_size=2, window_size=4, embed_dim=24, num_heads=(2, 2, 2), depths=(2, 2, 2))
+MODELS = {
+    "timm_swin": lambda: loud_head(timm_model("swin_tiny_patch4_window7_224", **SWIN)()),
+    "timm_swinv2": lambda: loud_head(sharpen_v2(timm_model("swinv2_tiny_window8_256", **SWIN)())),
+}
+CASES = [
+    ("rollout", {}, lambda r: ref.rollout(r)),
+    ("rollout", {"head_fusion": "max", "discard_ratio": 0.5}, lambda r: ref.rollout(r, "max", 0.5)),
+    ("grad_rollout", {}, lambda r: ref.grad_rollout(r)),
+    ("grad_rollout", {"discard_ratio": 0.0}, lambda r: ref.grad_rollout(r, 0.0)),
+    ("chefer2021", {}, ref.chefer),
+    ("raw_attention", {}, ref.raw),
+    ("raw_attention", {"layer": 0}, lambda r: ref.raw(r, 0)),
+    ("raw_attention", {"layer": 3}, lambda r: ref.raw(r, 3)),
+]
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def setup(request):
+    model = MODELS[request.param]()
+    x = images_for((32, 64), batch=2)
+    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+    return model, x, references
+
+
+def test_reference_is_the_model(setup):
+    """The dense recomputation reproduces the model's output (so its attention is the model's)."""
+    model, x, references = setup
+    with torch.no_grad():
+        expected = model(x)
+    for i, r in enumerate(references):
+        scale = expected[i].abs().max().item()  # the loud head multiplies float error by 300
+        torch.testing.assert_close(r.output.detach()[0], expected[i], atol=1e-5 * 300 * max(scale, 1), rtol=1e-3)
+    assert [g for g in references[0].grids] == [(16, 32)] * 2 + [(8, 16)] * 2 + [(4, 8)] * 2
+
+
+def test_recorded_windows_are_the_dense_attention(setup):
+    model, x, references = setup
+    with torch.no_grad(), vitx.record_attention(model) as rec:
+        model(x)
+    assert rec.num_layers == 6 and rec.layout.grid == (16, 32) and rec.layout.query_tokens == 32
+    for layer, windows in enumerate(rec.attentions):
+        for i in range(2):
+            torch.testing.assert_close(windows.dense()[i], references[i].attentions[layer], atol=5e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("method,options,expected", CASES, ids=lambda c: str(c) if isinstance(c, (str, dict)) else "")
+def test_methods_equal_the_dense_reference(setup, method, options, expected):
+    model, x, references = setup
+    explanation = vitx.explain(model, x, method=method, target=TARGETS, **options)
+    assert explanation.maps.shape == (2, 16, 32)
+    for i in range(2):
+        want, got = expected(references[i]), explanation.relevance[i]
+        assert want.std() > 0.05 * want.abs().mean(), "reference map is flat: the check could not fail"
+        assert correlation(got, want) > 0.999, (method, options, i, correlation(got, want))
+        torch.testing.assert_close(got, want.float(), atol=2e-3 * want.abs().max().item(), rtol=1e-2)

@@ -1,0 +1,210 @@
+"""Dense reference for windowed hierarchical ViTs (Swin, SwinV2): nothing here uses vitx.
+
+A forward hook on every Swin block recomputes the block from its input and its own weights
+with FULL (tokens x tokens) attention over the stage's grid: q, k from the block's projections,
+the relative position bias of each pair's offset inside its window, -100 between tokens of one
+shifted window that come from different regions, and -inf between tokens of different windows
+(the window of a token: its position after the cyclic shift, divided by the window size). The
+recomputed attention is the one on the gradient path, so its .grad is d(logit)/d(attention).
+Between stages the 2x2 patch merging is the plain (N_next x N) matrix with 1/4 on each source.
+
+Rollout, gradient rollout, Chefer et al. and raw attention are then plain matrix products of
+these dense matrices. Grids here are whole multiples of the window (no padding slots).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def geometry(height, width, window, shift):
+    """(same window (N, N) bool, same region (N, N) bool, in-window position (N,)) of the grid;
+    window and shift are (rows, columns)."""
+    (wh, ww), (sh, sw) = window, shift
+    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pi, pj = (i - sh) % height, (j - sw) % width  # where each token sits after rolling by -shift
+    win = (pi // wh) * (width // ww) + pj // ww
+    pos = (pi % wh) * ww + pj % ww
+
+    def region(p, side, size, s):
+        return (p >= side - size).long() + (p >= side - s).long() if s else torch.zeros_like(p)
+
+    shifted = sh or sw  # the model masks regions along both sides once any side shifts
+    reg = region(pi, height, wh, sh if shifted else 0) * 3 + region(pj, width, ww, sw if shifted else 0)
+    win, pos, reg = win.flatten(), pos.flatten(), reg.flatten()
+    return win[:, None] == win[None, :], reg[:, None] == reg[None, :], pos
+
+
+def dense_attention(content, bias, height, width, window, shift):
+    """softmax over the whole grid of content logits (B, h, N, N) + the window's relative bias
+    (h, n, n) + the shift mask, with every pair of different windows excluded."""
+    same_window, same_region, pos = geometry(height, width, window, shift)
+    logits = content + bias[:, pos[:, None], pos[None, :]]
+    logits = logits + torch.where(same_region, 0.0, -100.0)
+    return logits.masked_fill(~same_window, float("-inf")).softmax(dim=-1), same_window
+
+
+def _heads(t, heads):
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def _merge_heads(t):
+    return t.transpose(1, 2).flatten(2)
+
+
+def _cosine(q, k, logit_scale):
+    return (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * \
+        torch.clamp(logit_scale, max=math.log(100.0)).exp()
+
+
+def _v2_bias(mlp, coords, index, heads, n):
+    table = mlp(coords).view(-1, heads)
+    return 16 * torch.sigmoid(table[index.view(-1)].view(n, n, heads).permute(2, 0, 1))
+
+
+# --- one function per implementation: (block, input) -> (output, attention, same-window pairs)
+def timm_swin(block, x):
+    b, h, w, c = x.shape
+    attn = block.attn
+    tokens = block.norm1(x).reshape(b, h * w, c)
+    q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(tokens).chunk(3, dim=-1))
+    probs, pairs = dense_attention((q * attn.scale) @ k.transpose(-2, -1), attn._get_rel_pos_bias()[0], h, w,
+                            block.window_size, block.shift_size)
+    out = x.reshape(b, h * w, c) + attn.proj(_merge_heads(probs @ v))
+    out = out + block.mlp(block.norm2(out))
+    return out.reshape(b, h, w, c), probs, pairs
+
+
+def timm_swinv2(block, x):
+    b, h, w, c = x.shape
+    attn = block.attn
+    tokens = x.reshape(b, h * w, c)
+    bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+    q, k, v = (_heads(t, attn.num_heads) for t in F.linear(tokens, attn.qkv.weight, bias).chunk(3, dim=-1))
+    n = attn.window_size[0] * attn.window_size[1]
+    rel = _v2_bias(attn.cpb_mlp, attn.relative_coords_table, attn.relative_position_index, attn.num_heads, n)
+    probs, pairs = dense_attention(_cosine(q, k, attn.logit_scale), rel, h, w, block.window_size, block.shift_size)
+    out = tokens + block.norm1(attn.proj(_merge_heads(probs @ v)))
+    out = out + block.norm2(block.mlp(out))
+    return out.reshape(b, h, w, c), probs, pairs
+
+
+def blocks_of(model):
+    """Swin blocks in order, with the function that recomputes them."""
+    kind = type(model).__module__
+    if kind == "timm.models.swin_transformer":
+        return [(blk, timm_swin) for stage in model.layers for blk in stage.blocks]
+    if kind == "timm.models.swin_transformer_v2":
+        return [(blk, timm_swinv2) for stage in model.layers for blk in stage.blocks]
+    raise TypeError(kind)
+
+
+def merge_matrix(before, after):
+    """(N_next, N): each next token the mean of its 2x2 sources."""
+    (h, w), (h2, w2) = before, after
+    m = torch.zeros(h2 * w2, h * w)
+    for i in range(h2):
+        for j in range(w2):
+            for a in (0, 1):
+                for c in (0, 1):
+                    m[i * w2 + j, (2 * i + a) * w + 2 * j + c] = 0.25
+    return m
+
+
+class Reference:
+    """Per image: the dense attention of every layer, its gradient for `target`, the merges."""
+
+    def __init__(self, model, x, target):
+        attentions, grids, self.allowed = [], [], []
+
+        def hook(fn):
+            def run(module, args, output):
+                x = args[0]
+                out, probs, pairs = fn(module, x)
+                self.allowed.append(pairs)
+                probs.retain_grad()
+                attentions.append(probs)
+                grids.append(tuple(x.shape[1:3]))
+                return out
+            return run
+
+        handles = [blk.register_forward_hook(hook(fn)) for blk, fn in blocks_of(model)]
+        try:
+            with torch.enable_grad():
+                self.output = model(x)
+                self.output[:, target].sum().backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.attentions = [a.detach()[0] for a in attentions]  # (h, N, N) per layer
+        self.grads = [a.grad[0] for a in attentions]
+        self.grids = grids
+        self.merges = [None if i == 0 or grids[i] == grids[i - 1] else merge_matrix(grids[i - 1], grids[i])
+                       for i in range(len(grids))]
+
+    def query(self):
+        n = self.attentions[-1].shape[-1]
+        return torch.full((n,), 1.0 / n)
+
+    def roll(self, factors):
+        """query @ (F_L M_L ... F_1 M_1): merges where the stage changes."""
+        row = self.query()
+        for factor, merge in zip(reversed(factors), reversed(self.merges)):
+            row = row @ factor
+            if merge is not None:
+                row = row @ merge
+        return row
+
+
+def discard_in_windows(fused, allowed, ratio):
+    """Zero the lowest `ratio` of the entries a window layer can have (`allowed`), never a diagonal."""
+    n = fused.shape[-1]
+    k = int(int(allowed.sum()) * ratio)
+    if k == 0:
+        return fused
+    values = fused.masked_fill(~allowed, float("inf")).flatten()
+    drop = torch.zeros(n * n, dtype=torch.bool)
+    drop[values.topk(k, largest=False).indices] = True
+    drop = drop.reshape(n, n) & ~torch.eye(n, dtype=torch.bool)
+    return fused.masked_fill(drop, 0.0)
+
+
+def residual(a):
+    mixed = (a + torch.eye(a.shape[-1])) / 2
+    return mixed / mixed.sum(-1, keepdim=True)
+
+
+def rollout(ref, head_fusion="mean", discard_ratio=0.0):
+    fuse = {"mean": lambda a: a.mean(0), "max": lambda a: a.amax(0), "min": lambda a: a.amin(0)}[head_fusion]
+    factors = []
+    for layer, a in enumerate(ref.attentions):
+        fused = fuse(a)
+        if discard_ratio:
+            fused = discard_in_windows(fused, ref.allowed[layer], discard_ratio)
+        factors.append(residual(fused))
+    return ref.roll(factors)
+
+
+def grad_rollout(ref, discard_ratio=0.9):
+    factors = [residual(discard_in_windows((a * g).mean(0).clamp(min=0), ref.allowed[i], discard_ratio))
+               for i, (a, g) in enumerate(zip(ref.attentions, ref.grads))]
+    return ref.roll(factors)
+
+
+def chefer(ref):
+    return ref.roll([(a * g).clamp(min=0).mean(0) + torch.eye(a.shape[-1]) for a, g in zip(ref.attentions, ref.grads)])
+
+
+def raw(ref, layer=-1):
+    """The query carried down to the layer's stage, times the layer, carried down to the first grid."""
+    layer = layer % len(ref.attentions)
+    row = ref.query()
+    for i in reversed(range(layer + 1, len(ref.attentions))):
+        if ref.merges[i] is not None:
+            row = row @ ref.merges[i]
+    row = row @ ref.attentions[layer].mean(0)
+    for i in reversed(range(layer + 1)):
+        if ref.merges[i] is not None:
+            row = row @ ref.merges[i]
+    return row
