@@ -22,6 +22,10 @@ from helpers import _spread_attention, tiny_sdpa, tiny_torchvision
 ATTENTION_METHODS = ("raw_attention", "rollout", "grad_rollout", "chefer2021")
 ALL = ATTENTION_METHODS
 
+# windowed pyramids (vitx.capture.windows): what the README says is recorded
+WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patch merging as a mixing matrix; "
+                "maps on the first stage's grid")
+
 # refusal messages, as regular expressions (the family, then the cause)
 WINDOWED = r"shifted-window attention runs inside local windows and patch merging shrinks the token grid"
 
@@ -66,6 +70,10 @@ def _sharpen(model):
                 p.normal_(std=1.0)
             if name.endswith("proj_w.weight"):  # CaiT's post-softmax head mixing: keep it a mix
                 p.copy_(torch.eye(p.shape[0]) + 0.3 * torch.rand_like(p))
+            if name.endswith("logit_scale"):  # SwinV2's cosine attention ignores the scale of q and k
+                p.fill_(4.0)
+            if name.endswith(("norm1.weight", "norm2.weight")) and not p.any():  # SwinV2's zero-init post-norms
+                p.fill_(1.0)
 
 
 def cls_module(path, **kwargs):
@@ -167,14 +175,15 @@ ROWS = [
                    base_dims=(12, 12, 12)),
         size=(64, 64), methods=(), refusal=r"PiT: .* pooling layers .* shrink the token grid", notes="token pooling"),
     # --- refused: hierarchical and windowed
+    # --- windowed pyramids: window layers as block-diagonal attention over each stage's grid
     Row("swin", "timm", "Swin", timm_name("swin_tiny_patch4_window7_224"),
-        timm_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, depths=(1, 1),
+        timm_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, depths=(2, 2),
                    embed_dim=24, num_heads=(2, 2)),
-        methods=(), refusal="Swin: .*" + WINDOWED, notes="windowed, pyramid"),
+        oracle="windows", layers=4, notes=WINDOW_NOTES),
     Row("swinv2", "timm", "SwinV2", timm_name("swinv2_tiny_window8_256"),
-        timm_model("swinv2_tiny_window8_256", img_size=32, patch_size=4, window_size=4, depths=(1, 1), embed_dim=24,
-                   num_heads=(2, 2)),
-        methods=(), refusal="SwinV2: .*" + WINDOWED, notes="windowed, pyramid"),
+        timm_model("swinv2_tiny_window8_256", img_size=(32, 64), patch_size=4, window_size=4, depths=(2, 2),
+                   embed_dim=24, num_heads=(2, 2)),
+        size=(32, 64), oracle="windows", layers=4, notes=WINDOW_NOTES),
     Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"),
         lambda: _mvit(), size=(64, 64), methods=(), refusal=r"MViTv2: .* pooling attention", notes="pooling attention"),
     Row("hiera", "timm", "Hiera", timm_name("hiera_tiny_224"),

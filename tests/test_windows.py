@@ -11,7 +11,7 @@ import torch
 
 import vitx
 import window_reference as ref
-from compat_rows import timm_model
+from compat_rows import _sharpen, timm_model
 from helpers import images_for
 from vitx.errors import VitxError
 
@@ -22,29 +22,37 @@ def correlation(a, b):
     return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
 
 
-def sharpen_v2(model):
-    """Cosine attention ignores the scale of q and k: raise the logit scale instead. timm starts
-    SwinV2's post-norms at zero (each block the identity, no gradient reaches the attention)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("logit_scale"):
-                p.fill_(4.0)
-            if name.endswith(("norm1.weight", "norm2.weight")) and not p.any():
-                p.fill_(1.0)
-    return model
-
-
 def loud_head(model):
     """Random heads give tiny logit gradients, so gradient maps are nearly the identity's: scale up."""
     with torch.no_grad():
-        model.get_classifier().weight.mul_(300.0)
+        head = model.get_classifier() if hasattr(model, "get_classifier") else model.classifier
+        head.weight.mul_(300.0)
     return model
+
+
+def hf_swin(kind):
+    import transformers
+
+    config_class, model_class = {"swin": (transformers.SwinConfig, transformers.SwinForImageClassification),
+                                 "swinv2": (transformers.Swinv2Config, transformers.Swinv2ForImageClassification)}[kind]
+    torch.manual_seed(0)
+    config = config_class(image_size=32, patch_size=2, embed_dim=24, depths=[2, 2, 2], num_heads=[2, 2, 2],
+                          window_size=4, num_labels=5)
+    model = model_class(config).eval()
+    _sharpen(model)
+    with torch.no_grad():  # Hugging Face names q, k apart: sharpen them too
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight", "query.weight", "key.weight")):
+                p.mul_(6.0)
+    return loud_head(model)
 
 
 SWIN = dict(img_size=(32, 64), patch_size=2, window_size=4, embed_dim=24, num_heads=(2, 2, 2), depths=(2, 2, 2))
 MODELS = {
     "timm_swin": lambda: loud_head(timm_model("swin_tiny_patch4_window7_224", **SWIN)()),
-    "timm_swinv2": lambda: loud_head(sharpen_v2(timm_model("swinv2_tiny_window8_256", **SWIN)())),
+    "timm_swinv2": lambda: loud_head(timm_model("swinv2_tiny_window8_256", **SWIN)()),
+    "hf_swin": lambda: hf_swin("swin"),
+    "hf_swinv2": lambda: hf_swin("swinv2"),
 }
 CASES = [
     ("rollout", {}, lambda r: ref.rollout(r)),
@@ -71,6 +79,7 @@ def test_reference_is_the_model(setup):
     model, x, references = setup
     with torch.no_grad():
         expected = model(x)
+        expected = getattr(expected, "logits", expected)
     for i, r in enumerate(references):
         scale = expected[i].abs().max().item()  # the loud head multiplies float error by 300
         torch.testing.assert_close(r.output.detach()[0], expected[i], atol=1e-5 * 300 * max(scale, 1), rtol=1e-3)

@@ -63,8 +63,14 @@ def _v2_bias(mlp, coords, index, heads, n):
     return 16 * torch.sigmoid(table[index.view(-1)].view(n, n, heads).permute(2, 0, 1))
 
 
-# --- one function per implementation: (block, input) -> (output, attention, same-window pairs)
-def timm_swin(block, x):
+def _pair(value):
+    return (int(value), int(value)) if not isinstance(value, (tuple, list)) else tuple(int(v) for v in value)
+
+
+# --- one function per implementation: (block, args, kwargs, output) -> (output, attention,
+# same-window pairs, grid)
+def timm_swin(block, args, kwargs, output):
+    x = args[0]
     b, h, w, c = x.shape
     attn = block.attn
     tokens = block.norm1(x).reshape(b, h * w, c)
@@ -73,10 +79,11 @@ def timm_swin(block, x):
                             block.window_size, block.shift_size)
     out = x.reshape(b, h * w, c) + attn.proj(_merge_heads(probs @ v))
     out = out + block.mlp(block.norm2(out))
-    return out.reshape(b, h, w, c), probs, pairs
+    return out.reshape(b, h, w, c), probs, pairs, (h, w)
 
 
-def timm_swinv2(block, x):
+def timm_swinv2(block, args, kwargs, output):
+    x = args[0]
     b, h, w, c = x.shape
     attn = block.attn
     tokens = x.reshape(b, h * w, c)
@@ -87,7 +94,38 @@ def timm_swinv2(block, x):
     probs, pairs = dense_attention(_cosine(q, k, attn.logit_scale), rel, h, w, block.window_size, block.shift_size)
     out = tokens + block.norm1(attn.proj(_merge_heads(probs @ v)))
     out = out + block.norm2(block.mlp(out))
-    return out.reshape(b, h, w, c), probs, pairs
+    return out.reshape(b, h, w, c), probs, pairs, (h, w)
+
+
+def _hf_inputs(args, kwargs):
+    dims = args[1] if len(args) > 1 else kwargs["input_dimensions"]
+    return args[0], tuple(int(d) for d in dims)
+
+
+def hf_swin(layer, args, kwargs, output):
+    x, (h, w) = _hf_inputs(args, kwargs)
+    attn = layer.attention
+    tokens = layer.layernorm_before(x)
+    q, k, v = (_heads(proj(tokens), attn.num_attention_heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    probs, pairs = dense_attention((q @ k.transpose(-2, -1)) * attn.scaling, attn.relative_position_bias()[0], h, w,
+                                   _pair(layer.window_size), _pair(layer.shift_size))
+    out = x + attn.o_proj(_merge_heads(probs @ v))
+    out = out + layer.mlp(layer.layernorm_after(out))
+    return (out,) + tuple(output[1:]), probs, pairs, (h, w)
+
+
+def hf_swinv2(layer, args, kwargs, output):
+    x, (h, w) = _hf_inputs(args, kwargs)
+    sa = layer.attention.self
+    heads = sa.num_attention_heads
+    q, k, v = (_heads(proj(x), heads) for proj in (sa.query, sa.key, sa.value))
+    n = sa.window_size[0] * sa.window_size[1]
+    rel = _v2_bias(sa.continuous_position_bias_mlp, sa.relative_coords_table, sa.relative_position_index, heads, n)
+    probs, pairs = dense_attention(_cosine(q, k, sa.logit_scale), rel, h, w, _pair(layer.window_size),
+                                   _pair(layer.shift_size))
+    out = x + layer.layernorm_before(layer.attention.output(_merge_heads(probs @ v), x))
+    out = out + layer.layernorm_after(layer.output(layer.intermediate(out)))
+    return (out,) + tuple(output[1:]), probs, pairs, (h, w)
 
 
 def blocks_of(model):
@@ -97,6 +135,10 @@ def blocks_of(model):
         return [(blk, timm_swin) for stage in model.layers for blk in stage.blocks]
     if kind == "timm.models.swin_transformer_v2":
         return [(blk, timm_swinv2) for stage in model.layers for blk in stage.blocks]
+    if kind.startswith("transformers.models.swin"):
+        fn = hf_swinv2 if kind.endswith("swinv2") else hf_swin
+        return [(layer, fn) for layer in model.modules() if hasattr(layer, "layernorm_before")
+                and hasattr(layer, "shift_size")]
     raise TypeError(kind)
 
 
@@ -119,20 +161,20 @@ class Reference:
         attentions, grids, self.allowed = [], [], []
 
         def hook(fn):
-            def run(module, args, output):
-                x = args[0]
-                out, probs, pairs = fn(module, x)
+            def run(module, args, kwargs, output):
+                out, probs, pairs, grid = fn(module, args, kwargs, output)
                 self.allowed.append(pairs)
                 probs.retain_grad()
                 attentions.append(probs)
-                grids.append(tuple(x.shape[1:3]))
+                grids.append(grid)
                 return out
             return run
 
-        handles = [blk.register_forward_hook(hook(fn)) for blk, fn in blocks_of(model)]
+        handles = [blk.register_forward_hook(hook(fn), with_kwargs=True) for blk, fn in blocks_of(model)]
         try:
             with torch.enable_grad():
-                self.output = model(x)
+                output = model(x)
+                self.output = getattr(output, "logits", output)
                 self.output[:, target].sum().backward()
         finally:
             for handle in handles:

@@ -9,6 +9,7 @@ from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, in
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .swin import TimmSwinAdapter
+from .hf_swin import HFSwinAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
 from .timm_families import TimmTokenFamiliesAdapter
@@ -19,7 +20,7 @@ from .transformers import TransformersAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
+    "Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
     "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
@@ -34,6 +35,7 @@ def vitx_register_adapters(register):
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(TimmNaFlexAdapter())
+    register(HFSwinAdapter())
     register(TransformersAdapter())
     register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())
