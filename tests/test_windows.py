@@ -30,6 +30,21 @@ def loud_head(model):
     return model
 
 
+def torchvision_swin(name):
+    """torchvision's swin_t / swin_v2_t layout (their block and merging classes) at toy width."""
+    from torchvision.models import swin_transformer as tv
+
+    v2 = name == "swin_v2_t"
+    torch.manual_seed(0)
+    model = tv.SwinTransformer(patch_size=[2, 2], embed_dim=24, depths=[2, 2, 2], num_heads=[2, 2, 2],
+                               window_size=[4, 4], num_classes=5, block=tv.SwinTransformerBlockV2 if v2 else None,
+                               downsample_layer=tv.PatchMergingV2 if v2 else tv.PatchMerging).eval()
+    _sharpen(model)
+    with torch.no_grad():
+        model.head.weight.mul_(300.0)
+    return model
+
+
 def hf_swin(kind):
     import transformers
 
@@ -52,6 +67,8 @@ MODELS = {
     "timm_swin": lambda: loud_head(timm_model("swin_tiny_patch4_window7_224", **SWIN)()),
     "timm_swinv2": lambda: loud_head(timm_model("swinv2_tiny_window8_256", **SWIN)()),
     "hf_swin": lambda: hf_swin("swin"),
+    "torchvision_swin": lambda: torchvision_swin("swin_t"),
+    "torchvision_swin_v2": lambda: torchvision_swin("swin_v2_t"),
     "hf_swinv2": lambda: hf_swin("swinv2"),
 }
 CASES = [

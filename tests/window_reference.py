@@ -97,6 +97,26 @@ def timm_swinv2(block, args, kwargs, output):
     return out.reshape(b, h, w, c), probs, pairs, (h, w)
 
 
+def torchvision_swin(block, args, kwargs, output):
+    x = args[0]
+    b, h, w, c = x.shape
+    attn, v2 = block.attn, type(block).__name__.endswith("V2")
+    tokens = x.reshape(b, h * w, c)
+    bias = attn.qkv.bias.clone()
+    if v2:
+        bias[c:2 * c] = 0  # Swin V2 has no key bias
+    q, k, v = (_heads(t, attn.num_heads) for t in
+               F.linear(tokens if v2 else block.norm1(tokens), attn.qkv.weight, bias).chunk(3, dim=-1))
+    content = _cosine(q, k, attn.logit_scale) if v2 else (q * (c // attn.num_heads) ** -0.5) @ k.transpose(-2, -1)
+    window = tuple(attn.window_size)
+    shift = tuple(0 if wn >= side else s for wn, side, s in zip(window, (h, w), attn.shift_size))
+    probs, pairs = dense_attention(content, attn.get_relative_position_bias()[0], h, w, window, shift)
+    mixed = attn.proj(_merge_heads(probs @ v))
+    out = tokens + (block.norm1(mixed) if v2 else mixed)
+    out = out + (block.norm2(block.mlp(out)) if v2 else block.mlp(block.norm2(out)))
+    return out.reshape(b, h, w, c), probs, pairs, (h, w)
+
+
 def _hf_inputs(args, kwargs):
     dims = args[1] if len(args) > 1 else kwargs["input_dimensions"]
     return args[0], tuple(int(d) for d in dims)
@@ -135,6 +155,8 @@ def blocks_of(model):
         return [(blk, timm_swin) for stage in model.layers for blk in stage.blocks]
     if kind == "timm.models.swin_transformer_v2":
         return [(blk, timm_swinv2) for stage in model.layers for blk in stage.blocks]
+    if kind == "torchvision.models.swin_transformer":
+        return [(blk, torchvision_swin) for blk in model.modules() if hasattr(blk, "attn") and hasattr(blk, "norm1")]
     if kind.startswith("transformers.models.swin"):
         fn = hf_swinv2 if kind.endswith("swinv2") else hf_swin
         return [(layer, fn) for layer in model.modules() if hasattr(layer, "layernorm_before")

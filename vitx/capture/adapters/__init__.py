@@ -10,6 +10,7 @@ from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .swin import TimmSwinAdapter
 from .hf_swin import HFSwinAdapter
+from .torchvision_swin import TorchvisionSwinAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
 from .timm_families import TimmTokenFamiliesAdapter
@@ -22,7 +23,7 @@ from .wrappers import PreprocessingWrapperAdapter
 __all__ = [
     "Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TransformersAdapter",
+    "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -31,6 +32,7 @@ __all__ = [
 def vitx_register_adapters(register):
     register(SamAdapter())
     register(TimmSwinAdapter())
+    register(TorchvisionSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())

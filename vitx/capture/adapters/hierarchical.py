@@ -26,8 +26,6 @@ WINDOWED_PYRAMID = (
 # class path -> (family, why attention methods are undefined for it)
 FAMILIES = {
     "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": ("SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID),
-    "torchvision.models.swin_transformer.SwinTransformer": (
-        "torchvision Swin (swin_t / swin_v2_t)", "shifted-window " + WINDOWED_PYRAMID),
     "timm.models.mvitv2.MultiScaleVit": (
         "MViTv2", "pooling attention: keys and values (and the queries at each stage change) are pooled to a "
         "coarser grid, so queries and keys are different token sets and the grid shrinks between stages"),
