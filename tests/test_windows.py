@@ -11,7 +11,7 @@ import torch
 
 import vitx
 import window_reference as ref
-from compat_rows import _sharpen, timm_model
+from compat_rows import hf_swin, loud_head, timm_model, torchvision_swin
 from helpers import images_for
 from vitx.errors import VitxError
 
@@ -22,54 +22,14 @@ def correlation(a, b):
     return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
 
 
-def loud_head(model):
-    """Random heads give tiny logit gradients, so gradient maps are nearly the identity's: scale up."""
-    with torch.no_grad():
-        head = model.get_classifier() if hasattr(model, "get_classifier") else model.classifier
-        head.weight.mul_(300.0)
-    return model
-
-
-def torchvision_swin(name):
-    """torchvision's swin_t / swin_v2_t layout (their block and merging classes) at toy width."""
-    from torchvision.models import swin_transformer as tv
-
-    v2 = name == "swin_v2_t"
-    torch.manual_seed(0)
-    model = tv.SwinTransformer(patch_size=[2, 2], embed_dim=24, depths=[2, 2, 2], num_heads=[2, 2, 2],
-                               window_size=[4, 4], num_classes=5, block=tv.SwinTransformerBlockV2 if v2 else None,
-                               downsample_layer=tv.PatchMergingV2 if v2 else tv.PatchMerging).eval()
-    _sharpen(model)
-    with torch.no_grad():
-        model.head.weight.mul_(300.0)
-    return model
-
-
-def hf_swin(kind):
-    import transformers
-
-    config_class, model_class = {"swin": (transformers.SwinConfig, transformers.SwinForImageClassification),
-                                 "swinv2": (transformers.Swinv2Config, transformers.Swinv2ForImageClassification)}[kind]
-    torch.manual_seed(0)
-    config = config_class(image_size=32, patch_size=2, embed_dim=24, depths=[2, 2, 2], num_heads=[2, 2, 2],
-                          window_size=4, num_labels=5)
-    model = model_class(config).eval()
-    _sharpen(model)
-    with torch.no_grad():  # Hugging Face names q, k apart: sharpen them too
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "query.weight", "key.weight")):
-                p.mul_(6.0)
-    return loud_head(model)
-
-
 SWIN = dict(img_size=(32, 64), patch_size=2, window_size=4, embed_dim=24, num_heads=(2, 2, 2), depths=(2, 2, 2))
 MODELS = {
     "timm_swin": lambda: loud_head(timm_model("swin_tiny_patch4_window7_224", **SWIN)()),
     "timm_swinv2": lambda: loud_head(timm_model("swinv2_tiny_window8_256", **SWIN)()),
-    "hf_swin": lambda: hf_swin("swin"),
-    "torchvision_swin": lambda: torchvision_swin("swin_t"),
-    "torchvision_swin_v2": lambda: torchvision_swin("swin_v2_t"),
-    "hf_swinv2": lambda: hf_swin("swinv2"),
+    "hf_swin": lambda: loud_head(hf_swin("swin")()),
+    "torchvision_swin": lambda: loud_head(torchvision_swin("swin_t")()),
+    "torchvision_swin_v2": lambda: loud_head(torchvision_swin("swin_v2_t")()),
+    "hf_swinv2": lambda: loud_head(hf_swin("swinv2")()),
 }
 CASES = [
     ("rollout", {}, lambda r: ref.rollout(r)),
