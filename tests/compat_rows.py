@@ -89,7 +89,7 @@ def loud(build):
     return lambda: loud_head(build())
 
 
-def torchvision_swin(name, patch=2, depths=(2, 2, 2)):
+def torchvision_swin(name, patch=2, depths=(2, 2, 2), window=4):
     """torchvision's swin_t / swin_v2_t layout (their block and merging classes) at toy width."""
     def build():
         from torchvision.models import swin_transformer as tv
@@ -97,7 +97,7 @@ def torchvision_swin(name, patch=2, depths=(2, 2, 2)):
         v2 = name == "swin_v2_t"
         torch.manual_seed(0)
         model = tv.SwinTransformer(patch_size=[patch, patch], embed_dim=24, depths=list(depths),
-                                   num_heads=[2] * len(depths), window_size=[4, 4], num_classes=5,
+                                   num_heads=[2] * len(depths), window_size=[window, window], num_classes=5,
                                    block=tv.SwinTransformerBlockV2 if v2 else None,
                                    downsample_layer=tv.PatchMergingV2 if v2 else tv.PatchMerging).eval()
         _sharpen(model)

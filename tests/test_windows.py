@@ -83,3 +83,32 @@ def test_methods_equal_the_dense_reference(setup, method, options, expected):
         assert want.std() > 0.05 * want.abs().mean(), "reference map is flat: the check could not fail"
         assert correlation(got, want) > 0.999, (method, options, i, correlation(got, want))
         torch.testing.assert_close(got, want.float(), atol=2e-3 * want.abs().max().item(), rtol=1e-2)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: loud_head(timm_model("swin_tiny_patch4_window7_224", img_size=(40, 56), patch_size=2, window_size=3,
+                                 embed_dim=24, num_heads=(2, 2, 2, 2), depths=(2, 1, 1, 1))()),
+    lambda: loud_head(torchvision_swin("swin_t", depths=(2, 1, 1, 1), window=3)()),
+], ids=["timm", "torchvision"])
+def test_padded_windows_and_odd_merges(build):
+    """Grids 20x28, 10x14, 5x7, 3x4 with 3x3 windows: padding slots in the layers (rolled then
+    padded in timm, padded then rolled in torchvision) and a merge of an odd grid (5x7 -> 3x4,
+    border tokens from fewer than 4 sources). The reference drops the padding from a dense
+    attention over the model's own frame."""
+    model = build()
+    x = images_for((40, 56), batch=2)
+    references = [ref.Reference(model, x[i:i + 1], TARGETS[i], padded=True) for i in range(2)]
+    with torch.no_grad():
+        expected = model(x)
+    for i, r in enumerate(references):
+        torch.testing.assert_close(r.output.detach()[0], expected[i], atol=1e-2, rtol=1e-3)
+    with torch.no_grad(), vitx.record_attention(model) as rec:
+        model(x)
+    assert [w.grid for w in rec.attentions] == [(20, 28), (20, 28), (10, 14), (5, 7), (3, 4)]
+    for layer, windows in enumerate(rec.attentions):
+        torch.testing.assert_close(windows.dense()[0], references[0].attentions[layer], atol=1e-4, rtol=1e-3)
+    for method, options, expected_map in CASES:
+        explanation = vitx.explain(model, x, method=method, target=TARGETS, **options)
+        for i in range(2):
+            want = expected_map(references[i])
+            assert correlation(explanation.relevance[i], want) > 0.999, (method, options, i)

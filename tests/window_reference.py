@@ -9,7 +9,9 @@ recomputed attention is the one on the gradient path, so its .grad is d(logit)/d
 Between stages the 2x2 patch merging is the plain (N_next x N) matrix with 1/4 on each source.
 
 Rollout, gradient rollout, Chefer et al. and raw attention are then plain matrix products of
-these dense matrices. Grids here are whole multiples of the window (no padding slots).
+these dense matrices. `padded=True` (Swin v1, timm or torchvision) handles grids that are not
+whole multiples of the window: attention over the model's padded, rolled frame, its padding
+rows and columns dropped afterwards.
 """
 import math
 
@@ -17,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 
-def geometry(height, width, window, shift):
+def geometry(height, width, window, shift, rolled=False):
     """(same window (N, N) bool, same region (N, N) bool, in-window position (N,)) of the grid;
-    window and shift are (rows, columns)."""
+    window and shift are (rows, columns). `rolled`: the grid is already the model's frame
+    (rolled and padded), positions are taken as they are."""
     (wh, ww), (sh, sw) = window, shift
     i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    pi, pj = (i - sh) % height, (j - sw) % width  # where each token sits after rolling by -shift
+    pi, pj = (i, j) if rolled else ((i - sh) % height, (j - sw) % width)  # position after rolling by -shift
     win = (pi // wh) * (width // ww) + pj // ww
     pos = (pi % wh) * ww + pj % ww
 
@@ -35,10 +38,10 @@ def geometry(height, width, window, shift):
     return win[:, None] == win[None, :], reg[:, None] == reg[None, :], pos
 
 
-def dense_attention(content, bias, height, width, window, shift):
+def dense_attention(content, bias, height, width, window, shift, rolled=False):
     """softmax over the whole grid of content logits (B, h, N, N) + the window's relative bias
     (h, n, n) + the shift mask, with every pair of different windows excluded."""
-    same_window, same_region, pos = geometry(height, width, window, shift)
+    same_window, same_region, pos = geometry(height, width, window, shift, rolled)
     logits = content + bias[:, pos[:, None], pos[None, :]]
     logits = logits + torch.where(same_region, 0.0, -100.0)
     return logits.masked_fill(~same_window, float("-inf")).softmax(dim=-1), same_window
@@ -117,6 +120,48 @@ def torchvision_swin(block, args, kwargs, output):
     return out.reshape(b, h, w, c), probs, pairs, (h, w)
 
 
+def _frame(t, window, shift, pad_first, value=0.0):
+    """(B, H, W, C) -> the model's frame (B, Hp, Wp, C): rolled by -shift and padded to whole
+    windows, in the model's order (torchvision and Hugging Face pad first, timm rolls first)."""
+    h, w = t.shape[1:3]
+    pads = (0, 0, 0, (-w) % window[1], 0, (-h) % window[0])
+    if pad_first:
+        return torch.roll(F.pad(t, pads, value=value), (-shift[0], -shift[1]), (1, 2))
+    return F.pad(torch.roll(t, (-shift[0], -shift[1]), (1, 2)), pads, value=value)
+
+
+def padded_swin(block, args, kwargs, output):
+    """Swin v1 (timm or torchvision) on a grid that is NOT a multiple of the window: attention
+    over the padded frame (padding tokens are zeros after norm1, as in both models), written
+    back in token order with the padding rows and columns dropped."""
+    x = args[0]
+    b, h, w, c = x.shape
+    attn, torchvision = block.attn, type(block).__module__.startswith("torchvision")
+    window = tuple(block.window_size if not torchvision else attn.window_size)
+    shift = tuple(block.shift_size if not torchvision else attn.shift_size)
+    hp, wp = h + (-h) % window[0], w + (-w) % window[1]
+    if torchvision:
+        shift = tuple(0 if wn >= side else s for wn, side, s in zip(window, (hp, wp), shift))
+    frame = _frame(block.norm1(x), window, shift, torchvision)
+    index = _frame(torch.arange(h * w, dtype=x.dtype).reshape(1, h, w, 1), window, shift, torchvision, -1.0)
+    index = index.flatten().long()
+    q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(frame.reshape(b, hp * wp, c)).chunk(3, dim=-1))
+    bias = attn._get_rel_pos_bias()[0] if not torchvision else attn.get_relative_position_bias()[0]
+    probs, pairs = dense_attention((q * (c // attn.num_heads) ** -0.5) @ k.transpose(-2, -1), bias, hp, wp, window,
+                                   shift, rolled=True)
+    mixed = attn.proj(_merge_heads(probs @ v))
+    real = index >= 0
+    order = torch.empty(h * w, dtype=torch.long)
+    order[index[real]] = torch.nonzero(real).flatten()  # frame slot of each token
+    out = x.reshape(b, h * w, c) + mixed[:, order]
+    out = out + block.mlp(block.norm2(out))
+
+    def select(a):
+        return a[..., order, :][..., order]
+
+    return out.reshape(b, h, w, c), (probs, select), pairs[order][:, order], (h, w)
+
+
 def _hf_inputs(args, kwargs):
     dims = args[1] if len(args) > 1 else kwargs["input_dimensions"]
     return args[0], tuple(int(d) for d in dims)
@@ -148,9 +193,11 @@ def hf_swinv2(layer, args, kwargs, output):
     return (out,) + tuple(output[1:]), probs, pairs, (h, w)
 
 
-def blocks_of(model):
+def blocks_of(model, padded=False):
     """Swin blocks in order, with the function that recomputes them."""
     kind = type(model).__module__
+    if padded:
+        return [(blk, padded_swin) for blk in model.modules() if hasattr(blk, "attn") and hasattr(blk, "norm1")]
     if kind == "timm.models.swin_transformer":
         return [(blk, timm_swin) for stage in model.layers for blk in stage.blocks]
     if kind == "timm.models.swin_transformer_v2":
@@ -165,34 +212,34 @@ def blocks_of(model):
 
 
 def merge_matrix(before, after):
-    """(N_next, N): each next token the mean of its 2x2 sources."""
+    """(N_next, N): each next token the mean of its 2x2 sources (of those inside an odd grid)."""
     (h, w), (h2, w2) = before, after
     m = torch.zeros(h2 * w2, h * w)
     for i in range(h2):
         for j in range(w2):
-            for a in (0, 1):
-                for c in (0, 1):
-                    m[i * w2 + j, (2 * i + a) * w + 2 * j + c] = 0.25
+            sources = [(2 * i + a) * w + 2 * j + c for a in (0, 1) for c in (0, 1) if 2 * i + a < h and 2 * j + c < w]
+            m[i * w2 + j, sources] = 1.0 / len(sources)
     return m
 
 
 class Reference:
     """Per image: the dense attention of every layer, its gradient for `target`, the merges."""
 
-    def __init__(self, model, x, target):
+    def __init__(self, model, x, target, padded=False):
         attentions, grids, self.allowed = [], [], []
 
         def hook(fn):
             def run(module, args, kwargs, output):
                 out, probs, pairs, grid = fn(module, args, kwargs, output)
+                probs, select = probs if isinstance(probs, tuple) else (probs, lambda a: a)
                 self.allowed.append(pairs)
                 probs.retain_grad()
-                attentions.append(probs)
+                attentions.append((probs, select))
                 grids.append(grid)
                 return out
             return run
 
-        handles = [blk.register_forward_hook(hook(fn), with_kwargs=True) for blk, fn in blocks_of(model)]
+        handles = [blk.register_forward_hook(hook(fn), with_kwargs=True) for blk, fn in blocks_of(model, padded)]
         try:
             with torch.enable_grad():
                 output = model(x)
@@ -201,8 +248,8 @@ class Reference:
         finally:
             for handle in handles:
                 handle.remove()
-        self.attentions = [a.detach()[0] for a in attentions]  # (h, N, N) per layer
-        self.grads = [a.grad[0] for a in attentions]
+        self.attentions = [select(a.detach())[0] for a, select in attentions]  # (h, N, N) per layer
+        self.grads = [select(a.grad)[0] for a, select in attentions]
         self.grids = grids
         self.merges = [None if i == 0 or grids[i] == grids[i - 1] else merge_matrix(grids[i - 1], grids[i])
                        for i in range(len(grids))]
