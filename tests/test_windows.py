@@ -112,3 +112,40 @@ def test_padded_windows_and_odd_merges(build):
         for i in range(2):
             want = expected_map(references[i])
             assert correlation(explanation.relevance[i], want) > 0.999, (method, options, i)
+
+
+def test_views_over_one_grid_refuse_window_layers_in_one_line():
+    from vitx.inspect.explorer import model_data
+    from vitx.inspect.views import attention_maps, attention_statistics
+
+    model = MODELS["timm_swin"]()
+    x = images_for((32, 64), batch=1)
+    for view in (lambda: model_data(model, x, ["rollout"]), lambda: attention_maps(model, x),
+                 lambda: attention_statistics(model, x)):
+        with pytest.raises(VitxError, match="grid per stage") as info:
+            view()
+        assert "\n" not in str(info.value)
+
+
+def test_methods_that_cannot_read_window_layers_refuse_before_any_forward():
+    model = MODELS["timm_swin"]()
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    for method in ("transformer_attribution", "legrad"):
+        with pytest.raises(VitxError, match=r"^Swin: method '\w+' cannot explain this model: .*rollout \(window") as info:
+            vitx.explain(model, images_for((32, 64), batch=1), method=method)
+        assert "\n" not in str(info.value)
+    assert not calls
+
+
+def test_window_layout_queries_the_last_stage():
+    """The mean token is uniform over the last stage's tokens; an index picks one of them, and
+    names of single-grid models are refused."""
+    model = MODELS["timm_swin"]()
+    with torch.no_grad(), vitx.record_attention(model) as rec:
+        model(images_for((32, 64), batch=1))
+    layout = rec.layout
+    assert torch.allclose(layout.query("mean"), torch.full((32,), 1 / 32))
+    assert layout.query(5).argmax() == 5 and layout.query(5).shape == (32,)
+    with pytest.raises(VitxError, match="last stage's 32 tokens"):
+        layout.query("cls")
