@@ -40,6 +40,7 @@ CASES = [
     ("raw_attention", {}, ref.raw),
     ("raw_attention", {"layer": 0}, lambda r: ref.raw(r, 0)),
     ("raw_attention", {"layer": 3}, lambda r: ref.raw(r, 3)),
+    ("raw_attention", {"layer": 2, "head": 1}, lambda r: ref.raw(r, 2, head=1)),
 ]
 
 
@@ -136,6 +137,18 @@ def test_methods_that_cannot_read_window_layers_refuse_before_any_forward():
             vitx.explain(model, images_for((32, 64), batch=1), method=method)
         assert "\n" not in str(info.value)
     assert not calls
+
+
+def test_a_token_of_the_last_stage_is_explained():
+    model = MODELS["timm_swin"]()
+    x = images_for((32, 64), batch=2)
+    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+    explanation = vitx.explain(model, x, method="chefer2021", target=TARGETS, token=5)
+    for i, r in enumerate(references):
+        r.query = lambda: torch.nn.functional.one_hot(torch.tensor(5), 32).float()
+        assert correlation(explanation.relevance[i], ref.chefer(r)) > 0.999
+    with pytest.raises(VitxError, match="layout comes from its stages"):
+        vitx.explain(model, x, method="rollout", layout=(16, 32))
 
 
 def test_window_layout_queries_the_last_stage():

@@ -307,14 +307,15 @@ def chefer(ref):
     return ref.roll([(a * g).clamp(min=0).mean(0) + torch.eye(a.shape[-1]) for a, g in zip(ref.attentions, ref.grads)])
 
 
-def raw(ref, layer=-1):
-    """The query carried down to the layer's stage, times the layer, carried down to the first grid."""
+def raw(ref, layer=-1, head=None):
+    """The query carried down to the layer's stage, times the layer (heads averaged, or one
+    head), carried down to the first grid."""
     layer = layer % len(ref.attentions)
     row = ref.query()
     for i in reversed(range(layer + 1, len(ref.attentions))):
         if ref.merges[i] is not None:
             row = row @ ref.merges[i]
-    row = row @ ref.attentions[layer].mean(0)
+    row = row @ (ref.attentions[layer].mean(0) if head is None else ref.attentions[layer][head])
     for i in reversed(range(layer + 1)):
         if ref.merges[i] is not None:
             row = row @ ref.merges[i]

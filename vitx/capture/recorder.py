@@ -297,6 +297,9 @@ class AttentionRecorder:
             return self._token_layout()
         self.check_recorded()
         if self._stages is not None:  # hierarchical: maps on the first stage's grid, query on the last's tokens
+            if self.layout_override is not None:
+                raise VitxError("a windowed hierarchical model's layout comes from its stages (maps on the first "
+                                "stage's grid): leave out layout= / --grid")
             return TokenLayout(prefix={}, num_prefix=0, grid=self._stages[0], default_token=MEAN_TOKEN,
                                query_tokens=self._stages[1])
         if isinstance(self.layout_override, TokenLayout):
