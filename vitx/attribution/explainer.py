@@ -125,6 +125,9 @@ class Explainer:
         heads and keeps only that mean, in the model's dtype. `attribute` then receives those
         per-layer means as `attentions`, with `gradients=None`. Not overriding it keeps the
         full per-head attention and gradients (memory grows with heads x layers x N^2).
+        On a window layer (`windows` methods, vitx.capture.windows) it receives the blocks,
+        (B, h, windows, n, n): heads stay on dim 1, so an elementwise term summed over dim 1
+        serves both.
         """
         raise NotImplementedError
 
