@@ -14,7 +14,7 @@ every vitx method (`vitx.explain`), and the peers through their own public APIs:
   pytorch-grad-cam GradCAM (ViT recipe on the last block's ln_1, its 28x28 map averaged per patch);
 pixel attributions are summed per patch over channels and pixels. A seeded random map is
 scored alongside. Every map is scored by vitx's own metrics (vitx/evaluate/metrics.py,
-baseline `mean`: removed patches become 0 after normalisation): pos./neg. AUC = the
+baseline `dataset_mean`: removed patches become 0 after normalisation): pos./neg. AUC = the
 accuracy-based perturbation AUCs (lower / higher is better), deletion / insertion = the
 target-probability AUCs (lower / higher). Cost = a method's time over a plain no-grad forward
 of the same batches (time.perf_counter, each method warmed up once before timing).
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # reference_models (the data loader) lives next to vitx
 import vitx  # noqa: E402
 from bench_lrp import lxt_cp_lrp  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from reference_models.data import dataset_info, load_split  # noqa: E402
+from vitx.datasets import dataset_info, load_split  # noqa: E402
 from vitx.attribution.api import list_methods  # noqa: E402
 from vitx.evaluate.metrics import Curves, perturbation_curves, summarise  # noqa: E402
 
@@ -141,7 +141,7 @@ def peers(model):
 
 
 def vitx_methods(model, batch, rise_masks):
-    options = {"integrated_gradients": {"steps": 32, "rule": "gausslegendre", "baseline": "mean"},
+    options = {"integrated_gradients": {"steps": 32, "rule": "gausslegendre", "baseline": "dataset_mean"},
                "rise": {"masks": rise_masks}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
@@ -206,7 +206,7 @@ def evaluate(args):
             seconds[name] += time.perf_counter() - tick
         maps["random"] = torch.rand(maps["rollout"].shape, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + b))
         for name, m in maps.items():
-            perturbation_curves(model, pixels, m, labels, targets, DATA_CONFIG, "mean", curves[name])
+            perturbation_curves(model, pixels, m, labels, targets, DATA_CONFIG, "dataset_mean", curves[name])
             if name in kept:
                 kept[name].append(m)
         print(f"batch {b + 1}/{math.ceil(len(order) / args.batch)}: {time.perf_counter() - start:.0f} s", flush=True)
@@ -214,7 +214,7 @@ def evaluate(args):
     rows = {name: summarise(c) | {"library": library[name]} for name, c in curves.items()}
     costs = {name: seconds[name] / seconds["forward"] for name in methods}
     text = table(rows, costs)
-    header = (f"{len(order)} Fashion-MNIST test images (seed {args.seed}), batch {args.batch}, baseline mean; model "
+    header = (f"{len(order)} Fashion-MNIST test images (seed {args.seed}), batch {args.batch}, baseline dataset_mean; model "
               f"{info['config']}, test accuracy {info['test_accuracy']:.4f}; forward "
               f"{1000 * seconds['forward'] / len(order):.3f} ms/image, {torch.get_num_threads()} threads\n")
     checks = []
@@ -235,7 +235,7 @@ def evaluate(args):
     print(f"total {time.perf_counter() - start:.0f} s")
     (RESULTS / "peer_faithfulness.md").write_text(report)
     (RESULTS / "peer_faithfulness.json").write_text(json.dumps(
-        {"n": len(order), "batch": args.batch, "seed": args.seed, "baseline": "mean", "model": info,
+        {"n": len(order), "batch": args.batch, "seed": args.seed, "baseline": "dataset_mean", "model": info,
          "auc": rows, "cost_vs_forward": costs, "seconds": seconds, "acceptance": checks, "correlation": agree,
          "command": "python " + " ".join(sys.argv)}, indent=2) + "\n")
 

@@ -119,3 +119,13 @@ def to_model(pixels: torch.Tensor, model) -> torch.Tensor:
         return pixels
     dtype = parameter.dtype if parameter.is_floating_point() and pixels.is_floating_point() else pixels.dtype
     return pixels.to(device=parameter.device, dtype=dtype)
+
+
+def model_inputs(model: "torch.nn.Module", images, adapter=None):
+    """(adapter, pixels on the model's device, views, sources): `images` preprocessed with the
+    data config of the adapter that recognises `model`."""
+    from .registry import find_adapter
+
+    adapter = adapter or find_adapter(model)
+    pixels, views, sources = prepare_images(images, adapter.data_config(model))
+    return adapter, to_model(pixels, model), views, sources

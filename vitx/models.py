@@ -31,7 +31,6 @@ TIMM_ALIASES: Dict[str, str] = {
     "vit_base_reg4": "vit_base_patch16_reg4_gap_256",
 }
 TORCHVISION_PREFIX = "torchvision/"
-TIMM_FAMILIES = ("vit_*", "deit*", "eva*", "beit*")
 
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
@@ -179,8 +178,7 @@ def load_model(model, checkpoint=None, pretrained: Optional[bool] = None, device
         elif Path(name).is_file():
             module = get_registry().manager.hook.vitx_load_model_file(path=name)
             if module is None:
-                what = "folder" if Path(name).is_dir() else "file"
-                raise VitxError(f"vitx does not know how to build a model from the {what} {name}; "
+                raise VitxError(f"vitx does not know how to build a model from the file {name}; "
                                 "pass --model NAME --checkpoint FILE")
         elif name.startswith(TORCHVISION_PREFIX):
             module = load_torchvision(name[len(TORCHVISION_PREFIX):], checkpoint, pretrained, **kwargs)

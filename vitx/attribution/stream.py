@@ -112,7 +112,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
 
     from ..batches import batch_loader
     from ..evaluate.distributed import World, barrier, batch_plan, my_batch_ids
-    from .api import evaluation_mode
+    from ..capture.model_state import evaluation_mode
 
     world = world or World()
     options = dict(options or {})

@@ -4,9 +4,7 @@ The recorder owns every hook and flag change (through its adapter and an ExitSta
 explainers never touch the model, and the model is restored on exit even when the forward
 raises.
 """
-import threading
-import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Callable, List, Optional
 
 import torch
@@ -14,6 +12,7 @@ from torch import nn
 
 from ..errors import VitxError
 from .fused import Reduce
+from .model_state import model_lock
 from .layout import MEAN_TOKEN, TokenLayout, infer_layout
 from .unwrap import unwrap
 from .windows import Windowed
@@ -25,27 +24,6 @@ SUPPORTED = (
     "torch.nn.MultiheadAttention (torchvision ViT), and any model that calls "
     "F.scaled_dot_product_attention or a softmax over a square (tokens x tokens) score matrix"
 )
-
-
-_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-@contextmanager
-def model_lock(model: nn.Module):
-    """Serialise everything vitx does to one model across threads (re-entrant in a thread).
-
-    Recording changes a model for the duration of a forward (fused-attention flags, hooks,
-    replaced forwards, eval mode); two threads doing that to one model at once would record
-    each other's attention and restore each other's flags in the wrong order. Calls on
-    different models still run in parallel.
-    """
-    with _locks_guard:
-        lock = _locks.get(model)
-        if lock is None:
-            lock = _locks[model] = threading.RLock()
-    with lock:
-        yield
 
 
 class AttentionRecorder:

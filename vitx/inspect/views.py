@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from ..capture.adapters.base import patch_conv
-from ..attribution.api import as_logits, evaluation_mode, model_inputs
+from ..attribution.targets import as_logits
+from ..capture.model_state import evaluation_mode
+from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..capture.unwrap import unwrap
 from ..capture.windows import Windowed
@@ -46,9 +48,11 @@ def single_grid(attentions, what: str) -> None:
     """Refuse, in one line, window layers of a hierarchical model (a grid per stage, vitx.capture.windows)
     in a view that lays every layer over one token grid."""
     if any(isinstance(a, Windowed) for a in attentions):
+        from ..capture.support import window_methods
+
         raise VitxError(f"{what} lays every layer over one token grid, but this model's window layers run on a grid "
-                        "per stage (Swin): explain it with rollout, grad_rollout, chefer2021 or raw_attention "
-                        "instead, whose maps lie on its first stage's grid")
+                        f"per stage (Swin): explain it with {', '.join(window_methods())} instead, whose maps lie "
+                        "on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
