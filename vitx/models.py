@@ -113,9 +113,9 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
 
     if checkpoint is not None:
         state = strip_wrappers(read_state_dict(checkpoint))
-        head = state.get("head.weight")
-        if head is not None and "num_classes" not in kwargs:
-            kwargs["num_classes"] = head.shape[0]  # a fine-tuned checkpoint brings its own head
+        classes = checkpoint_classes(arch, state)
+        if classes is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = classes  # a fine-tuned checkpoint brings its own head
         model = timm.create_model(arch, pretrained=False, **kwargs)
         return load_weights(model, state, str(checkpoint), arch)
     if pretrained is False:
@@ -124,6 +124,21 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
         return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as exc:
         raise _pretrained_error(arch, exc) from None
+
+
+def checkpoint_classes(arch: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """The class count of the classifier in `state`, found where timm says the classifier of
+    `arch` is (its pretrained config's `classifier`: 'head', 'head.fc', 'fc', 'classifier', or
+    several for distilled heads), or None when the checkpoint has no such layer."""
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(arch)
+    names = getattr(config, "classifier", None) or "head"
+    for name in (names,) if isinstance(names, str) else names:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.dim() >= 2:
+            return weight.shape[0]
+    return None
 
 
 def load_torchvision(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
@@ -228,10 +243,20 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def class_names(model: nn.Module, num_classes: int):
-    """Class names when known: the model's own `class_names`, or ImageNet-1k for 1000 classes."""
+    """Class names when known: the model's own `class_names`, a Hugging Face config's
+    `id2label` (unless it holds only the LABEL_0, LABEL_1... placeholders transformers fills
+    in), or ImageNet-1k for 1000 classes."""
     names = getattr(model, "class_names", None)
     if names:
         return list(names)
+    labels = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(labels, dict) and len(labels) == num_classes:
+        try:
+            named = [str(labels[i]) for i in range(num_classes)]
+        except KeyError:
+            named = None
+        if named and named != [f"LABEL_{i}" for i in range(num_classes)]:
+            return named
     return imagenet_class_names() if num_classes == 1000 else None
 
 

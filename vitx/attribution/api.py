@@ -38,8 +38,9 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
     reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
               else None)
+    fold = _fold(explainer, token) if explainer.folds() and not grad and ATTENTION in needs else None
     with AttentionRecorder(model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens,
-                           layout=layout, reduce=reduce) as recorder:
+                           layout=layout, reduce=reduce, fold=fold) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -59,12 +60,20 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         output=_detach(output), target=resolved, attentions=attentions if ATTENTION in needs else None,
         attention_grads=gradients,
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
-        token_grads=token_grads,
+        token_grads=token_grads, folded=recorder.folded,
         extras=_extras(model, adapter, recorder, needs, live), rows=rows,
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
     return resolved.report(evidence.output), resolved, relevance.detach(), layout
+
+
+def _fold(explainer, token):
+    """The recorder's fold callback: the explainer's `fold` with the explained token's query."""
+    def fold(layer, attention, running, layout):
+        return explainer.fold(layer, attention, running, layout.query(token, device=attention.device))
+
+    return fold
 
 
 def _differentiates_recorded(needs) -> bool:

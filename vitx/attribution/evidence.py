@@ -29,6 +29,7 @@ class Evidence:
     attention_grads: Optional[List[torch.Tensor]] = None  # d(score)/d(attention), per layer
     tokens: Optional[List[torch.Tensor]] = None  # per block (B, N, D) token states
     token_grads: Optional[List[torch.Tensor]] = None
+    folded: Optional[torch.Tensor] = None  # the running state of `Explainer.fold`, when the method folds
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
     rows: Optional[slice] = None  # which of the caller's images this batch is (explain() runs in chunks)
 

@@ -18,6 +18,8 @@ from .unwrap import unwrap
 from .windows import Windowed
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
+# (layer, attention, running state or None, layout) -> the new running state, or None to keep the layer instead
+Fold = Callable[[int, torch.Tensor, Optional[torch.Tensor], TokenLayout], Optional[torch.Tensor]]
 
 SUPPORTED = (
     "timm attention modules, Hugging Face transformers vision models, open_clip image towers, "
@@ -36,7 +38,8 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
-                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None):
+                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
+                 fold: Optional[Fold] = None):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
@@ -44,6 +47,8 @@ class AttentionRecorder:
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
         self.record_tokens = tokens  # token states after each block (see token_states.py)
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
+        self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
+        self.folded: Optional[torch.Tensor] = None
         self.fused = False
         self._anchors: List[torch.Tensor] = []
         self._maps: List[Optional[torch.Tensor]] = []
@@ -55,6 +60,8 @@ class AttentionRecorder:
         self.num_tokens = None
         self._stages = None  # window layers: (grid of the first, tokens of the last)
         self._stack: Optional[ExitStack] = None
+        self._pixels = None  # (C, H, W) of the model call's image batch
+        self._stem_calls: List[nn.Module] = []  # convolutions over the image in this call (see _on_conv)
 
     def __enter__(self) -> "AttentionRecorder":
         if self.adapter is None:
@@ -74,6 +81,9 @@ class AttentionRecorder:
                     stack.enter_context(self.adapter.attach(self.model, self._record))
             if self.record_tokens:
                 stack.enter_context(self._attach_token_sites())
+            if self.record_attention:
+                for conv in (m for m in self.model.modules() if _embeds(m)):
+                    stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
         except BaseException:
             stack.close()
             raise
@@ -93,7 +103,32 @@ class AttentionRecorder:
         self.token_states = []
         self.num_tokens = None
         self._stages = None
+        self.folded = None
         self._anchors, self._maps = [], []
+        self._pixels = tuple(x.shape[1:]) if torch.is_tensor(x) and x.dim() == 4 else None
+        self._stem_calls = []
+
+    def _on_conv(self, module, args):
+        """Count the convolutions over the image itself (a patch embedding or stem: a 4-d input
+        of the image's channels and size). A second one in one model call means the image
+        passes through the network twice (an ensemble of ViTs, flip test-time augmentation):
+        the recorded layers would be those of both passes in one list, and every attention-flow
+        map a mixture equal to neither pass, so that is refused here, before it happens."""
+        x = args[0] if args else None
+        if self._pixels is None or not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self._pixels:
+            return
+        self._stem_calls.append(module)
+        if len(self._stem_calls) > 1:
+            names = {id(m): n for n, m in self.model.named_modules()}
+            first, second = (names.get(id(m), "?") for m in self._stem_calls[:2])
+            how = (f"its stem {first!r} ran twice" if first == second
+                   else f"two stems ran on it, {first!r} and {second!r}")
+            raise VitxError(
+                f"{type(self.model).__name__} runs the image through the network twice in one forward ({how}: an "
+                "ensemble or test-time augmentation), so the recorded layers would mix both passes and no single "
+                "attention flow describes the output. Explain each member / pass as its own model "
+                "(e.g. vitx.explain(model.member, images)), or use a method that reads no attention "
+                "(integrated_gradients, occlusion, rise)")
 
     def _check(self, attention) -> None:
         """Fail loudly on anything that is not one layer's token-by-token self-attention of
@@ -151,6 +186,12 @@ class AttentionRecorder:
             self.num_tokens = first[0] * first[1]
         else:
             self.num_tokens = attention.shape[-1]
+        if self.fold is not None and self._stages is None:  # window layers are kept per layer (compact)
+            running = self.fold(len(self.attentions), attention, self.folded, self._attention_layout())
+            if running is not None:  # folded into the running state: nothing of the layer is kept
+                self.folded = running
+                self.attentions.append(None)
+                return attention
         if self.keep is None:
             self.attentions.append(attention)
         else:
@@ -280,6 +321,10 @@ class AttentionRecorder:
                                 "stage's grid): leave out layout= / --grid")
             return TokenLayout(prefix={}, num_prefix=0, grid=self._stages[0], default_token=MEAN_TOKEN,
                                query_tokens=self._stages[1])
+        return self._attention_layout()
+
+    def _attention_layout(self) -> TokenLayout:
+        """The layout of the attention's token set (`num_tokens`), checked against it."""
         if isinstance(self.layout_override, TokenLayout):
             layout, source = self.layout_override, "the layout you passed"
         elif self.layout_override is not None:
@@ -326,6 +371,14 @@ def _values(attention):
 
 def _like(attention, values):
     return attention.like(values) if isinstance(attention, Windowed) else values
+
+
+def _embeds(module: nn.Module) -> bool:
+    """A convolution that turns an image into something else (other channels, or a stride):
+    a patch embedding or stem. A 3->3, stride-1 convolution (a learnt colour transform in front
+    of the model) keeps the image an image and is not one."""
+    return isinstance(module, nn.Conv2d) and (module.out_channels != module.in_channels
+                                              or any(s > 1 for s in module.stride))
 
 
 def _grid(value):

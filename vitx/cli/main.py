@@ -9,7 +9,7 @@ import warnings
 
 import click
 
-from ..errors import VitxError
+from ..errors import VitxError, printable
 from .dataset import dataset_options, run_dataset_explain, wants_dataset
 from .method_options import drop_flag, flag_value, given_options, method_option_flags, per_method
 from .options import DEFAULT_MODEL
@@ -26,7 +26,7 @@ class VitxGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VitxError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -82,10 +82,9 @@ def displayed(levels: np.ndarray) -> np.ndarray:
 
 
 def _png(rgb: np.ndarray) -> str:
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise VitxError("could not encode an image for the explorer")
-    return base64.b64encode(encoded.tobytes()).decode("ascii")
+    from ..imaging import png_bytes
+
+    return base64.b64encode(png_bytes(rgb, "an image for the explorer")).decode("ascii")
 
 
 def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8, options=None) -> dict:
