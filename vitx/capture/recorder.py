@@ -318,7 +318,7 @@ class AttentionRecorder:
         if self._stages is not None:  # hierarchical: maps on the first stage's grid, query on the last's tokens
             if self.layout_override is not None:
                 raise VitxError("a windowed hierarchical model's layout comes from its stages (maps on the first "
-                                "stage's grid): leave out layout= / --grid")
+                                "stage's grid): leave out layout= / --layout")
             return TokenLayout(prefix={}, num_prefix=0, grid=self._stages[0], default_token=MEAN_TOKEN,
                                query_tokens=self._stages[1])
         return self._attention_layout()
