@@ -4,12 +4,10 @@ R = I; for each block, R <- R + mean_heads((dA * A)^+) R, where dA is the gradie
 target logit w.r.t. the post-softmax attention A; the map is R[token, patches]. Since
 R_L = (I + Abar_L) ... (I + Abar_1), the explained token's row is a rollout of (I + Abar).
 """
-import torch
-
 import vitx
 from vitx.attribution.explainer import Explainer
 from vitx.attribution.libragrad import GRAD_MODE_OPTION
-from vitx.attribution.ops import rollout_row
+from vitx.attribution.ops import add_identity, rollout_row
 
 
 class Chefer2021(Explainer):
@@ -18,6 +16,7 @@ class Chefer2021(Explainer):
     paper = "Chefer, Gur & Wolf 2021, 'Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers'"
     needs_grad = True
     options = (GRAD_MODE_OPTION,)
+    windows = True  # window layers of hierarchical models (vitx.capture.windows)
 
     def reduce(self, layer, attention, gradient):
         return (gradient * attention).clamp_(min=0).sum(dim=1)  # the core divides by the heads: the head mean
@@ -28,10 +27,7 @@ class Chefer2021(Explainer):
         if gradients is not None:
             attentions = [(g * a).clamp(min=0).mean(dim=1) for a, g in zip(attentions, gradients)]
 
-        def factor(layer, fused):
-            return fused + torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-
-        return rollout_row(attentions, query, factor)
+        return rollout_row(attentions, query, lambda layer, fused: add_identity(fused))
 
 
 @vitx.hookimpl

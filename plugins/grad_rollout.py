@@ -8,6 +8,7 @@ from vitx.attribution.ops import discard_lowest, rollout_row, with_residual
 class GradRollout(Explainer):
     name = "grad_rollout"
     summary = "class-specific rollout: mean over heads of attention * d(logit)/d(attention), clamped at 0"
+    windows = True  # window layers of hierarchical models (vitx.capture.windows)
     paper = "Gildenblat 2020, 'Exploring Explainability for Vision Transformers' (vit-explain)"
     needs_grad = True
     options = (

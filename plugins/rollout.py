@@ -15,6 +15,7 @@ FOLD_MAX_TOKENS = 577
 class Rollout(Explainer):
     name = "rollout"
     summary = "attention rollout: fused heads + identity for the residual, multiplied through the layers"
+    windows = True  # window layers of hierarchical models (vitx.capture.windows)
     paper = "Abnar & Zuidema 2020, 'Quantifying Attention Flow in Transformers'"
     options = (
         Option("head_fusion", str, "mean", "how heads are fused in each layer", HEAD_FUSIONS),

@@ -22,8 +22,10 @@ from helpers import _spread_attention, tiny_sdpa, tiny_torchvision
 ATTENTION_METHODS = ("raw_attention", "rollout", "grad_rollout", "chefer2021")
 ALL = ATTENTION_METHODS
 
-# refusal messages, as regular expressions (the family, then the cause)
-WINDOWED = r"shifted-window attention runs inside local windows and patch merging shrinks the token grid"
+# windowed pyramids (vitx.capture.windows): what the README says is recorded
+WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patch merging as a mixing matrix; "
+                "maps on the first stage's grid")
+
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,66 @@ def _sharpen(model):
     _spread_attention(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("qk.weight", ".q.weight", ".k.weight")):
+            if name.endswith(("qk.weight", ".q.weight", ".k.weight", "q_proj.weight", "k_proj.weight", "query.weight",
+                              "key.weight")):
                 p.mul_(6.0)
             if name in ("cls_token", "dist_token", "reg_token"):  # some families start them near 0
                 p.normal_(std=1.0)
             if name.endswith("proj_w.weight"):  # CaiT's post-softmax head mixing: keep it a mix
                 p.copy_(torch.eye(p.shape[0]) + 0.3 * torch.rand_like(p))
+            if name.endswith("logit_scale"):  # SwinV2's cosine attention ignores the scale of q and k
+                p.fill_(4.0)
+            if name.endswith(("norm1.weight", "norm2.weight")) and not p.any():  # SwinV2's zero-init post-norms
+                p.fill_(1.0)
+
+
+def loud_head(model):
+    """Random heads give tiny logit gradients, so gradient maps are nearly the identity's: scale up."""
+    with torch.no_grad():
+        head = (model.get_classifier() if hasattr(model, "get_classifier")
+                else getattr(model, "classifier", None) or model.head)
+        head.weight.mul_(300.0)
+    return model
+
+
+def loud(build):
+    """A factory whose model has a loud head (gradient maps that a wrong layer would change)."""
+    return lambda: loud_head(build())
+
+
+def torchvision_swin(name, patch=2, depths=(2, 2, 2), window=4):
+    """torchvision's swin_t / swin_v2_t layout (their block and merging classes) at toy width."""
+    def build():
+        from torchvision.models import swin_transformer as tv
+
+        v2 = name == "swin_v2_t"
+        torch.manual_seed(0)
+        model = tv.SwinTransformer(patch_size=[patch, patch], embed_dim=24, depths=list(depths),
+                                   num_heads=[2] * len(depths), window_size=[window, window], num_classes=5,
+                                   block=tv.SwinTransformerBlockV2 if v2 else None,
+                                   downsample_layer=tv.PatchMergingV2 if v2 else tv.PatchMerging).eval()
+        _sharpen(model)
+        return model
+
+    return build
+
+
+def hf_swin(kind, patch=2, depths=(2, 2, 2)):
+    """A random-init transformers SwinForImageClassification / Swinv2ForImageClassification."""
+    def build():
+        import transformers
+
+        config_class, model_class = {
+            "swin": (transformers.SwinConfig, transformers.SwinForImageClassification),
+            "swinv2": (transformers.Swinv2Config, transformers.Swinv2ForImageClassification)}[kind]
+        torch.manual_seed(0)
+        config = config_class(image_size=32, patch_size=patch, embed_dim=24, depths=list(depths),
+                              num_heads=[2] * len(depths), window_size=4, num_labels=5)
+        model = model_class(config).eval()
+        _sharpen(model)
+        return model
+
+    return build
 
 
 def cls_module(path, **kwargs):
@@ -167,14 +223,15 @@ ROWS = [
                    base_dims=(12, 12, 12)),
         size=(64, 64), methods=(), refusal=r"PiT: .* pooling layers .* shrink the token grid", notes="token pooling"),
     # --- refused: hierarchical and windowed
+    # --- windowed pyramids: window layers as block-diagonal attention over each stage's grid
     Row("swin", "timm", "Swin", timm_name("swin_tiny_patch4_window7_224"),
-        timm_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, depths=(1, 1),
-                   embed_dim=24, num_heads=(2, 2)),
-        methods=(), refusal="Swin: .*" + WINDOWED, notes="windowed, pyramid"),
+        loud(timm_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, depths=(2, 2),
+                        embed_dim=24, num_heads=(2, 2))),
+        oracle="windows", layers=4, notes=WINDOW_NOTES),
     Row("swinv2", "timm", "SwinV2", timm_name("swinv2_tiny_window8_256"),
-        timm_model("swinv2_tiny_window8_256", img_size=32, patch_size=4, window_size=4, depths=(1, 1), embed_dim=24,
-                   num_heads=(2, 2)),
-        methods=(), refusal="SwinV2: .*" + WINDOWED, notes="windowed, pyramid"),
+        loud(timm_model("swinv2_tiny_window8_256", img_size=(32, 64), patch_size=4, window_size=4, depths=(2, 2),
+                        embed_dim=24, num_heads=(2, 2))),
+        size=(32, 64), oracle="windows", layers=4, notes=WINDOW_NOTES),
     Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"),
         lambda: _mvit(), size=(64, 64), methods=(), refusal=r"MViTv2: .* pooling attention", notes="pooling attention"),
     Row("hiera", "timm", "Hiera", timm_name("hiera_tiny_224"),
@@ -208,9 +265,14 @@ ROWS = [
         timm_model("efficientformerv2_s0", depths=(1, 1, 1, 1), img_size=64), size=(64, 64), methods=(),
         refusal=r"EfficientFormerV2: .* strided keys and values", notes="conv stages, strided attention"),
     Row("torchvision_swin", "torchvision", "Swin (swin_t, swin_v2_t)", "`--model torchvision/swin_t`",
-        cls_module("torchvision.models.SwinTransformer", patch_size=[4, 4], embed_dim=24, depths=[1, 1],
-                   num_heads=[2, 2], window_size=[4, 4], num_classes=5),
-        methods=(), refusal=r"torchvision Swin .*" + WINDOWED, notes="windowed, pyramid"),
+        loud(torchvision_swin("swin_t", patch=4, depths=(2, 2))), oracle="windows", layers=4, notes=WINDOW_NOTES),
+    Row("torchvision_swin_v2", "torchvision", "Swin (swin_t, swin_v2_t)", "`--model torchvision/swin_t`",
+        loud(torchvision_swin("swin_v2_t", patch=4, depths=(2, 2))), size=(32, 64), oracle="windows", layers=4,
+        readme=False),
+    Row("hf_swin", "transformers", "Swin / SwinV2", "`--model hf:DIR` (SwinForImageClassification, ...)",
+        loud(hf_swin("swin", patch=4, depths=(2, 2))), size=(32, 64), oracle="windows", layers=4, notes=WINDOW_NOTES),
+    Row("hf_swinv2", "transformers", "Swin / SwinV2", "`--model hf:DIR` (SwinForImageClassification, ...)",
+        loud(hf_swin("swinv2", patch=4, depths=(2, 2))), oracle="windows", layers=4, readme=False),
     Row("torchvision_maxvit", "torchvision", "MaxViT (maxvit_t)", "`--model torchvision/maxvit_t`",
         cls_module("torchvision.models.MaxVit", input_size=(64, 64), stem_channels=16, partition_size=2,
                    block_channels=[16, 16], block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0,

@@ -5,7 +5,9 @@ and raw_attention equal a reference computed here from attention obtained anothe
 (recomputed from each module's weights, see compat_reference) to correlation > 0.999, image by
 image; recording leaves the model's output unchanged. Refused rows: each other attention
 method fails before any forward with the family's precise error, and recording raw attention
-fails with a VitxError, never a raw exception. The README table is generated from the rows.
+fails with a VitxError, never a raw exception. Windowed hierarchical rows (oracle "windows":
+Swin, SwinV2) are compared with the dense reference of tests/window_reference.py, gradient
+rollout included. The README table is generated from the rows.
 """
 import re
 from pathlib import Path
@@ -14,12 +16,15 @@ import pytest
 import torch
 
 import vitx
+import window_reference
 from compat_reference import attention_and_grads, chefer, raw, rollout
 from compat_rows import ROWS, readme_table, refused_methods
 from helpers import images_for
 from vitx.errors import VitxError
 
 REFERENCES = {"rollout": rollout, "chefer2021": chefer, "raw_attention": raw}
+WINDOW_REFERENCES = {"rollout": window_reference.rollout, "chefer2021": window_reference.chefer,
+                     "raw_attention": window_reference.raw, "grad_rollout": window_reference.grad_rollout}
 TARGETS = [1, 3]
 
 
@@ -51,6 +56,8 @@ def test_configuration(row):
     assert layout.num_tokens == rec.attentions[0].shape[-1]
     if row.layers is not None:
         assert rec.num_layers == row.layers
+    if row.oracle == "windows":
+        return check_windows(model, x, row, layout)
     query = layout.query(row.token)
 
     references = [attention_and_grads(model, x[i:i + 1], TARGETS[i], row.oracle) for i in range(2)]
@@ -66,6 +73,17 @@ def test_configuration(row):
             assert expected.std() > 1e-4, "reference map is flat: the check could not fail"
             assert correlation(got, expected) > 0.999, (method, i)
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def check_windows(model, x, row, layout):
+    references = [window_reference.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+    for method in row.methods:
+        explanation = vitx.explain(model, x, method=method, target=TARGETS)
+        assert explanation.maps.shape == (2, *layout.grid)
+        for i in range(2):
+            expected = WINDOW_REFERENCES[method](references[i])
+            assert expected.std() > 1e-3 * expected.abs().mean(), "reference map is flat: the check could not fail"
+            assert correlation(explanation.relevance[i], expected) > 0.999, (method, i)
 
 
 def test_matrix_is_large_enough():

@@ -110,16 +110,20 @@ def test_headless_model_refuses_a_class_index():
         vitx.explain(model, images_for((32, 32), batch=1), method="grad_rollout", target=3)
 
 
-def test_swin_is_refused_with_a_clear_message():
+def test_swin_explains_over_its_first_stage_and_restores_the_config():
+    """Swin's window layers are recorded (tests/test_windows.py checks the maps against a dense
+    reference); methods that cannot read window layers refuse in one line, before any forward."""
     import transformers
 
     config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=12, depths=[1, 1], num_heads=[2, 2],
                                      window_size=4)
     model = transformers.SwinModel(config).eval()
-    with pytest.raises(vitx.VitxError, match="windows") as info:
-        vitx.explain(model, images_for((32, 32), batch=1), method="rollout")
-    assert "\n" not in str(info.value)
+    explanation = vitx.explain(model, images_for((32, 32), batch=1), method="rollout")
+    assert explanation.maps.shape == (1, 8, 8)
     assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(vitx.VitxError, match="Swin .*window attention") as info:
+        vitx.explain(model, images_for((32, 32), batch=1), method="transformer_attribution")
+    assert "\n" not in str(info.value)
 
 
 def test_siglip_pooling_head_does_not_claim_the_model():

@@ -57,14 +57,13 @@ def test_xcit_raw_attention_reads_its_class_attention_and_flow_is_refused():
 
 
 def test_refusal_names_cause_and_installed_methods():
-    model = timm_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, depths=(1, 1),
-                       embed_dim=24, num_heads=(2, 2))()
+    model = timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))()
     adapter = find_adapter(model)
     assert adapter.name == "hierarchical"
     with pytest.raises(VitxError) as info:
         check_method(adapter, model, get_explainer("chefer2021").cls())
     message = str(info.value)
-    assert message.startswith("Swin: method 'chefer2021' cannot explain this model: shifted-window attention")
+    assert message.startswith("PVTv2: method 'chefer2021' cannot explain this model: spatial-reduction attention")
     for name in methods_without_attention():
         assert name in message.split("methods that apply:")[1]
     assert "rollout" in message.split("methods that apply:")[0]

@@ -28,6 +28,9 @@ class TokenLayout:
     grid: Tuple[int, int]
     default_token: str = "cls"
     patch_start: int = field(default=-1)
+    # hierarchical models (Swin): the explained token lives on the LAST stage's tokens (this
+    # many), while relevance and maps are over the first stage's grid; 0: the same tokens
+    query_tokens: int = 0
 
     def __post_init__(self):
         if self.patch_start < 0:
@@ -53,6 +56,8 @@ class TokenLayout:
         global-average-pool head reads.
         """
         token = self.default_token if token is None else token
+        if self.query_tokens:
+            return self._last_stage_query(token, device)
         q = torch.zeros(self.num_tokens, device=device)
         if token == MEAN_TOKEN:
             q[self.patch_start:self.patch_start + self.num_patches] = 1.0 / self.num_patches
@@ -64,6 +69,18 @@ class TokenLayout:
             raise VitxError(
                 f"this model has no token {token!r}; valid tokens: {', '.join(self.tokens)}"
             )
+        return q
+
+    def _last_stage_query(self, token, device) -> torch.Tensor:
+        """'mean' (what a global-average-pool head reads) or a token index of the last stage."""
+        q = torch.zeros(self.query_tokens, device=device)
+        if token == MEAN_TOKEN:
+            q[:] = 1.0 / self.query_tokens
+        elif isinstance(token, int) and 0 <= token < self.query_tokens:
+            q[token] = 1.0
+        else:
+            raise VitxError(f"this model has no token {token!r}; valid tokens: 'mean', or an index of its "
+                            f"last stage's {self.query_tokens} tokens")
         return q
 
     def patch_map(self, relevance: torch.Tensor) -> torch.Tensor:

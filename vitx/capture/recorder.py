@@ -13,8 +13,9 @@ from torch import nn
 from ..errors import VitxError
 from .fused import Reduce
 from .model_state import model_lock
-from .layout import TokenLayout, infer_layout
+from .layout import MEAN_TOKEN, TokenLayout, infer_layout
 from .unwrap import unwrap
+from .windows import Windowed
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 # (layer, attention, running state or None, layout) -> the new running state, or None to keep the layer instead
@@ -60,6 +61,7 @@ class AttentionRecorder:
         self.input_size = None
         self.batch_size = None
         self.num_tokens = None
+        self._stages = None  # window layers: (grid of the first, tokens of the last)
         self._stack: Optional[ExitStack] = None
         self._pixels = None  # (C, H, W) of the model call's image batch
         self._stem_calls: List[nn.Module] = []  # convolutions over the image in this call (see _on_conv)
@@ -106,6 +108,7 @@ class AttentionRecorder:
         self.token_states = []
         self.block_inputs, self.block_mids = [], []
         self.num_tokens = None
+        self._stages = None
         self.folded = None
         self._anchors, self._maps = [], []
         self._pixels = tuple(x.shape[1:]) if torch.is_tensor(x) and x.dim() == 4 else None
@@ -138,6 +141,8 @@ class AttentionRecorder:
         this batch: such a tensor in the list would make every method silently wrong.
         `attention`: the tensor, or anything with its `shape` and `dim()`."""
         where = f"{self.adapter.name!r} adapter, layer {len(self.attentions)}"
+        if isinstance(attention, Windowed) or self._stages is not None:
+            return self._check_windowed(attention, where)
         if attention.dim() != 4:
             raise VitxError(
                 f"recorded attention of shape {tuple(attention.shape)} ({where}): expected (batch, heads, tokens, "
@@ -163,10 +168,31 @@ class AttentionRecorder:
                 "attention cannot be rolled out. Use a method that reads token states or gradients"
             )
 
+    def _check_windowed(self, attention, where) -> None:
+        """Window layers (vitx.capture.windows) chain: each starts on the grid the previous one
+        ended on, or carries the merge from it. Mixed with dense layers: no single chain."""
+        if not isinstance(attention, Windowed) or (self.attentions and self._stages is None):
+            raise VitxError(f"recorded window and full-grid attention in one model ({where}): the adapter must "
+                            "record every layer as window attention over the stage's grid")
+        if attention.dim() != 4 or (self.batch_size is not None and attention.shape[0] != self.batch_size):
+            raise VitxError(f"recorded window attention of shape {attention.shape} ({where}): expected "
+                            f"(batch {self.batch_size}, heads, tokens, tokens)")
+        if self._stages is None:
+            return
+        before = attention.num_tokens if attention.entry is None else attention.entry.num_tokens
+        if before != self._stages[1]:
+            raise VitxError(f"window layer over {before} tokens follows a layer over {self._stages[1]} ({where}): "
+                            "the adapter recorded no merge between these stages")
+
     def _record(self, attention: torch.Tensor) -> torch.Tensor:
         self._check(attention)
-        self.num_tokens = attention.shape[-1]
-        if self.fold is not None:
+        if isinstance(attention, Windowed):  # num_tokens: the first stage's grid, which the maps cover
+            first = self._stages[0] if self._stages else attention.grid
+            self._stages = (first, attention.num_tokens)
+            self.num_tokens = first[0] * first[1]
+        else:
+            self.num_tokens = attention.shape[-1]
+        if self.fold is not None and self._stages is None:  # window layers are kept per layer (compact)
             running = self.fold(len(self.attentions), attention, self.folded, self._attention_layout())
             if running is not None:  # folded into the running state: nothing of the layer is kept
                 self.folded = running
@@ -283,8 +309,10 @@ class AttentionRecorder:
             gradients = self.gradients(score)
             maps = []
             for layer, (attention, gradient) in enumerate(zip(self.graph_attentions, gradients)):
-                term = self.reduce(layer, attention.detach().float(), gradient.float()).float()
-                maps.append((term / attention.shape[1]).to(attention.dtype))
+                values, grads = _values(attention), _values(gradient)  # a window layer: its blocks
+                term = self.reduce(layer, values.detach().float(), grads.float()).float()
+                term = (term / values.shape[1]).to(values.dtype)
+                maps.append(attention.like(term) if isinstance(attention, Windowed) else term)
             return maps
         torch.autograd.grad(score, self._anchors, allow_unused=True)
         known = next((m for m in self._maps if m is not None), None)
@@ -315,6 +343,12 @@ class AttentionRecorder:
         if not self.record_attention:
             return self._token_layout()
         self.check_recorded()
+        if self._stages is not None:  # hierarchical: maps on the first stage's grid, query on the last's tokens
+            if self.layout_override is not None:
+                raise VitxError("a windowed hierarchical model's layout comes from its stages (maps on the first "
+                                "stage's grid): leave out layout= / --layout")
+            return TokenLayout(prefix={}, num_prefix=0, grid=self._stages[0], default_token=MEAN_TOKEN,
+                               query_tokens=self._stages[1])
         return self._attention_layout()
 
     def _attention_layout(self) -> TokenLayout:
@@ -352,8 +386,19 @@ class AttentionRecorder:
                 "attention gradients need a forward with gradients enabled "
                 "(torch.enable_grad(), input or parameters requiring grad)"
             )
-        grads = torch.autograd.grad(score, self.graph_attentions, allow_unused=True)
-        return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
+        values = [_values(a) for a in self.graph_attentions]
+        grads = torch.autograd.grad(score, values, allow_unused=True)
+        return [_like(a, torch.zeros_like(v) if g is None else g)
+                for a, v, g in zip(self.graph_attentions, values, grads)]
+
+
+def _values(attention):
+    """The tensor autograd sees: a window layer's blocks, or the attention itself."""
+    return attention.blocks if isinstance(attention, Windowed) else attention
+
+
+def _like(attention, values):
+    return attention.like(values) if isinstance(attention, Windowed) else values
 
 
 def _embeds(module: nn.Module) -> bool:

@@ -29,6 +29,11 @@ def attention_methods() -> List[str]:
     return sorted(name for name, e in _registered().items() if needs_attention(e.cls))
 
 
+def window_methods() -> List[str]:
+    """Attention methods that also explain windowed hierarchical models (`Explainer.windows`)."""
+    return sorted(name for name, e in _registered().items() if needs_attention(e.cls) and e.cls.windows)
+
+
 def methods_without_attention() -> List[str]:
     """Installed methods that need no attention (the core names no plugin: what is installed
     is what applies)."""

@@ -35,6 +35,7 @@ from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..errors import VitxError
 from ..models import class_names
+from .views import single_grid
 
 SCRIPT = Path(__file__).with_name("explorer.js")
 
@@ -98,6 +99,7 @@ def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int
                 logits = as_logits(model(chunk)).float()
                 recorder.check_recorded()
             layout = recorder.layout
+            single_grid(recorder.attentions, "the attention explorer")
             stacked = torch.stack([a.detach().cpu() for a in recorder.attentions], 1)  # (B, L, H, N, N)
             probabilities = logits.softmax(-1).cpu()
             for i in range(chunk.shape[0]):

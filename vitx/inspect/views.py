@@ -25,6 +25,7 @@ from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..capture.unwrap import unwrap
+from ..capture.windows import Windowed
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
@@ -43,6 +44,17 @@ class AttentionMaps:
     logits: torch.Tensor
 
 
+def single_grid(attentions, what: str) -> None:
+    """Refuse, in one line, window layers of a hierarchical model (a grid per stage, vitx.capture.windows)
+    in a view that lays every layer over one token grid."""
+    if any(isinstance(a, Windowed) for a in attentions):
+        from ..capture.support import window_methods
+
+        raise VitxError(f"{what} lays every layer over one token grid, but this model's window layers run on a grid "
+                        f"per stage (Swin): explain it with {', '.join(window_methods())} instead, whose maps lie "
+                        "on its first stage's grid")
+
+
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
     """Each layer's and head's attention row of every prefix token (cls, dist, registers),
     or of the mean patch token for a model without one, on the patch grid."""
@@ -51,6 +63,7 @@ def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> Attent
     with evaluation_mode(model), torch.no_grad(), AttentionRecorder(model, adapter=adapter) as recorder:
         logits = as_logits(model(pixels[:1]))
         layout = recorder.layout
+    single_grid(recorder.attentions, "the per-layer attention figure")
     stacked = torch.stack([a[0] for a in recorder.attentions])  # (L, H, N, N)
     tokens = tokens or (list(layout.prefix) or [layout.default_token])
     maps = {}
@@ -124,6 +137,7 @@ def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter
             size = tuple(chunk.shape[-2:])
 
             def reduce(layer, attention, size=size):
+                single_grid([attention], "attention distance and entropy")
                 layout = adapter.layout(model, size, attention.shape[-1])
                 per_pixel = (size[0] / layout.grid[0], size[1] / layout.grid[1])
                 geometry.update(grid=tuple(layout.grid), per_pixel=per_pixel, tokens=attention.shape[-1])

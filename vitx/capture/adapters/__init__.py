@@ -8,6 +8,9 @@ from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
+from .swin import TimmSwinAdapter
+from .hf_swin import HFSwinAdapter
+from .torchvision_swin import TorchvisionSwinAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
 from .timm_families import TimmTokenFamiliesAdapter
@@ -18,9 +21,9 @@ from .transformers import TransformersAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
+    "Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmTokenFamiliesAdapter", "TransformersAdapter",
+    "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -28,10 +31,13 @@ __all__ = [
 @hookimpl
 def vitx_register_adapters(register):
     register(SamAdapter())
+    register(TimmSwinAdapter())
+    register(TorchvisionSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(TimmNaFlexAdapter())
+    register(HFSwinAdapter())
     register(TransformersAdapter())
     register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())

@@ -3,13 +3,16 @@
 Attention-flow methods (rollout, gradient rollout, Chefer et al.) multiply one
 (tokens x tokens) attention matrix per layer over a single token set, and raw attention reads
 one such matrix as a map over the image. That is undefined when a model attends within
-windows and merges or pools tokens between stages (Swin, MViTv2, Hiera, PVT, MaxViT, ...),
+windows and pools tokens or keys between stages (MViTv2, Hiera, PVT, MaxViT, ...),
 mixes tokens by convolution or channel attention rather than token attention, or keeps two
 token sets. These models are claimed here by class, so that an attention method refuses
 before any forward with a message naming the real cause and the methods that do apply
 (token-feature, gradient and perturbation methods), and the recorder's generic checks (which
 would only see "batch 128" or "different token counts") are never the user's explanation.
-A family that becomes explainable gets its own adapter and leaves this table.
+A family that becomes explainable gets its own adapter and leaves this table: Swin and SwinV2
+(timm, torchvision, Hugging Face) did, with their window layers written as block-diagonal
+attention per stage and the patch merging as a mixing matrix (vitx.capture.windows, adapters
+swin / torchvision_swin / hf_swin).
 """
 from contextlib import contextmanager
 
@@ -25,11 +28,9 @@ WINDOWED_PYRAMID = (
 
 # class path -> (family, why attention methods are undefined for it)
 FAMILIES = {
-    "timm.models.swin_transformer.SwinTransformer": ("Swin", "shifted-window " + WINDOWED_PYRAMID),
-    "timm.models.swin_transformer_v2.SwinTransformerV2": ("SwinV2", "shifted-window " + WINDOWED_PYRAMID),
-    "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": ("SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID),
-    "torchvision.models.swin_transformer.SwinTransformer": (
-        "torchvision Swin (swin_t / swin_v2_t)", "shifted-window " + WINDOWED_PYRAMID),
+    "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": (
+        "SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID + "; vitx writes the window layers of timm's "
+        "SwinTransformer / SwinTransformerV2 as block-diagonal attention per stage, not yet those of this variant"),
     "timm.models.mvitv2.MultiScaleVit": (
         "MViTv2", "pooling attention: keys and values (and the queries at each stage change) are pooled to a "
         "coarser grid, so queries and keys are different token sets and the grid shrinks between stages"),
