@@ -7,7 +7,7 @@ VENV ?= $(HOME)/.cache/vitx/venv-$(SPEC_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: venv install system-deps demo report test test-fast bench clean-venv
+.PHONY: venv install system-deps demo report test test-fast imports bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ report: install
 system-deps:
 	bash scripts/system-deps.sh
 
-test: install system-deps
+test: install system-deps imports
 	$(BIN)/python -m pytest -q tests
+
+# Import contracts (.importlinter): no import cycle at any depth, layers pointing one way.
+# PYTHONPATH=. lets it read plugins/ and reference_models/ as the packages they are here.
+imports: install
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 test-fast: install system-deps
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Sampler
 
 from vitx.errors import VitxError
-from vitx.evaluate.distributed import World, barrier, init_world, rank_device
+from vitx.distributed import World, barrier, init_world, rank_device
 
 
 def setup(device: str) -> Tuple[World, torch.device]:

@@ -17,7 +17,7 @@ import torch
 
 import vitx
 from vitx.inspect.inspection import inspect_models
-from vitx.inspect.report import markdown_table
+from vitx.markdown import markdown_table
 
 from .checkpoint import load_model_file
 from vitx.datasets import dataset_info, load_split

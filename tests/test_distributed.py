@@ -235,7 +235,7 @@ def test_ddp_training_for_one_epoch_equals_one_process_with_the_same_global_batc
 def test_rank_order_splits_each_single_process_batch_between_the_ranks(size, batch):
     from torch.utils.data import DataLoader
 
-    from vitx.evaluate.distributed import World
+    from vitx.distributed import World
     from vitx.reference_models.distributed import RankOrder
 
     data = list(range(size))

@@ -2,7 +2,7 @@
 images skipped (and named) instead of ending a long run.
 
 Both dataset-scale commands need the same thing: `vitx evaluate` (the images of each global
-batch, see vitx.evaluate.distributed) and `vitx explain FOLDER` (one shard per batch). A
+batch, see vitx.distributed) and `vitx explain FOLDER` (one shard per batch). A
 batch keeps its place even when some or all of its images cannot be read, so batch numbers,
 shard numbers and the per-batch random seeds stay those of the plan.
 """

@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ..errors import VitxError
+from .errors import VitxError
 
 
 @dataclass(frozen=True)

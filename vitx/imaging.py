@@ -1,6 +1,6 @@
 """Reading images with clear errors, and drawing heatmaps and overlays with OpenCV."""
 from pathlib import Path
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import cv2
 import numpy as np
@@ -129,3 +129,8 @@ def save_png(path: Union[str, Path], rgb: np.ndarray) -> None:
     except OSError as exc:
         raise VitxError(f"could not write {printable(path)}: {exc.strerror}") from None
 
+
+def image_files(folder: Path) -> List[Path]:
+    """Image files anywhere below `folder` (nested folders too), sorted, hidden ones left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))

@@ -210,14 +210,14 @@ def get_explainer(name: str) -> ExplainerEntry:
 
 def data_config(model) -> dict:
     """How to preprocess images for `model` (wrappers seen through): its adapter's data config."""
-    from .capture.unwrap import unwrap
+    from .unwrap import unwrap
 
     model = unwrap(model)
     return find_adapter(model).data_config(model)
 
 
 def find_adapter(model):
-    from .capture.unwrap import unwrap
+    from .unwrap import unwrap
 
     model = unwrap(model)
     for adapter in get_registry().adapters:

@@ -12,7 +12,7 @@ from torch import nn
 from ..capture.model_state import evaluation_mode, model_lock
 from ..capture.recorder import AttentionRecorder
 from ..capture.support import check_method
-from ..capture.unwrap import unwrap
+from ..unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, TOKEN_GRAD, TOKENS

@@ -11,54 +11,15 @@ implements the math in one of two ways:
   `Evidence` it asked for (token states and their gradients, or `evidence.score` /
   `evidence.input_gradient` for methods that run the model themselves).
 """
-from dataclasses import dataclass
 from typing import Any, ClassVar, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..capture.requirements import (  # noqa: F401 (the names plugins import from here)
+    ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, REQUIREMENTS, TOKEN_GRAD, TOKENS,
+)
 from ..errors import VitxError, suggest
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of an explainer, declared once and used by the library, CLI and docs."""
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: Optional[Tuple[Any, ...]] = None
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-
-    def parse(self, value: Any, method: str) -> Any:
-        if value is None:
-            return None if self.default is None else self.parse(self.default, method)
-        try:
-            value = self.type(value)
-        except (TypeError, ValueError):
-            raise VitxError(f"{method}: option {self.name} expects {self.type.__name__}, got {value!r}") from None
-        if isinstance(value, float) and value != value:  # NaN passes every range check
-            raise VitxError(f"{method}: option {self.name} must be a number, got nan")
-        if self.choices is not None and value not in self.choices:
-            raise VitxError(
-                f"{method}: option {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
-            )
-        too_low = self.minimum is not None and value < self.minimum
-        too_high = self.maximum is not None and value > self.maximum
-        if too_low or too_high:
-            raise VitxError(f"{method}: option {self.name} must be in [{self.minimum}, {self.maximum}], got {value}")
-        return value
-
-
-# What an explainer can ask the core to record (Explainer.requires).
-ATTENTION = "attention"  # post-softmax attention per layer (B, heads, N, N)
-ATTENTION_GRAD = "attention_grad"  # d(target score)/d(attention) per layer
-TOKENS = "tokens"  # token states after each block (B, N, D)
-TOKEN_GRAD = "token_grad"  # d(target score)/d(token states) per block
-MODEL = "model"  # nothing recorded: the method runs the model itself (evidence.score / input_gradient)
-BLOCK_STATES = "block_states"  # per block: its input, the residual stream after attention, its output
-REQUIREMENTS = (ATTENTION, ATTENTION_GRAD, TOKENS, TOKEN_GRAD, MODEL, BLOCK_STATES)
+from .options import Option  # noqa: F401 (plugins import it from here)
 
 
 class Explainer:

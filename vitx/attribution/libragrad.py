@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VitxError
-from .explainer import Option
+from .options import Option
 from .lrp import _ELEMENTWISE, LRPRules, _argument, _live, frozen_parameters
 
 GRAD_MODES = ("plain", "libragrad")

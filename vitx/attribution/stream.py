@@ -32,8 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import VitxError
-from ..evaluate.folders import image_files
-from ..imaging import IMAGE_SUFFIXES
+from ..imaging import IMAGE_SUFFIXES, image_files
 
 SHARD = "shard-{:05d}.npz"
 
@@ -145,7 +144,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
     from tqdm import tqdm
 
     from ..batches import batch_loader
-    from ..evaluate.distributed import World, barrier, batch_plan, my_batch_ids
+    from ..distributed import World, barrier, batch_plan, my_batch_ids
     from ..capture.model_state import evaluation_mode
 
     world = world or World()

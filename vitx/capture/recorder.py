@@ -14,7 +14,7 @@ from ..errors import VitxError
 from .fused import Reduce
 from .model_state import model_lock
 from .layout import MEAN_TOKEN, TokenLayout, infer_layout
-from .unwrap import unwrap
+from ..unwrap import unwrap
 from .windows import Windowed
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]

@@ -14,7 +14,7 @@ from ..errors import VitxError
 
 def needs_attention(explainer) -> bool:
     """True for methods that read recorded attention or its gradient."""
-    from ..attribution.explainer import ATTENTION, ATTENTION_GRAD
+    from .requirements import ATTENTION, ATTENTION_GRAD
 
     return bool(explainer.requirements() & {ATTENTION, ATTENTION_GRAD})
 

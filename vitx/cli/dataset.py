@@ -36,7 +36,7 @@ def run_dataset_explain(paths, model, checkpoint, pretrained, method, options, t
     """Explain a folder or dataset into OUT (shards + index), resuming what exists; under
     torchrun every rank takes its share and rank 0 writes the index."""
     from ..attribution.stream import ImageFiles, explain_dataset
-    from ..evaluate.distributed import init_world, rank_device
+    from ..distributed import init_world, rank_device
     from ..models import load_model
     from ..registry import find_adapter
     from .options import DEFAULT_MODEL

@@ -65,11 +65,11 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     import torch
 
     from ..batches import batch_loader
-    from ..evaluate.distributed import batch_plan, gather_to_main, init_world, my_batch_ids, rank_device
+    from ..distributed import batch_plan, gather_to_main, init_world, my_batch_ids, rank_device
     from ..evaluate.metrics import evaluate_methods
     from ..models import load_model
     from ..registry import data_config, get_explainer
-    from ..inspect.report import markdown_table
+    from ..markdown import markdown_table
 
     from ..attribution.api import list_methods
 
@@ -130,7 +130,8 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
     if sanity:
-        from ..evaluate.sanity import sanity_check, write_sanity
+        from ..evaluate.sanity import sanity_check
+        from ..inspect.figures import write_sanity
 
         if world.distributed:  # rank 0 holds only its own batches: read every image of the plan
             kept = [b.pixels for b in batch_loader(data, plan, workers) if b.indices]

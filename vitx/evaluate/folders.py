@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import VitxError, suggest
-from ..imaging import IMAGE_SUFFIXES, read_image
+from ..imaging import image_files, read_image
 
 
 def _key(name: str) -> str:
@@ -53,12 +53,6 @@ def class_folders(root) -> List[Path]:
         raise VitxError(f"--images {root} has no class sub-folders (one folder of images per class, named by "
                         "class index or class name)")
     return folders
-
-
-def image_files(folder: Path) -> List[Path]:
-    """Image files anywhere below `folder` (nested folders too), sorted, hidden ones left out."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 class LabelledFolder:

@@ -223,7 +223,7 @@ def localisation_command(model_name, checkpoint, device, masks, methods, count, 
 
     import click
 
-    from ..inspect.report import markdown_table
+    from ..markdown import markdown_table
     from ..models import load_model
 
     source = Path(masks)

@@ -170,7 +170,7 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BA
     explanation and its ratio to a plain (no-grad) forward of the same batches (timings vary
     from run to run, so they are kept out of the deterministic result).
 
-    Distributed (vitx.evaluate.distributed): each rank passes its own batches with their
+    Distributed (vitx.distributed): each rank passes its own batches with their
     global numbers (`batch_ids`) and its `world`; rank 0 gathers every rank's per-batch
     curves (and timings), puts them in batch order and returns the result, the other ranks
     return None. The random map of batch i is drawn from a generator seeded with (seed, i),
@@ -185,7 +185,7 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BA
 
     if not methods:
         raise VitxError("no methods to evaluate")
-    from ..capture.unwrap import unwrap
+    from ..unwrap import unwrap
 
     model = unwrap(model)
     options = _with_baseline(methods, options or {}, baseline)
@@ -221,7 +221,7 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BA
                                     per_method[name])
             parts.append((batch_id, per_method))
     if world is not None and world.distributed:
-        from .distributed import gather_to_main
+        from ..distributed import gather_to_main
 
         gathered = gather_to_main((parts, seconds, images), world)
         if not world.is_main:

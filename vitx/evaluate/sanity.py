@@ -189,22 +189,3 @@ def sanity_check(model: nn.Module, images, methods: Sequence[str], seed: int = 0
 def _upsample(maps: torch.Tensor, size) -> np.ndarray:
     up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
     return up.clamp(0, 1).double().numpy()
-
-
-def write_sanity(result: SanityResult, out) -> list:
-    """sanity.json, sanity.md and sanity.png (similarity per cascade step) in `out`."""
-    import json
-    from pathlib import Path
-
-    from ..imaging import save_png
-    from ..inspect.figures import sanity_curves
-    from ..inspect.report import markdown_table
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sanity.json").write_text(json.dumps(result.as_dict(), indent=1))
-    (out / "sanity.md").write_text(
-        f"Cascading randomisation (Adebayo et al. 2018), {result.count} images, steps: "
-        f"{', '.join(result.steps[1:])}\n\n{markdown_table(result.header(), result.rows())}\n")
-    save_png(out / "sanity.png", sanity_curves(result))
-    return [out / "sanity.json", out / "sanity.md", out / "sanity.png"]

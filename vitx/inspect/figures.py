@@ -236,3 +236,21 @@ def sanity_curves(result) -> np.ndarray:
     rank_axes.set_ylabel("similarity")
     rank_axes.legend(fontsize="small")
     return render(figure)
+
+
+def write_sanity(result, out) -> list:
+    """sanity.json, sanity.md and sanity.png (similarity per cascade step) in `out`."""
+    import json
+    from pathlib import Path
+
+    from ..imaging import save_png
+    from ..markdown import markdown_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sanity.json").write_text(json.dumps(result.as_dict(), indent=1))
+    (out / "sanity.md").write_text(
+        f"Cascading randomisation (Adebayo et al. 2018), {result.count} images, steps: "
+        f"{', '.join(result.steps[1:])}\n\n{markdown_table(result.header(), result.rows())}\n")
+    save_png(out / "sanity.png", sanity_curves(result))
+    return [out / "sanity.json", out / "sanity.md", out / "sanity.png"]

@@ -78,12 +78,6 @@ class Section:
         return self
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """The same table for a results.md file (the CLI's evaluate and study write one)."""
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
-
-
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

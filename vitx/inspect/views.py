@@ -24,7 +24,7 @@ from ..attribution.targets import as_logits
 from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
-from ..capture.unwrap import unwrap
+from ..unwrap import unwrap
 from ..capture.windows import Windowed
 from ..errors import VitxError
 from ..capture.layout import TokenLayout

@@ -1,0 +1,38 @@
+"""`Option`: one option of a method, declared once and read by the library, the CLI (whose
+flags are generated from it) and the docs."""
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+from ..errors import VitxError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of an explainer, declared once and used by the library, CLI and docs."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: Optional[Tuple[Any, ...]] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+
+    def parse(self, value: Any, method: str) -> Any:
+        if value is None:
+            return None if self.default is None else self.parse(self.default, method)
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise VitxError(f"{method}: option {self.name} expects {self.type.__name__}, got {value!r}") from None
+        if isinstance(value, float) and value != value:  # NaN passes every range check
+            raise VitxError(f"{method}: option {self.name} must be a number, got nan")
+        if self.choices is not None and value not in self.choices:
+            raise VitxError(
+                f"{method}: option {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+            )
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and value > self.maximum
+        if too_low or too_high:
+            raise VitxError(f"{method}: option {self.name} must be in [{self.minimum}, {self.maximum}], got {value}")
+        return value
