@@ -328,7 +328,9 @@ def test_hf_classifier_shows_its_class_names(tmp_path):
                                                     ("SwinConfig", "SwinForImageClassification"),
                                                     ("Swinv2Config", "Swinv2Model")])
 def test_hf_swin_refuses_attention_methods_before_any_forward_with_the_family_message(config_name, model_name):
-    """Item 12: the refusal came after a full forward, with the recorder's 'batch 64' message."""
+    """Item 12: the refusal came after a full forward, with the recorder's 'batch 64' message.
+    (Since #21 Swin's window attention is explained by the attention-flow methods; the attention
+    methods that cannot read window layers are the ones refused, before any forward.)"""
     import transformers
 
     config = getattr(transformers, config_name)(image_size=32, patch_size=4, embed_dim=12, depths=[1, 1],
@@ -339,9 +341,9 @@ def test_hf_swin_refuses_attention_methods_before_any_forward_with_the_family_me
     timm_swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=12,
                                   depths=(1, 1), num_heads=(1, 2))
     with pytest.raises(VitxError) as timm_info:
-        vitx.explain(timm_swin, torch.randn(1, 3, 56, 56), method="rollout")
-    for method in ("rollout", "raw_attention", "chefer2021"):
-        with pytest.raises(VitxError, match="shifted-window") as info:
+        vitx.explain(timm_swin, torch.randn(1, 3, 56, 56), method="legrad")
+    for method in ("legrad", "transformer_attribution"):
+        with pytest.raises(VitxError, match="windowed stages") as info:
             vitx.explain(model, torch.randn(1, 3, 32, 32), method=method)
         assert "batch" not in str(info.value) and "Swin" in str(info.value)
     assert not calls
