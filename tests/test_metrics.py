@@ -157,3 +157,17 @@ def test_road_protocol_keeps_the_kept_pixels_and_fills_removed_ones_smoothly():
     # the harmonic fill of a linear ramp is the ramp itself (plus the 0.01 noise)
     assert (filled - pixels).abs().max().item() < 0.06
     assert filled[..., masks[0, 0] == 1].sub(pixels[..., masks[0, 0] == 1]).std().item() == pytest.approx(0.01, rel=0.2)
+
+
+def test_per_image_references_score_each_image_and_tile_over_stacked_copies():
+    from vitx.attribution.targets import SimilarityTarget
+    from vitx.errors import VitxError
+
+    references = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = SimilarityTarget(references)
+    embeddings = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    expected = torch.tensor([1.0, 2 ** -0.5])
+    torch.testing.assert_close(target.score(embeddings), expected)
+    torch.testing.assert_close(target.score(embeddings.repeat(3, 1)), expected.repeat(3))  # 3 copies of the batch
+    with pytest.raises(VitxError):
+        target.score(torch.ones(3, 2))
