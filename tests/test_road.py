@@ -70,3 +70,30 @@ def test_fill_commutes_with_the_channel_normalisation():
     removed = torch.from_numpy(rng.random((8, 8)) < 0.4)
     mean, std = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1), torch.tensor([0.2, 0.3, 0.25]).view(3, 1, 1)
     torch.testing.assert_close(impute((image - mean) / std, removed), (impute(image, removed) - mean) / std)
+
+
+def test_evaluate_cli_with_road_and_bootstrap_intervals(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from vitx.cli.main import main
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (tmp_path / "images" / str(i)).mkdir(parents=True)
+        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(tmp_path / "images" / str(i) / "a.png")
+    result = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path / "images"), "-m", "fashion_vit", "--n", "3",
+                                       "--methods", "rollout", "--protocol", "road", "--bootstrap", "50", "--workers", "0",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["baseline"] == "road" and saved["bootstrap"] == 50
+    for name in ("rollout", "random"):
+        for key, (low, high) in saved["results"][name]["interval"].items():
+            assert low <= saved["results"][name]["auc"][key] <= high
+    assert "[" in (tmp_path / "out" / "results.md").read_text()
+    bad = CliRunner().invoke(main, ["evaluate", "--images", str(tmp_path / "images"), "-m", "fashion_vit",
+                                    "--bootstrap", "-1", "--out", str(tmp_path / "out")])
+    assert bad.exit_code != 0 and "Error:" in bad.output and "Traceback" not in bad.output

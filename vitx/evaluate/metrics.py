@@ -209,7 +209,7 @@ def _merge(parts, names) -> Dict[str, Curves]:
 
 def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", seed=0, progress=False,
                      options: Optional[Dict[str, dict]] = None, costs: Optional[dict] = None,
-                     batch_ids: Optional[Iterable[int]] = None, world=None):
+                     batch_ids: Optional[Iterable[int]] = None, world=None, bootstrap: int = 0):
     """Faithfulness of each method (and of a random map) on labelled batches.
 
     batches: iterable of (pixels (B, C, H, W) preprocessed, labels (B,)). Targets are the
@@ -218,6 +218,10 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     given, is filled with {method: {"seconds_per_image", "cost"}}: the time per image of each
     explanation and its ratio to a plain (no-grad) forward of the same batches (timings vary
     from run to run, so they are kept out of the deterministic result).
+
+    baseline: one of PROTOCOLS ("road": noisy linear imputation, vitx.evaluate.road).
+    bootstrap: when > 0, each result also has "interval": {metric: [low, high]}, the 95 %
+    percentile-bootstrap interval over images with that many resamples (seeded by `seed`).
 
     Distributed (vitx.evaluate.distributed): each rank passes its own batches with their
     global numbers (`batch_ids`) and its `world`; rank 0 gathers every rank's per-batch
@@ -281,4 +285,8 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
         for m in methods:
             costs[m] = {"seconds_per_image": seconds[m] / images, "cost": seconds[m] / max(seconds["forward"], 1e-12)}
     curves = _merge(parts, names)
-    return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
+    results = {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
+    if bootstrap:
+        for name, c in curves.items():
+            results[name]["interval"] = {k: [ci.low, ci.high] for k, ci in intervals(c, bootstrap, seed).items()}
+    return results
