@@ -17,13 +17,16 @@ alongside, so a number means something.
 """
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import VitxError
+
+if TYPE_CHECKING:
+    from .confidence import Interval
 
 PERTURBATION_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 DELETION_STEPS = 10
