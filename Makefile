@@ -7,7 +7,7 @@ VENV ?= $(HOME)/.cache/vitx/venv-$(SPEC_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: venv install demo report test test-fast bench clean-venv
+.PHONY: venv install system-deps demo report test test-fast bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,15 @@ demo: install
 report: install
 	$(BIN)/vitx inspect -m fashion_vit -m fashion_deit examples/fashion_mnist --out out/report
 
-test: install
+# Debian packages the suite needs and pip cannot install (Fashion-MNIST, chromium); a no-op
+# when they are there (scripts/system-deps.sh says which tests skip where it cannot install).
+system-deps:
+	bash scripts/system-deps.sh
+
+test: install system-deps
 	$(BIN)/python -m pytest -q tests
 
-test-fast: install
+test-fast: install system-deps
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: install

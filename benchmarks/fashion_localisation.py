@@ -14,7 +14,7 @@ import torch
 
 import vitx
 from vitx.evaluate.localisation import evaluate_localisation, mask_folder
-from vitx.reference_models.data import load_split
+from vitx.datasets import load_split
 
 THRESHOLD = 10
 METHODS = ["raw_attention", "rollout", "grad_rollout", "chefer2021"]

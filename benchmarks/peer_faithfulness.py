@@ -14,11 +14,11 @@ every vitx method (`vitx.explain`), and the peers through their own public APIs:
   pytorch-grad-cam GradCAM (ViT recipe on the last block's ln_1, its 28x28 map averaged per patch);
 pixel attributions are summed per patch over channels and pixels. A seeded random map is
 scored alongside. Every map is scored by vitx's own metrics (vitx/evaluate/metrics.py,
-baseline `mean`: removed patches become 0 after normalisation): pos./neg. AUC = the
+baseline `dataset_mean`: removed patches become 0 after normalisation): pos./neg. AUC = the
 accuracy-based perturbation AUCs (lower / higher is better), deletion / insertion = the
 target-probability AUCs (lower / higher). Cost = a method's time over a plain no-grad forward
 of the same batches (time.perf_counter, each method warmed up once before timing).
-Protocols (`--protocols`): `mean` (above), `blur`, and ROAD noisy linear imputation
+Protocols (`--protocols`): `dataset_mean` (above), `blur`, `mean` (each image's mean colour), and ROAD noisy linear imputation
 (vitx/evaluate/road.py, pos./neg. only, on the first `--road-images` images). Every AUC has
 its 95 % percentile-bootstrap interval over images (vitx/evaluate/confidence.py); vitx's best
 method is compared to each peer by a paired bootstrap (benchmarks/faithfulness_report.py);
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # reference_models (the data loader) lives next to vitx
 import vitx  # noqa: E402
 from bench_lrp import lxt_cp_lrp  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from reference_models.data import dataset_info, load_split  # noqa: E402
+from vitx.datasets import dataset_info, load_split  # noqa: E402
 from vitx.attribution.api import list_methods  # noqa: E402
 from faithfulness_report import acceptance, agreement, agreement_lines, intervals, random_flags, table  # noqa: E402
 from vitx.evaluate.metrics import Curves, per_image_aucs, perturbation_curves  # noqa: E402
@@ -147,7 +147,7 @@ def peers(model):
 
 
 def vitx_methods(model, batch, rise_masks):
-    options = {"integrated_gradients": {"steps": 32, "rule": "gausslegendre", "baseline": "mean"},
+    options = {"integrated_gradients": {"steps": 32, "rule": "gausslegendre", "baseline": "dataset_mean"},
                "rise": {"masks": rise_masks}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
@@ -257,7 +257,8 @@ def main():
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--rise-masks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--protocols", default="mean,blur,road", help="removal protocols (vitx.evaluate.metrics.PROTOCOLS)")
+    parser.add_argument("--protocols", default="dataset_mean,blur,road",
+                        help="removal protocols (vitx.evaluate.metrics.PROTOCOLS)")
     parser.add_argument("--road-images", type=int, default=100, help="images scored with ROAD (its solves are costly)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over images")
     parser.add_argument("--threads", type=int, default=2)

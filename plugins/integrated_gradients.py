@@ -14,7 +14,7 @@ import torch
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
 from vitx.errors import VitxError
-from vitx.evaluate.metrics import BASELINES, baseline_images
+from vitx.baselines import DEFAULT_BASELINE, baseline
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
@@ -41,14 +41,15 @@ class IntegratedGradients(Explainer):
     requires = (MODEL,)
     options = (
         Option("steps", int, 32, "points on the path from the baseline to the image", minimum=1, maximum=4096),
-        Option("baseline", str, "mean", "what the path starts from: the dataset mean (0 after normalisation, captum's default), black, or a blurred image", BASELINES),
+        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here where the path starts "
+               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
         Option("steps_per_pass", int, 16, "path points stacked into one forward/backward pass", minimum=1),
     )
 
     def explain(self, evidence):
         pixels = evidence.pixels
-        start = baseline_images(pixels, self.baseline, evidence.extras["data_config"])
+        start = evidence.baseline(self.baseline)
         alphas, weights = path_points(self.rule, self.steps)
         total = torch.zeros_like(pixels)
         for first in range(0, self.steps, self.steps_per_pass):

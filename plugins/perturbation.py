@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.evaluate.metrics import BASELINES, baseline_images
+from vitx.baselines import DEFAULT_BASELINE, baseline
 
 
 def _scores(evidence, pixels, fill, masks, per_pass):
@@ -54,14 +54,15 @@ class Occlusion(Explainer):
     requires = (MODEL,)
     options = (
         Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1),
-        Option("baseline", str, "mean", "what occluded pixels become", BASELINES),
+        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the occluded window "
+               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("batch", int, 256, "images per forward pass", minimum=1),
     )
 
     def explain(self, evidence):
         pixels, layout = evidence.pixels, evidence.layout
         window = min(self.window, *layout.grid)
-        fill = baseline_images(pixels, self.baseline, evidence.extras["data_config"])
+        fill = evidence.baseline(self.baseline)
         masks, covers = _patch_masks(layout.grid, pixels.shape[-2:], window, pixels.device)
         with torch.no_grad():
             full = evidence.score(pixels)
@@ -93,7 +94,8 @@ class RISE(Explainer):
         Option("masks", int, 1000, "number of random masks", minimum=1),
         Option("cells", int, 0, "mask grid side (0: the patch grid)", minimum=0),
         Option("probability", float, 0.5, "probability that a cell is kept", minimum=0.01, maximum=1.0),
-        Option("baseline", str, "mean", "what masked pixels become", BASELINES),
+        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the masked ones "
+               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("seed", int, 0, "seed of the masks"),
         Option("batch", int, 256, "images per forward pass", minimum=1),
     )
@@ -103,7 +105,7 @@ class RISE(Explainer):
         size = tuple(pixels.shape[-2:])
         cells = layout.grid if self.cells == 0 else (self.cells, self.cells)
         generator = torch.Generator().manual_seed(self.seed)
-        fill = baseline_images(pixels, self.baseline, evidence.extras["data_config"])
+        fill = evidence.baseline(self.baseline)
         saliency = pixels.new_zeros(pixels.shape[0], *size)
         chunk = 256
         for first in range(0, self.masks, chunk):

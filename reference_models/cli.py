@@ -1,6 +1,7 @@
 """`vitx train` and `vitx study`, added to the vitx CLI by the reference-models plugin."""
 import click
 
+from vitx.datasets import DATASET_NAMES
 from vitx.errors import VitxError
 
 from .finetune_cli import finetune_config, finetune_options
@@ -15,7 +16,7 @@ def _sizes(value):
 
 
 @click.command("train")
-@click.option("--dataset", default="fashion_mnist", show_default=True, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]),
+@click.option("--dataset", default="fashion_mnist", show_default=True, type=click.Choice(DATASET_NAMES),
               help="Training and test data (28 px grey or 32 px colour; finetune resizes to the model's resolution).")
 @click.option("--mode", default="baseline", show_default=True, type=click.Choice(MODES),
               help="teacher: the CNN; baseline: ViT from scratch; kd: ViT distilled from --teacher; deit: ViT with a "
@@ -76,7 +77,7 @@ def train_command(dim, depth, heads, patch_size, mlp_ratio, drop_path, local_ffn
 
 
 @click.command("study")
-@click.option("--dataset", default="fashion_mnist", show_default=True, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]))
+@click.option("--dataset", default="fashion_mnist", show_default=True, type=click.Choice(DATASET_NAMES))
 @click.option("--preset", default="smoke", show_default=True, type=click.Choice(["smoke", "full"]))
 @click.option("--out", default="study", show_default=True, type=click.Path())
 @click.option("--data-dir", type=click.Path())

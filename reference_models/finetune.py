@@ -20,10 +20,10 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from vitx.attribution.api import as_logits
+from vitx.attribution.targets import as_logits
 from vitx.errors import VitxError, suggest
 
-from .data import dataset_info
+from vitx.datasets import dataset_info
 from .train import TrainConfig
 
 HF_PREFIX = "hf:"

@@ -20,7 +20,7 @@ from vitx.inspect.inspection import inspect_models
 from vitx.inspect.report import markdown_table
 
 from .checkpoint import load_model_file
-from .data import dataset_info, load_split
+from vitx.datasets import dataset_info, load_split
 from .finetune import FinetuneConfig, resolve_source
 from .train import TrainConfig, train
 

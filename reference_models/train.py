@@ -28,7 +28,7 @@ from vitx.errors import VitxError
 
 from .checkpoint import load_model_file, load_state, save_model, save_state
 from . import distributed as ddp
-from .data import dataset_info, load_split
+from vitx.datasets import dataset_info, load_split
 from .runs import check_device, check_more_epochs, check_resume, run_folder, space_error, validate_config
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig

@@ -185,3 +185,45 @@ def test_offline_pretrained_says_how_to_supply_weights(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = run("explain", os.path.join(EXAMPLES, "chelsea.png"), "--model", "deit_tiny", env=env)
     assert_clean_error(result, "could not fetch pretrained weights", "--checkpoint")
+
+
+def test_every_method_option_is_a_flag_of_explain_evaluate_and_inspect():
+    """Flags generated from the methods' Option declarations: each declared option of each
+    installed method is reachable from the three commands with its library name."""
+    import vitx
+
+    declared = {o.name for cls, _ in vitx.list_methods().values() for o in cls.options}
+    reserved = {"explain": set(), "evaluate": {"baseline", "seed", "masks"}, "inspect": {"seed"}}
+    for command, own in reserved.items():
+        text = run(command, "--help").output
+        for name in declared - own:
+            assert f"--{name.replace('_', '-')}" in text, (command, name)
+        assert "-o, --option" in text
+
+
+def test_method_flags_reach_the_method(monkeypatch, tmp_path):
+    import vitx.attribution.api as api
+    from vitx.evaluate import metrics
+
+    seen = {}
+
+    def fake_evaluate(model, batches, methods, **kwargs):
+        seen["options"] = kwargs["options"]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(metrics, "evaluate_methods", fake_evaluate)
+    folder = tmp_path / "images" / "0"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(folder / "a.png")
+    run("evaluate", "--images", str(tmp_path / "images"), "--methods", "rollout,grad_rollout,rise",
+        "--discard-ratio", "0.5", "-o", "rise.seed=3", "--head_fusion", "max", "--out", str(tmp_path / "e"))
+    assert seen["options"] == {"rollout": {"discard_ratio": 0.5, "head_fusion": "max"},
+                               "grad_rollout": {"discard_ratio": 0.5}, "rise": {"seed": "3"}}
+    assert_clean_error(run("evaluate", "--images", str(tmp_path / "images"), "--methods", "rollout", "--steps", "4",
+                           "--out", str(tmp_path / "e")), "method 'rollout' has no option 'steps'",
+                       "integrated_gradients")
+    calls = []
+    monkeypatch.setattr(api, "explain", lambda *a, **k: calls.append(k) or (_ for _ in ()).throw(SystemExit(0)))
+    run("explain", str(folder / "a.png"), "--method", "integrated_gradients", "--steps", "3", "--baseline", "black",
+        "--out", str(tmp_path / "x"))
+    assert calls and calls[0]["steps"] == 3 and calls[0]["baseline"] == "black"

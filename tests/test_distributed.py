@@ -20,7 +20,7 @@ import vitx
 from vitx.attribution.stream import ImageFiles, explain_dataset, read_maps
 from vitx.cli.main import main
 from vitx.reference_models.checkpoint import load_model_file, save_model
-from vitx.reference_models.data import DEBIAN_FASHION
+from vitx.datasets import DEBIAN_FASHION
 from vitx.reference_models.train import TrainConfig, build, train
 
 needs_fashion = pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")

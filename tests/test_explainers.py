@@ -158,3 +158,29 @@ def test_chefer2021_matches_reference(family, token):
         for a, g in zip(attentions, grads):
             relevance = relevance + (g[0] * a[0]).clamp(min=0).mean(0) @ relevance
         torch.testing.assert_close(exp.relevance[i], relevance[t], atol=1e-5, rtol=1e-4)
+
+
+def test_rollout_folds_layers_in_forward_order_and_keeps_no_map(monkeypatch):
+    """Short sequences: one running product instead of a map per layer (the memory of rollout
+    stays that of inference); long ones keep the per-layer maps. Both give the same relevance
+    (the reference test above covers the folded path against an independent rollout)."""
+    import vitx.attribution.api as api
+    from vitx.plugins import rollout
+
+    seen = []
+    real = api.Evidence
+
+    def spy(**fields):
+        seen.append(fields)
+        return real(**fields)
+
+    monkeypatch.setattr(api, "Evidence", spy)
+    model, _, size = FAMILIES["vit"]
+    model = model()
+    x = images_for(size, batch=2)
+    folded = vitx.explain(model, x, method="rollout", discard_ratio=0.5, head_fusion="max")
+    assert seen[-1]["folded"] is not None and all(a is None for a in seen[-1]["attentions"])
+    monkeypatch.setattr(rollout, "FOLD_MAX_TOKENS", 0)
+    stored = vitx.explain(model, x, method="rollout", discard_ratio=0.5, head_fusion="max")
+    assert seen[-1]["folded"] is None and all(a is not None for a in seen[-1]["attentions"])
+    torch.testing.assert_close(folded.relevance, stored.relevance, atol=1e-6, rtol=1e-5)

@@ -76,7 +76,7 @@ def row(panel):
     return np.array([int(v) for v in panel.get_attribute("data-row").split(",")])
 
 
-@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (.ci/run installs both)")
+@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
 def test_explorer_in_a_headless_browser(report, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -143,7 +143,7 @@ def test_a_model_the_explorer_cannot_record_gets_a_note(monkeypatch):
     from vitx.inspect import explorer
     from vitx.inspect.report import Report
 
-    def fake(model, images, methods):
+    def fake(model, images, methods, options=None):
         if model == "bad":
             raise VitxError("no attention found")
         return {"layers": 1, "heads": 1, "tokens": 1, "grid": [1, 1], "patch_start": 0, "prefix": {}, "methods": [],

@@ -51,14 +51,16 @@ def test_integrated_gradients_completeness_error_shrinks_with_steps():
     model = FAMILIES["custom_sdpa"][0]()
     x = images_for((32, 32), batch=2)
     with torch.no_grad():
-        delta = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]  # mean baseline = 0 after normalisation
+        delta = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]  # the dataset mean is 0 after normalisation
     errors = []
     for steps in (8, 32, 256):  # the sharpened attention makes the path strongly non-linear
-        exp = vitx.explain(model, x, method="integrated_gradients", target=2, steps=steps, rule="riemann_trapezoid")
+        exp = vitx.explain(model, x, method="integrated_gradients", target=2, steps=steps, rule="riemann_trapezoid",
+                           baseline="dataset_mean")
         errors.append((exp.relevance.sum(1) - delta).abs().max().item())
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.002 * delta.abs().max().item()
-    gauss = vitx.explain(model, x, method="integrated_gradients", target=2, steps=256)  # Gauss-Legendre
+    gauss = vitx.explain(model, x, method="integrated_gradients", target=2, steps=256,
+                         baseline="dataset_mean")  # Gauss-Legendre
     torch.testing.assert_close(gauss.relevance.sum(1), delta, atol=5e-3, rtol=0)
 
 
@@ -201,14 +203,14 @@ def test_occlusion_hand_computed_and_equal_to_captum():
 
     model = OnePatch().eval()
     x = images_for((32, 32), batch=2)
-    exp = vitx.explain(model, x, method="occlusion", target=[0, 2])  # mean baseline: 0
+    exp = vitx.explain(model, x, method="occlusion", target=[0, 2], baseline="dataset_mean")  # 0
     expected = torch.zeros(2, 16)
     expected[:, 4 * 1 + 2] = (x[:, :, 8:16, 16:24] ** 2).mean(dim=(1, 2, 3)) * torch.tensor([1.0, 3.0])
     torch.testing.assert_close(exp.relevance, expected)
     assert exp.layout.num_prefix == 0 and exp.maps.shape == (2, 4, 4)
     sdpa = FAMILIES["custom_sdpa"][0]()
     for window in (1, 2):
-        ours = vitx.explain(sdpa, x, method="occlusion", target=[1, 3], window=window)
+        ours = vitx.explain(sdpa, x, method="occlusion", target=[1, 3], window=window, baseline="dataset_mean")
         size = PATCH * window
         theirs = Occlusion(sdpa).attribute(x, sliding_window_shapes=(3, size, size), strides=(3, PATCH, PATCH),
                                            baselines=0.0, target=[1, 3])
@@ -218,16 +220,18 @@ def test_occlusion_hand_computed_and_equal_to_captum():
 def test_rise_finds_the_one_patch_and_is_seeded():
     model = OnePatch().eval()
     x = torch.ones(2, 3, 32, 32)
-    exp = vitx.explain(model, x, method="rise", target=0, masks=2000, probability=0.5)
+    exp = vitx.explain(model, x, method="rise", target=0, masks=2000, probability=0.5,
+                       baseline="dataset_mean")
     grid = exp.relevance.view(2, 4, 4)
     assert grid.flatten(1).argmax(1).tolist() == [6, 6]
     # E[f(x . M) M(u)] / p: f(x . M) = mean of M^2 over patch 6; far from it masks are independent
     # of that patch, so relevance ~ E[M^2] (about 0.4 for bilinearly smoothed Bernoulli(0.5) cells)
     far = grid[:, 3, 0]
     assert (grid[:, 1, 2] > 1.5 * far).all() and (far > 0.25).all() and (far < 0.6).all()
-    again = vitx.explain(model, x, method="rise", target=0, masks=2000, probability=0.5)
+    again = vitx.explain(model, x, method="rise", target=0, masks=2000, probability=0.5,
+                       baseline="dataset_mean")
     torch.testing.assert_close(again.relevance, exp.relevance)
-    other = vitx.explain(model, x, method="rise", target=0, masks=2000, seed=1)
+    other = vitx.explain(model, x, method="rise", target=0, masks=2000, seed=1, baseline="dataset_mean")
     assert not torch.allclose(other.relevance, exp.relevance)
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import vitx
 from vitx.cli import main
 from vitx.reference_models.checkpoint import load_model_file
-from vitx.reference_models.data import DEBIAN_FASHION, FASHION_CLASSES, dataset_info, load_split
+from vitx.datasets import DEBIAN_FASHION, FASHION_CLASSES, dataset_info, load_split
 from vitx.reference_models.finetune import FinetuneConfig, build_finetune, to_model_input
 from vitx.reference_models.train import train
 

@@ -12,7 +12,7 @@ from framework_models import (
     IMPLEMENTATIONS, chefer_reference, correlation, hf_attentions_and_grads, hf_clip, hf_model, query_vector,
     save_clip_tokenizer, write_images,
 )
-from vitx.attribution.api import model_inputs
+from vitx.inputs import model_inputs
 from vitx.cli.main import main
 
 transformers = pytest.importorskip("transformers")

@@ -43,8 +43,8 @@ def test_faithful_map_beats_random_by_a_wide_margin():
     oracle[:, 0, 0] = 1.0
     random_maps = torch.rand(16, 4, 4, generator=torch.Generator().manual_seed(1))
     model = RegionModel()
-    faithful = summarise(perturbation_curves(model, pixels, oracle, labels, labels, CONFIG))
-    chance = summarise(perturbation_curves(model, pixels, random_maps, labels, labels, CONFIG))
+    faithful = summarise(perturbation_curves(model, pixels, oracle, labels, labels, CONFIG, "black"))
+    chance = summarise(perturbation_curves(model, pixels, random_maps, labels, labels, CONFIG, "black"))
     # removing the first 10% (2 of 16 patches) already removes the evidence: accuracy 0 at every p
     assert faithful["positive_accuracy_auc"] == pytest.approx(0.0)
     assert faithful["negative_accuracy_auc"] == pytest.approx(1.0)  # the evidence goes last
@@ -86,7 +86,7 @@ def test_evaluate_cli_on_an_image_folder_and_on_the_dataset(tmp_path):
     from click.testing import CliRunner
 
     from vitx.cli import main
-    from vitx.reference_models.data import DEBIAN_FASHION
+    from vitx.datasets import DEBIAN_FASHION
 
     examples = Path(__file__).parent.parent / "examples" / "fashion_mnist"
     for image in examples.glob("*.png"):

@@ -12,7 +12,7 @@ from framework_models import (
     save_open_clip, write_images,
 )
 from helpers import fingerprint, images_for
-from vitx.attribution.api import model_inputs
+from vitx.inputs import model_inputs
 from vitx.cli.main import main
 
 open_clip = pytest.importorskip("open_clip")

@@ -14,7 +14,7 @@ from PIL import Image
 import vitx
 from vitx.reference_models import train as train_module
 from vitx.reference_models.checkpoint import atomic_write, load_model_file
-from vitx.reference_models.data import DEBIAN_FASHION
+from vitx.datasets import DEBIAN_FASHION
 from vitx.reference_models.train import TrainConfig, train
 from vitx.reference_models.vit import ViT, ViTConfig
 
@@ -74,7 +74,7 @@ def test_resume_after_interrupt_reproduces_the_uninterrupted_run(augment, tmp_pa
 
 
 def test_in_memory_split_holds_the_same_images_and_labels(tmp_path):
-    from vitx.reference_models.data import load_split
+    from vitx.datasets import load_split
 
     split = train_module._subset(load_split("fashion_mnist", False, tmp_path.parent / "data", False), 50, 0)
     decoded = train_module.in_memory(split)
@@ -192,7 +192,7 @@ def test_study_end_to_end_on_a_micro_preset(tmp_path, monkeypatch):
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
-    from vitx.reference_models.data import load_split
+    from vitx.datasets import load_split
 
     with pytest.raises(vitx.VitxError, match="cifar10 not found.*--data-dir"):
         load_split("cifar10", train=False, data_dir=tmp_path, download=False)

@@ -258,7 +258,7 @@ def test_class_folder_images_go_through_vitx_image_reader(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--n", "0"], "--n must be at least 1"), (["--n", "-5"], "--n must be at least 1"),
+    (["--n", "0"], "--limit must be at least 1"), (["--limit", "-5"], "--limit must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_evaluate_counts(args, fragment, tmp_path):

@@ -150,8 +150,8 @@ def test_sixteen_bit_images_convert_without_float64_copies(tmp_path):
 # ---------------------------------------------------------------- inspect
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--n", "0", "--dataset", "fashion_mnist"], "--n must be at least 1"),
-    (["--n", "-5", "--dataset", "fashion_mnist"], "--n must be at least 1"),
+    (["--n", "0", "--dataset", "fashion_mnist"], "--limit must be at least 1"),
+    (["--limit", "-5", "--dataset", "fashion_mnist"], "--limit must be at least 1"),
     (["--show", "0", FASHION[0]], "--show must be at least 1"),
     (["--show", "-2", FASHION[0]], "--show must be at least 1"),
 ])

@@ -18,7 +18,7 @@ from vitx.cli import main
 from vitx.reference_models import checkpoint as checkpoint_module
 from vitx.reference_models import train as train_module
 from vitx.reference_models.checkpoint import load_model_file
-from vitx.reference_models.data import DEBIAN_FASHION
+from vitx.datasets import DEBIAN_FASHION
 from vitx.reference_models.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")

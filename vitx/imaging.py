@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import VitxError
+from .errors import VitxError, printable
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
@@ -111,8 +111,21 @@ def title_strip(lines: Sequence[str], width: int, scale: float = 0.6) -> np.ndar
     return strip
 
 
+def png_bytes(rgb: np.ndarray, what: str = "an image") -> bytes:
+    """An (H, W, 3) uint8 RGB image encoded as PNG."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise VitxError(f"could not encode {what} as PNG")
+    return encoded.tobytes()
+
+
 def save_png(path: Union[str, Path], rgb: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise VitxError(f"could not write {path}")
+    # encoded in memory and written by Python: cv2.imwrite crashes on a path that is not valid UTF-8
+    data = png_bytes(rgb, printable(path))
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise VitxError(f"could not write {printable(path)}: {exc.strerror}") from None
+

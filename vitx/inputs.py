@@ -17,15 +17,61 @@ from .imaging import read_image
 
 
 def split_transform(config: dict):
-    """(geometric part, tensor part) of timm's eval transform for `config`."""
+    """(geometric part, tensor part) of timm's eval transform for `config`.
+
+    Two keys beyond timm's, set for Hugging Face image processors: `resize_size: (h, w)`
+    resizes to exactly that size before the crop (timm's squash mode can only scale both
+    sides by one crop_pct), and `crop_rounding: "floor"`: the centre crop puts an odd margin's extra pixel at the bottom / right, as the processors do
+    (`(size - crop) // 2`); torchvision's CenterCrop rounds the offset to the nearest even."""
     from timm.data import create_transform
     from torchvision import transforms
 
+    config = channel_statistics(config)
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     transform = create_transform(**{k: config[k] for k in keys if k in config})
     steps = list(transform.transforms)
+    if config.get("resize_size"):
+        steps = [transforms.Resize(tuple(config["resize_size"]), interpolation=t.interpolation)
+                 if isinstance(t, transforms.Resize) else t for t in steps]
+    if config.get("crop_rounding") == "floor":
+        steps = [FloorCenterCrop(t.size) if isinstance(t, transforms.CenterCrop) else t for t in steps]
     cut = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
     return transforms.Compose(steps[:cut]), transforms.Compose(steps[cut:])
+
+
+def channel_statistics(config: dict) -> dict:
+    """`config` with one mean / std per input channel. A 1-channel model whose config holds
+    RGB statistics (timm keeps the pretrained RGB mean / std for in_chans=1, while it sums the
+    RGB filters into one) gets their average, the statistics of a gray image whose three
+    channels are equal; any other mismatch is refused."""
+    channels = config["input_size"][0]
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    if len(mean) == channels and len(std) == channels:
+        return config
+    if channels == 1 and len(mean) == len(std) == 3:
+        return {**config, "mean": (sum(mean) / 3,), "std": (sum(std) / 3,)}
+    raise VitxError(f"the model takes {channels}-channel images but its data config has {len(mean)} means and "
+                    f"{len(std)} standard deviations: give the model a matching pretrained_cfg / data config")
+
+
+class FloorCenterCrop:
+    """Centre crop of a PIL image to (h, w) with the offset rounded down (the Hugging Face
+    image processors' rule), for images at least as large as the crop."""
+
+    def __init__(self, size):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from torchvision.transforms import functional
+
+        height, width = self.size
+        if image.height < height or image.width < width:
+            return functional.center_crop(image, [height, width])  # padding: torchvision's rule
+        top, left = (image.height - height) // 2, (image.width - width) // 2
+        return image.crop((left, top, left + width, top + height))
+
+    def __repr__(self):
+        return f"FloorCenterCrop(size={self.size})"
 
 
 def image_transform(config: dict):
@@ -49,13 +95,35 @@ def _to_pil(item) -> Tuple[Image.Image, Optional[str]]:
 
         return to_rgb(item), None
     if isinstance(item, np.ndarray):
-        array = item if item.dtype == np.uint8 else np.clip(item * 255, 0, 255).astype(np.uint8)
-        return Image.fromarray(array).convert("RGB"), None
+        return Image.fromarray(array_to_uint8(item)).convert("RGB"), None
     raise VitxError(f"cannot use {type(item).__name__} as an image: pass paths, PIL images, arrays or a tensor")
+
+
+def array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """An (H, W) / (H, W, C) image array -> uint8. uint8 is taken as is, integers must lie in
+    0..255; floats are 0..1 (scaled by 255) unless a value exceeds 1, then they are 0..255
+    (a float copy of a uint8 image). Anything else (negative, above 255, NaN/inf) is refused:
+    guessing would give a silently wrong picture."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise VitxError(f"cannot use an image array of dtype {array.dtype}: pass uint8 (0..255) or float (0..1) pixels")
+    if array.size == 0:
+        raise VitxError("the image array is empty")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise VitxError("the image array holds NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise VitxError(f"image array values run from {low:g} to {high:g}: pass uint8 or 0..255 pixels, or floats "
+                        "in 0..1 (normalise your array first, or pass a preprocessed tensor)")
+    if np.issubdtype(array.dtype, np.floating) and high <= 1.0:
+        array = array * 255.0
+    return np.rint(array).astype(np.uint8)
 
 
 def denormalise(batch: torch.Tensor, config: dict) -> List[np.ndarray]:
     """Preprocessed (B, C, H, W) tensor -> uint8 RGB views, for overlays."""
+    config = channel_statistics(config)
     mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(config["std"]).view(1, -1, 1, 1)
     pixels = (batch.detach().float().cpu() * std + mean).nan_to_num(0.0).clamp(0, 1)
@@ -70,6 +138,13 @@ def prepare_images(images, config: dict):
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         if batch.dim() != 4:
             raise VitxError(f"an image tensor must be (B, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
+        if not batch.is_floating_point():
+            raise VitxError(
+                f"an image tensor must hold float pixels, preprocessed as the model expects; this one is "
+                f"{str(batch.dtype).replace('torch.', '')}: pass the images as file paths, PIL images or numpy "
+                "arrays for vitx to preprocess, or convert and normalise the tensor yourself")
+        if batch.shape[0] == 0:
+            raise VitxError("no images given (the tensor's batch is empty)")
         channels = config["input_size"][0]
         if batch.shape[1] != channels:
             raise VitxError(f"the model expects {channels}-channel images, the tensor has {batch.shape[1]} channels")
@@ -119,3 +194,15 @@ def to_model(pixels: torch.Tensor, model) -> torch.Tensor:
         return pixels
     dtype = parameter.dtype if parameter.is_floating_point() and pixels.is_floating_point() else pixels.dtype
     return pixels.to(device=parameter.device, dtype=dtype)
+
+
+def model_inputs(model: "torch.nn.Module", images, adapter=None):
+    """(adapter, pixels on the model's device, views, sources): `images` preprocessed with the
+    data config of the adapter that recognises `model` (a model vitx cannot run is refused first)."""
+    from .capture.model_checks import check_model
+    from .registry import find_adapter
+
+    check_model(model)
+    adapter = adapter or find_adapter(model)
+    pixels, views, sources = prepare_images(images, adapter.data_config(model))
+    return adapter, to_model(pixels, model), views, sources

@@ -31,7 +31,6 @@ TIMM_ALIASES: Dict[str, str] = {
     "vit_base_reg4": "vit_base_patch16_reg4_gap_256",
 }
 TORCHVISION_PREFIX = "torchvision/"
-TIMM_FAMILIES = ("vit_*", "deit*", "eva*", "beit*")
 
 
 def read_state_dict(path) -> Dict[str, torch.Tensor]:
@@ -114,9 +113,9 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
 
     if checkpoint is not None:
         state = strip_wrappers(read_state_dict(checkpoint))
-        head = state.get("head.weight")
-        if head is not None and "num_classes" not in kwargs:
-            kwargs["num_classes"] = head.shape[0]  # a fine-tuned checkpoint brings its own head
+        classes = checkpoint_classes(arch, state)
+        if classes is not None and "num_classes" not in kwargs:
+            kwargs["num_classes"] = classes  # a fine-tuned checkpoint brings its own head
         model = timm.create_model(arch, pretrained=False, **kwargs)
         return load_weights(model, state, str(checkpoint), arch)
     if pretrained is False:
@@ -125,6 +124,21 @@ def load_timm(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **k
         return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as exc:
         raise _pretrained_error(arch, exc) from None
+
+
+def checkpoint_classes(arch: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """The class count of the classifier in `state`, found where timm says the classifier of
+    `arch` is (its pretrained config's `classifier`: 'head', 'head.fc', 'fc', 'classifier', or
+    several for distilled heads), or None when the checkpoint has no such layer."""
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(arch)
+    names = getattr(config, "classifier", None) or "head"
+    for name in (names,) if isinstance(names, str) else names:
+        weight = state.get(f"{name}.weight")
+        if weight is not None and weight.dim() >= 2:
+            return weight.shape[0]
+    return None
 
 
 def load_torchvision(arch: str, checkpoint=None, pretrained: Optional[bool] = None, **kwargs) -> nn.Module:
@@ -179,8 +193,7 @@ def load_model(model, checkpoint=None, pretrained: Optional[bool] = None, device
         elif Path(name).is_file():
             module = get_registry().manager.hook.vitx_load_model_file(path=name)
             if module is None:
-                what = "folder" if Path(name).is_dir() else "file"
-                raise VitxError(f"vitx does not know how to build a model from the {what} {name}; "
+                raise VitxError(f"vitx does not know how to build a model from the file {name}; "
                                 "pass --model NAME --checkpoint FILE")
         elif name.startswith(TORCHVISION_PREFIX):
             module = load_torchvision(name[len(TORCHVISION_PREFIX):], checkpoint, pretrained, **kwargs)
@@ -230,10 +243,20 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def class_names(model: nn.Module, num_classes: int):
-    """Class names when known: the model's own `class_names`, or ImageNet-1k for 1000 classes."""
+    """Class names when known: the model's own `class_names`, a Hugging Face config's
+    `id2label` (unless it holds only the LABEL_0, LABEL_1... placeholders transformers fills
+    in), or ImageNet-1k for 1000 classes."""
     names = getattr(model, "class_names", None)
     if names:
         return list(names)
+    labels = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(labels, dict) and len(labels) == num_classes:
+        try:
+            named = [str(labels[i]) for i in range(num_classes)]
+        except KeyError:
+            named = None
+        if named and named != [f"LABEL_{i}" for i in range(num_classes)]:
+            return named
     return imagenet_class_names() if num_classes == 1000 else None
 
 

@@ -75,16 +75,28 @@ def _load_entry_points(registry: "Registry") -> None:
         registry.sources[ep.name] = dist.name if dist is not None else ep.value
 
 
+BUILTIN_SOURCES = ("vitx", CORE_PLUGIN)  # the vitx distribution's own entry points, and the core modules
+
+
+def is_builtin(label: str) -> bool:
+    return label in BUILTIN_SOURCES
+
+
 def _collect(registry: "Registry", hook_name: str):
     """Call one register-style hook plugin by plugin, remembering who registered what.
 
-    Yields (plugin label, args, kwargs) for every register(...) call. A plugin whose hook
-    raises is reported as a warning and skipped.
+    Yields (plugin label, args, kwargs) for every register(...) call: built-ins first, then
+    third-party plugins sorted by label, so that a name two plugins claim resolves the same way
+    whatever order they were discovered in. A plugin whose hook raises is reported as a
+    warning and skipped.
     """
     manager = registry.manager
+    impls = []
     for impl in getattr(manager.hook, hook_name).get_hookimpls():
         name = manager.get_name(impl.plugin)
-        label = registry.sources.get(name, name)
+        impls.append((registry.sources.get(name, name), impl))
+    impls.sort(key=lambda item: (not is_builtin(item[0]), item[0]))
+    for label, impl in impls:
         calls = []
         try:
             impl.function(lambda *args, **kwargs: calls.append((args, kwargs)))
@@ -93,6 +105,37 @@ def _collect(registry: "Registry", hook_name: str):
             continue
         for args, kwargs in calls:
             yield label, args, kwargs
+
+
+def _claim(table: dict, name: str, entry, plugin: str, what: str) -> None:
+    """Put `entry` under `name` unless an earlier plugin (a built-in, or a third-party plugin
+    first by name) holds it: then the earlier one stays, and a warning names both."""
+    held = table.get(name)
+    if held is None:
+        table[name] = entry
+    elif held is not entry:
+        warnings.warn(f"vitx: {what} {name!r} from plugin {plugin!r} ignored: {held.plugin!r} registers that name "
+                      f"({'built-ins win' if is_builtin(held.plugin) else 'the first plugin by name wins'})",
+                      stacklevel=2)
+
+
+def _model_entry(plugin: str, args, kwargs):
+    """(entry, aliases) of one register(name, loader, description=, family=, aliases=) call;
+    a call of another shape is a warning naming the plugin, never an error (a broken plugin
+    must not take every vitx command down)."""
+    kwargs = dict(kwargs)
+    aliases = kwargs.pop("aliases", None) or []
+    try:
+        entry = ModelEntry(*args, plugin=plugin, **kwargs)
+        if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
+            raise TypeError(f"aliases must be a list of names, got {aliases!r}")
+        if not isinstance(entry.name, str) or not entry.name or not callable(entry.loader):
+            raise TypeError("expected register(name: str, loader: callable, description=..., aliases=[...])")
+    except TypeError as exc:
+        warnings.warn(f"vitx: plugin {plugin!r} made a bad register(...) call for a model, ignored: {exc}",
+                      stacklevel=2)
+        return None, []
+    return entry, list(aliases)
 
 
 def _build() -> Registry:
@@ -114,23 +157,21 @@ def _populate(registry: Registry) -> None:
     registry.explainers.clear()
     registry.adapters.clear()
     registry.models.clear()
-    for plugin, (cls, *_), _ in _collect(registry, "vitx_register_explainers"):
+    for plugin, args, _ in _collect(registry, "vitx_register_explainers"):
+        cls = args[0] if args else None
         name = getattr(cls, "name", None)
-        if not name:
+        if not isinstance(cls, type) or not name:
             warnings.warn(f"vitx: plugin {plugin!r} registered an explainer without a name; ignored")
-        elif name in registry.explainers:
-            warnings.warn(
-                f"vitx: explainer {name!r} from {plugin!r} ignored: already registered by "
-                f"{registry.explainers[name].plugin!r}"
-            )
         else:
-            registry.explainers[name] = ExplainerEntry(cls, plugin)
-    for plugin, (adapter, *_), _ in _collect(registry, "vitx_register_adapters"):
-        registry.adapters.append(adapter)
+            _claim(registry.explainers, name, ExplainerEntry(cls, plugin), plugin, "explainer")
+    for plugin, args, _ in _collect(registry, "vitx_register_adapters"):
+        if args:
+            registry.adapters.append(args[0])
     registry.adapters.sort(key=lambda a: -getattr(a, "priority", 0))
     for plugin, args, kwargs in _collect(registry, "vitx_register_models"):
-        entry = ModelEntry(*args, plugin=plugin, **kwargs)
-        registry.models[entry.name] = entry
+        entry, aliases = _model_entry(plugin, args, kwargs)
+        for name in ([entry.name] if entry else []) + aliases:
+            _claim(registry.models, name, entry, plugin, "model")
 
 
 def register_plugin(plugin, name: Optional[str] = None) -> None:

@@ -4,56 +4,30 @@ This is where the pieces meet: the explainer (math), the adapter and recorder (a
 the model's data config (inputs), targets, and the token layout. A method never sees any
 of it beyond the recorded tensors and the query vector.
 """
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..capture.recorder import AttentionRecorder, model_lock
+from ..capture.model_state import evaluation_mode, model_lock
+from ..capture.recorder import AttentionRecorder
 from ..capture.support import check_method
 from ..capture.unwrap import unwrap
 from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKEN_GRAD, TOKENS
 from .explanation import Explanation, normalise_maps
-from .targets import as_logits, resolve_target, split_target  # noqa: F401 (as_logits: re-exported)
-from ..inputs import prepare_images, to_model
+from .targets import resolve_target, split_target
+from ..inputs import model_inputs
 from ..models import class_names, load_model, model_device
-from ..registry import find_adapter, get_explainer
-
-
-@contextmanager
-def evaluation_mode(model: nn.Module):
-    """Eval mode inside, and each module's own training flag restored afterwards.
-
-    Holds the model's lock (see `model_lock`): two threads saving and restoring the flags
-    of one model in interleaved order would otherwise leave it in the wrong mode.
-    """
-    with model_lock(model):
-        flags = [(m, m.training) for m in model.modules()]
-        for module, _ in flags:
-            module.training = False
-        try:
-            yield model
-        finally:
-            for module, training in flags:
-                module.training = training
-
-
-def model_inputs(model: nn.Module, images, adapter=None):
-    """(adapter, pixels on the model's device, views, sources): `images` preprocessed with the
-    data config of the adapter that recognises `model`."""
-    adapter = adapter or find_adapter(model)
-    pixels, views, sources = prepare_images(images, adapter.data_config(model))
-    return adapter, to_model(pixels, model), views, sources
+from ..registry import get_explainer
 
 
 def _drop(layer, attention):
     return None  # the method does not read attention: keep none of it
 
 
-def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None):
+def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None, rows=None):
     """One batched forward (and backward when asked for) that records what `explainer`
     requires, then its math on the `Evidence`."""
     needs = explainer.requirements()
@@ -64,8 +38,9 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
     reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
               else None)
+    fold = _fold(explainer, token) if explainer.folds() and not grad and ATTENTION in needs else None
     with AttentionRecorder(model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens,
-                           layout=layout, reduce=reduce) as recorder:
+                           layout=layout, reduce=reduce, fold=fold) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -85,12 +60,20 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         output=_detach(output), target=resolved, attentions=attentions if ATTENTION in needs else None,
         attention_grads=gradients,
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
-        token_grads=token_grads,
-        extras=_extras(model, adapter, recorder, needs, live),
+        token_grads=token_grads, folded=recorder.folded,
+        extras=_extras(model, adapter, recorder, needs, live), rows=rows,
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
     return resolved.report(evidence.output), resolved, relevance.detach(), layout
+
+
+def _fold(explainer, token):
+    """The recorder's fold callback: the explainer's `fold` with the explained token's query."""
+    def fold(layer, attention, running, layout):
+        return explainer.fold(layer, attention, running, layout.query(token, device=attention.device))
+
+    return fold
 
 
 def _differentiates_recorded(needs) -> bool:
@@ -180,7 +163,8 @@ def explain(
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             chunk_target = split_target(target, start, stop, count)
-            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout))
+            chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout,
+                                         slice(start, stop)))
 
     logits = torch.cat([c[0] for c in chunks]).cpu()
     relevance = torch.cat([c[2] for c in chunks]).float().cpu()

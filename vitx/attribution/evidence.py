@@ -29,7 +29,16 @@ class Evidence:
     attention_grads: Optional[List[torch.Tensor]] = None  # d(score)/d(attention), per layer
     tokens: Optional[List[torch.Tensor]] = None  # per block (B, N, D) token states
     token_grads: Optional[List[torch.Tensor]] = None
+    folded: Optional[torch.Tensor] = None  # the running state of `Explainer.fold`, when the method folds
     extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
+    rows: Optional[slice] = None  # which of the caller's images this batch is (explain() runs in chunks)
+
+    def baseline(self, spec) -> torch.Tensor:
+        """The baseline images of this batch for a `baseline=` option (vitx.baselines): what
+        removed pixels become, in the model's input space."""
+        from ..baselines import baseline_images
+
+        return baseline_images(self.pixels, spec, self.extras["data_config"], self.rows)
 
     def score(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,) target score of `pixels` (gradients flow when enabled by the caller); like

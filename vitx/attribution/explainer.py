@@ -124,6 +124,23 @@ class Explainer:
         """
         raise NotImplementedError
 
+    def fold(self, layer: int, attention: torch.Tensor, running: Optional[torch.Tensor],
+             query: torch.Tensor) -> Optional[torch.Tensor]:
+        """Optional, for methods without gradients whose map is the explained token's row of a
+        product of per-layer factors (rollout): fold each layer into a running (B, N, N) state
+        in forward order as it is computed, so one state lives instead of one map per layer.
+
+        Called with each layer's attention (B, h, N, N) in forward order and `running` (None
+        for the first); return the new state, or None to keep the layer the usual way (`keep`)
+        instead. The state reaches `explain` as `evidence.folded`.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def folds(cls) -> bool:
+        """Whether the method folds the layers in the forward pass (overrides `fold`)."""
+        return cls.fold is not Explainer.fold
+
     @classmethod
     def reduces(cls) -> bool:
         """Whether the method reduces each layer in the backward pass (overrides `reduce`)."""

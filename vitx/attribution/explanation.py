@@ -51,11 +51,35 @@ class Explanation:
     target_description: str = "class"  # what `logits` holds when `targets` is None: that target's score
 
     def __post_init__(self):
-        if not torch.isfinite(self.logits).all():
-            import warnings
+        self._mark_non_finite()
 
-            warnings.warn("the model's outputs contain NaN or infinite values (NaN weights or inputs?): its "
-                          "predictions, probabilities and maps are meaningless", stacklevel=3)
+    def _mark_non_finite(self) -> None:
+        """An image whose model outputs hold NaN or inf has no prediction and nothing to
+        explain: its map and relevance become NaN (never a plausible-looking number), its
+        target -1, its top-k empty, and one warning names it."""
+        bad = ~torch.isfinite(self.logits.float()).flatten(1).all(dim=1)
+        if not bad.any():
+            return
+        import warnings
+
+        self.maps, self.relevance = self.maps.clone(), self.relevance.float().clone()
+        self.maps[bad], self.relevance[bad] = float("nan"), float("nan")
+        if self.targets is not None:
+            self.targets = self.targets.clone()
+            self.targets[bad] = -1
+        names = [self.image_name(i) for i in bad.nonzero().flatten().tolist()]
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.warn(f"the model's outputs contain NaN or infinite values for {listed} (NaN weights, or inputs "
+                      "that overflow?): not explained, the map is NaN and there is no prediction", stacklevel=4)
+
+    def image_name(self, index: int) -> str:
+        """The source of image `index`, or 'image <index>' (its position in the batch)."""
+        source = self.sources[index] if self.sources and index < len(self.sources) else None
+        return str(source) if source else f"image {index}"
+
+    def explained(self, index: int) -> bool:
+        """False for an image whose model outputs are NaN or infinite (see `_mark_non_finite`)."""
+        return bool(torch.isfinite(self.logits[index].float()).all())
 
     def __repr__(self) -> str:
         return (f"Explanation(method={self.method!r}, token={self.token!r}, images={len(self)}, "
@@ -72,7 +96,8 @@ class Explanation:
         probs, indices = self.probabilities.topk(min(k, self.logits.shape[-1]), dim=-1)
         return [
             [Prediction(int(i), self.class_name(int(i)), float(p)) for p, i in zip(prow, irow)]
-            for prow, irow in zip(probs, indices)
+            if self.explained(row) else []  # NaN outputs: no prediction
+            for row, (prow, irow) in enumerate(zip(probs, indices))
         ]
 
     @property
@@ -81,7 +106,7 @@ class Explanation:
         return self.top(5)
 
     def class_name(self, index: int) -> Optional[str]:
-        return self.class_names[index] if self.class_names and index < len(self.class_names) else None
+        return self.class_names[index] if self.class_names and 0 <= index < len(self.class_names) else None
 
     def upsample(self, size=None, mode: str = "bicubic") -> torch.Tensor:
         """Maps resized to `size` (default: the view size), clamped to [0, 1]."""
@@ -106,6 +131,8 @@ class Explanation:
     def title(self, index: int) -> List[str]:
         """The panel's title lines: explained class and its probability (and the prediction
         when that is another class), then method, token and source."""
+        if not self.explained(index):
+            return ["not explained: the model's output is NaN or infinite", self._second_line(index)]
         if self.targets is None:  # a callable target (similarity, text...): no class, no probability
             return ["custom target (a score computed from the model output)", self._second_line(index)]
         top = self.top(1)[index][0]
@@ -124,7 +151,7 @@ class Explanation:
     def panel(self, index: int, colormap: str = "jet", title: bool = True) -> np.ndarray:
         """Input | heatmap | overlay for one image (uint8 RGB), under a title strip with the
         explained class, its probability, the method and the token."""
-        return draw_panel(self.views[index], self.maps[index].numpy(), colormap=colormap,
+        return draw_panel(self.views[index], self.maps[index].nan_to_num(0.0).numpy(), colormap=colormap,
                           title=self.title(index) if title else None)
 
     # ------------------------------------------------------------- notebooks and files

@@ -31,7 +31,8 @@ def text_targets(model, prompts: Sequence[str], adapter=None) -> List[TextTarget
 
 def reference_target(model, image, adapter=None) -> SimilarityTarget:
     """Cosine similarity to the embedding `model` gives `image` (a path, PIL image or array)."""
-    from .api import evaluation_mode, model_inputs
+    from ..capture.model_state import evaluation_mode
+    from ..inputs import model_inputs
 
     adapter, pixels, _, _ = model_inputs(model, [image], adapter)
     with torch.no_grad(), evaluation_mode(model):

@@ -15,7 +15,9 @@ Output format (OUT/), documented in the README ('Explaining a dataset'):
 - `index.csv`: one row per image, in dataset order: index, source, label, target,
   prediction, probability, shard, row (the row of the image in its shard).
 
-Resuming: shards that exist are skipped; the index is rebuilt from the shards at the end.
+Resuming: shards that exist and whose `keys` match the images now planned for them are
+skipped (a folder whose files were renamed, replaced or swapped keeps its image count, so the
+count alone would hand an old image's map to a new name); any other shard is recomputed; the index is rebuilt from the shards at the end.
 Under torchrun the missing shards are dealt round-robin to the ranks, each rank writes its
 own shards, and rank 0 writes `index.csv` once all are there.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..errors import VitxError
@@ -58,6 +61,20 @@ class ImageFiles(Dataset):
     def source(self, index: int) -> str:
         return str(self.files[index].relative_to(self.folder))
 
+    def key(self, index: int) -> str:
+        """What this image is: a digest of its relative name, size and modification time (a
+        resumed run recomputes a shard whose images changed)."""
+        import hashlib
+
+        path = self.files[index]
+        try:
+            stat = path.stat()
+            content = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            content = "missing"
+        name = os.fsencode(self.source(index))
+        return hashlib.sha1(name + b"\0" + content.encode()).hexdigest()
+
     def __getitem__(self, index):
         from ..imaging import read_image
         from ..inputs import image_transform
@@ -71,6 +88,23 @@ def _sources(dataset, name: str, indices: List[int]) -> List[str]:
     if isinstance(dataset, ImageFiles):
         return [dataset.source(i) for i in indices]
     return [f"{name}[{i}]" for i in indices]
+
+
+def _keys(dataset, name: str, indices) -> List[str]:
+    if isinstance(dataset, ImageFiles):
+        return [dataset.key(i) for i in indices]
+    return [f"{name}[{i}]" for i in indices]
+
+
+def _up_to_date(path: Path, keys: List[str]) -> bool:
+    """The shard at `path` exists and was computed from the images that `keys` describe."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path) as data:
+            return "keys" in data.files and data["keys"].tolist() == keys
+    except (OSError, ValueError, KeyError):
+        return False  # unreadable: computed again
 
 
 def _atomic_save(path: Path, save) -> None:
@@ -112,7 +146,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
 
     from ..batches import batch_loader
     from ..evaluate.distributed import World, barrier, batch_plan, my_batch_ids
-    from .api import evaluation_mode
+    from ..capture.model_state import evaluation_mode
 
     world = world or World()
     options = dict(options or {})
@@ -130,7 +164,8 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
         maps_dir.mkdir(parents=True, exist_ok=True)
         _atomic_save(out / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     barrier(world)  # meta checked and written before any rank lists or writes shards
-    todo = [i for i in range(len(plan)) if not (maps_dir / SHARD.format(i)).exists()]
+    keys = [_keys(dataset, name, batch) for batch in plan]
+    todo = [i for i in range(len(plan)) if not _up_to_date(maps_dir / SHARD.format(i), keys[i])]
     skipped = len(plan) - len(todo)
     barrier(world)  # every rank listed the same missing shards before any is written
     mine = [todo[i] for i in my_batch_ids(len(todo), world)]
@@ -140,7 +175,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
                disable=not (progress and world.is_main))
     with evaluation_mode(model):
         for shard, batch in zip(mine, loader):
-            arrays = _shard_arrays(model, batch, method, target, token, options)
+            arrays = {**_shard_arrays(model, batch, method, target, token, options), "keys": np.array(keys[shard])}
             _atomic_save(maps_dir / SHARD.format(shard), lambda tmp: _write_npz(tmp, arrays))
             bar.update(world.size if world.distributed else 1)
     bar.close()
@@ -162,6 +197,7 @@ def _shard_arrays(model, batch, method, target, token, options) -> dict:
     result = explain(model, batch.pixels, method=method, target=target, token=token, batch_size=len(batch.pixels),
                      **options)
     probabilities, predictions = result.probabilities.max(dim=-1)
+    predictions[~torch.isfinite(probabilities)] = -1  # NaN outputs: no prediction (and a NaN map)
     return {
         "index": np.asarray(batch.indices, dtype=np.int64),
         "maps": result.maps.numpy().astype(np.float32),
@@ -178,6 +214,16 @@ def _write_npz(path, arrays) -> None:
         np.savez(handle, **arrays)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value):
+    """A text cell a spreadsheet would run as a formula (OWASP 'CSV injection': it starts
+    with = + - @ tab or CR) gets a leading single quote, so a file named `=HYPERLINK(...)`
+    is shown as text; numbers and other text are unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def write_index(out: Path, dataset, name: str, shards: int) -> Path:
     """index.csv from the shards (so it is always what the shards hold)."""
     rows = []
@@ -191,11 +237,12 @@ def write_index(out: Path, dataset, name: str, shards: int) -> Path:
                              int(data["predictions"][row]), f"{float(data['probabilities'][row]):.6f}", shard, row])
     rows.sort(key=lambda r: r[0])
     for row, source in zip(rows, _sources(dataset, name, [r[0] for r in rows])):
-        row[1] = source
+        row[1] = safe_cell(source)
     path = out / "index.csv"
 
     def save(tmp):
-        with open(tmp, "w", newline="") as handle:
+        # a file name of invalid UTF-8 keeps its bytes (surrogateescape), as the file system has them
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(["index", "source", "label", "target", "prediction", "probability", "shard", "row"])
             writer.writerows(rows)
@@ -213,7 +260,7 @@ def read_maps(out) -> dict:
     for shard in range(meta["shards"]):
         with np.load(out / "maps" / SHARD.format(shard)) as data:
             if len(data["index"]):  # a shard of unreadable images only is empty
-                parts.append({k: data[k] for k in data.files})
+                parts.append({k: data[k] for k in data.files if k != "keys"})  # keys: per planned image, not per row
     if not parts:
         raise VitxError(f"{out} holds no maps (no image could be read)")
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

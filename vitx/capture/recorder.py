@@ -4,9 +4,7 @@ The recorder owns every hook and flag change (through its adapter and an ExitSta
 explainers never touch the model, and the model is restored on exit even when the forward
 raises.
 """
-import threading
-import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Callable, List, Optional
 
 import torch
@@ -14,37 +12,19 @@ from torch import nn
 
 from ..errors import VitxError
 from .fused import Reduce
+from .model_state import model_lock
 from .layout import TokenLayout, infer_layout
 from .unwrap import unwrap
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
+# (layer, attention, running state or None, layout) -> the new running state, or None to keep the layer instead
+Fold = Callable[[int, torch.Tensor, Optional[torch.Tensor], TokenLayout], Optional[torch.Tensor]]
 
 SUPPORTED = (
     "timm attention modules, Hugging Face transformers vision models, open_clip image towers, "
     "torch.nn.MultiheadAttention (torchvision ViT), and any model that calls "
     "F.scaled_dot_product_attention or a softmax over a square (tokens x tokens) score matrix"
 )
-
-
-_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-@contextmanager
-def model_lock(model: nn.Module):
-    """Serialise everything vitx does to one model across threads (re-entrant in a thread).
-
-    Recording changes a model for the duration of a forward (fused-attention flags, hooks,
-    replaced forwards, eval mode); two threads doing that to one model at once would record
-    each other's attention and restore each other's flags in the wrong order. Calls on
-    different models still run in parallel.
-    """
-    with _locks_guard:
-        lock = _locks.get(model)
-        if lock is None:
-            lock = _locks[model] = threading.RLock()
-    with lock:
-        yield
 
 
 class AttentionRecorder:
@@ -57,7 +37,8 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
-                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None):
+                 attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
+                 fold: Optional[Fold] = None):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
@@ -65,6 +46,8 @@ class AttentionRecorder:
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
         self.record_tokens = tokens  # token states after each block (see token_states.py)
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
+        self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
+        self.folded: Optional[torch.Tensor] = None
         self.fused = False
         self._anchors: List[torch.Tensor] = []
         self._maps: List[Optional[torch.Tensor]] = []
@@ -75,6 +58,8 @@ class AttentionRecorder:
         self.batch_size = None
         self.num_tokens = None
         self._stack: Optional[ExitStack] = None
+        self._pixels = None  # (C, H, W) of the model call's image batch
+        self._stem_calls: List[nn.Module] = []  # convolutions over the image in this call (see _on_conv)
 
     def __enter__(self) -> "AttentionRecorder":
         if self.adapter is None:
@@ -94,6 +79,9 @@ class AttentionRecorder:
                     stack.enter_context(self.adapter.attach(self.model, self._record))
             if self.record_tokens:
                 stack.enter_context(self._attach_token_sites())
+            if self.record_attention:
+                for conv in (m for m in self.model.modules() if _embeds(m)):
+                    stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
         except BaseException:
             stack.close()
             raise
@@ -112,7 +100,32 @@ class AttentionRecorder:
         self.graph_attentions = []
         self.token_states = []
         self.num_tokens = None
+        self.folded = None
         self._anchors, self._maps = [], []
+        self._pixels = tuple(x.shape[1:]) if torch.is_tensor(x) and x.dim() == 4 else None
+        self._stem_calls = []
+
+    def _on_conv(self, module, args):
+        """Count the convolutions over the image itself (a patch embedding or stem: a 4-d input
+        of the image's channels and size). A second one in one model call means the image
+        passes through the network twice (an ensemble of ViTs, flip test-time augmentation):
+        the recorded layers would be those of both passes in one list, and every attention-flow
+        map a mixture equal to neither pass, so that is refused here, before it happens."""
+        x = args[0] if args else None
+        if self._pixels is None or not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self._pixels:
+            return
+        self._stem_calls.append(module)
+        if len(self._stem_calls) > 1:
+            names = {id(m): n for n, m in self.model.named_modules()}
+            first, second = (names.get(id(m), "?") for m in self._stem_calls[:2])
+            how = (f"its stem {first!r} ran twice" if first == second
+                   else f"two stems ran on it, {first!r} and {second!r}")
+            raise VitxError(
+                f"{type(self.model).__name__} runs the image through the network twice in one forward ({how}: an "
+                "ensemble or test-time augmentation), so the recorded layers would mix both passes and no single "
+                "attention flow describes the output. Explain each member / pass as its own model "
+                "(e.g. vitx.explain(model.member, images)), or use a method that reads no attention "
+                "(integrated_gradients, occlusion, rise)")
 
     def _check(self, attention) -> None:
         """Fail loudly on anything that is not one layer's token-by-token self-attention of
@@ -147,6 +160,12 @@ class AttentionRecorder:
     def _record(self, attention: torch.Tensor) -> torch.Tensor:
         self._check(attention)
         self.num_tokens = attention.shape[-1]
+        if self.fold is not None:
+            running = self.fold(len(self.attentions), attention, self.folded, self._attention_layout())
+            if running is not None:  # folded into the running state: nothing of the layer is kept
+                self.folded = running
+                self.attentions.append(None)
+                return attention
         if self.keep is None:
             self.attentions.append(attention)
         else:
@@ -268,6 +287,10 @@ class AttentionRecorder:
         if not self.record_attention:
             return self._token_layout()
         self.check_recorded()
+        return self._attention_layout()
+
+    def _attention_layout(self) -> TokenLayout:
+        """The layout of the attention's token set (`num_tokens`), checked against it."""
         if isinstance(self.layout_override, TokenLayout):
             layout, source = self.layout_override, "the layout you passed"
         elif self.layout_override is not None:
@@ -303,6 +326,14 @@ class AttentionRecorder:
             )
         grads = torch.autograd.grad(score, self.graph_attentions, allow_unused=True)
         return [torch.zeros_like(a) if g is None else g for a, g in zip(self.graph_attentions, grads)]
+
+
+def _embeds(module: nn.Module) -> bool:
+    """A convolution that turns an image into something else (other channels, or a stride):
+    a patch embedding or stem. A 3->3, stride-1 convolution (a learnt colour transform in front
+    of the model) keeps the image an image and is not one."""
+    return isinstance(module, nn.Conv2d) and (module.out_channels != module.in_channels
+                                              or any(s > 1 for s in module.stride))
 
 
 def _grid(value):

@@ -11,11 +11,6 @@ from typing import Dict, List, Optional
 
 from ..errors import VitxError
 
-# What each non-attention method reads, for the "methods that apply" list of a refusal:
-# installed methods that need no attention are listed by name; these are named even before
-# their plugins are installed, so the message points at the right kind of method.
-NON_ATTENTION_METHODS = ("gradcam", "integrated_gradients", "occlusion", "rise")
-
 
 def needs_attention(explainer) -> bool:
     """True for methods that read recorded attention or its gradient."""
@@ -35,9 +30,9 @@ def attention_methods() -> List[str]:
 
 
 def methods_without_attention() -> List[str]:
-    """Installed methods that need no attention, plus the standard ones by name."""
-    installed = [name for name, e in _registered().items() if not needs_attention(e.cls)]
-    return sorted(set(installed) | set(NON_ATTENTION_METHODS))
+    """Installed methods that need no attention (the core names no plugin: what is installed
+    is what applies)."""
+    return sorted(name for name, e in _registered().items() if not needs_attention(e.cls))
 
 
 def refusal(family: str, why: str, method: str, allowed: Optional[Dict[str, str]] = None) -> str:

@@ -1,6 +1,5 @@
 """Argument checks every command shares, run before a model is loaded, so a bad value costs
 nothing and always reads as one `Error:` line."""
-import math
 import os
 from pathlib import Path
 
@@ -11,12 +10,6 @@ def positive(value, flag: str) -> int:
     """`--n 0` or `--n -5` is an error, never "none" or "all but 5"."""
     if value is None or value < 1:
         raise VitxError(f"{flag} must be at least 1, got {value}")
-    return value
-
-
-def finite(value, flag: str):
-    if value is not None and not math.isfinite(value):
-        raise VitxError(f"{flag} must be a finite number, got {value}")
     return value
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 
+from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10")
 
 
 def dataset_options(command):
     """--dataset, --data-dir, --n and --workers of `vitx explain`."""
     for option in reversed([
-        click.option("--dataset", default=None, type=click.Choice(DATASETS),
+        click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES),
                      help="Explain a dataset's test split (maps written in shards; see README)."),
         click.option("--data-dir", type=click.Path(), help="Dataset folder [default: ~/.cache/vitx/data]."),
         click.option("--limit", "--n", "count", type=int, default=None,
@@ -49,7 +49,7 @@ def run_dataset_explain(paths, model, checkpoint, pretrained, method, options, t
     model_name = model or DEFAULT_MODEL
     net = load_model(model_name, checkpoint=checkpoint, pretrained=pretrained, device=rank_device(world, device))
     if dataset is not None:
-        from vitx.reference_models.data import load_split
+        from vitx.datasets import load_split
 
         data, name = load_split(dataset, train=False, data_dir=data_dir, augment=False), dataset
     else:

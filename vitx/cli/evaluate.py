@@ -3,8 +3,11 @@ import json
 
 import click
 
+from ..baselines import BASELINES, DEFAULT_BASELINE
+from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from .checks import model_and_checkpoint, out_folder, positive
+from .method_options import given_options, method_option_flags, per_method
 from .options import DEFAULT_MODEL
 
 
@@ -40,15 +43,17 @@ def _cost(cost) -> str:
 @click.command("evaluate")
 @click.option("--model", "-m", default=None, help="Model name or checkpoint path [default: the CLI default].")
 @click.option("--checkpoint", type=click.Path())
-@click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]), help="Test split of a dataset.")
+@click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
 @click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
-@click.option("--n", "--limit", "count", default=1000, show_default=True,
-              help="Number of images (a seeded random subset); under torchrun spell it --limit.")
-@click.option("--protocol", "--baseline", "baseline", default="black", show_default=True,
-              type=click.Choice(["black", "mean", "blur", "road"]),
-              help="What removed patches become: a baseline (black, the mean, a blur) or ROAD's noisy linear "
-                   "imputation from the kept pixels (Rong et al. 2022; slower: a sparse solve per image and step).")
+@click.option("--limit", "--n", "count", default=1000, show_default=True,
+              help="Number of images (a seeded random subset; --n: the same).")
+@click.option("--baseline", "--protocol", "baseline", default=DEFAULT_BASELINE, show_default=True,
+              type=click.Choice(BASELINES + ("road",)),
+              help="What removed patches become (each image's mean colour, the dataset mean, black, blur, noise; "
+              "also the baseline of every method that takes one: integrated_gradients, occlusion, rise), or `road`: "
+              "ROAD's noisy linear imputation from the kept pixels (Rong et al. 2022; a sparse solve per image and "
+              "step; the methods keep their own baselines).")
 @click.option("--bootstrap", default=0, show_default=True,
               help="Resamples of a percentile bootstrap over images: a 95 % interval beside each AUC (0: none).")
 @click.option("--batch-size", default=100, show_default=True)
@@ -61,8 +66,9 @@ def _cost(cost) -> str:
               "or gtsegs_ijcv.mat (pixel accuracy, mIoU, mAP, pointing game).")
 @click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
               "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
+@method_option_flags(reserved=("baseline", "seed", "masks"))
 def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, bootstrap, batch_size, seed, data_dir,
-                     device, workers, out_dir, sanity, masks=None):
+                     device, workers, out_dir, sanity, masks=None, **method_flags):
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs).
 
     Under torchrun the batches are dealt to the ranks and rank 0 writes one result, equal to
@@ -81,7 +87,9 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(list_methods())
     for name in names:
         get_explainer(name)
-    positive(count, "--n")
+    given = given_options(method_flags)
+    options = per_method(given, names)
+    positive(count, "--limit")
     positive(batch_size, "--batch-size")
     if bootstrap < 0:
         raise VitxError(f"--bootstrap must be 0 (none) or a number of resamples, got {bootstrap}")
@@ -89,14 +97,15 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if masks:
         from ..evaluate.localisation import localisation_command
 
-        return localisation_command(model, checkpoint, device, masks, names, count, batch_size, out_folder(out_dir))
+        return localisation_command(model, checkpoint, device, masks, names, count, batch_size, out_folder(out_dir),
+                                    options)
     if (dataset is None) == (folder is None):
         raise VitxError("give exactly one of --dataset NAME or --images FOLDER")
     world = init_world(device)
     out = out_folder(out_dir) if world.is_main else None
     net = load_model(model, checkpoint=checkpoint, device=rank_device(world, device))
     if dataset:
-        from vitx.reference_models.data import load_split
+        from vitx.datasets import load_split
 
         data = load_split(dataset, train=False, data_dir=data_dir, augment=False)
     else:
@@ -116,14 +125,13 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
             yield batch.pixels, batch.labels
 
     results = evaluate_methods(net, batches(), names, baseline=baseline, seed=seed, progress=world.is_main,
-                               costs=costs, batch_ids=mine, world=world,
-                               bootstrap=bootstrap)
+                               options=options, costs=costs, batch_ids=mine, world=world, bootstrap=bootstrap)
     skipped = [error for rank_skipped in gather_to_main(skipped, world) or [] for error in rank_skipped]
     if not world.is_main:
         return
     evaluated = len(indices) - len(skipped)
     (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "bootstrap": bootstrap, "seed": seed,
-                                                  "batch_size": batch_size, "results": results, "costs": costs}, indent=1))
+                                                  "batch_size": batch_size, "options": given, "results": results, "costs": costs}, indent=1))
     draw_curves(results, out / "curves.png")
     header = ["method", "pos. acc AUC (lower)", "neg. acc AUC (higher)", "pos. prob AUC (lower)", "neg. prob AUC (higher)",
               "deletion (lower)", "insertion (higher)", "cost vs. forward"]
@@ -141,7 +149,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
         if world.distributed:  # rank 0 holds only its own batches: read every image of the plan
             kept = [b.pixels for b in batch_loader(data, plan, workers) if b.indices]
         pixels = torch.cat(kept)
-        result = sanity_check(net, pixels, names, seed=seed, batch_size=batch_size, progress=True)
+        result = sanity_check(net, pixels, names, seed=seed, batch_size=batch_size, progress=True, options=options)
         click.echo(markdown_table(result.header(), result.rows()))
         click.echo("-> " + ", ".join(map(str, write_sanity(result, out))))
     if skipped:

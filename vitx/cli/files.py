@@ -2,10 +2,11 @@
 is done (Ctrl-C keeps what finished), an unreadable image skipped with a warning naming it
 (and a non-zero exit at the end), and output names that are unique and never an input's."""
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Sequence
 
-from ..errors import VitxError
+from ..errors import VitxError, printable
 
 
 def output_names(sources: Sequence[str], method: str, out: Path, suffixes=(".png",)) -> List[str]:
@@ -28,7 +29,7 @@ def _say(text: str = "", err: bool = False) -> None:
     """Print without tearing the progress bar."""
     from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stderr if err else sys.stdout)
+    tqdm.write(printable(text), file=sys.stderr if err else sys.stdout)
 
 
 def explain_files(net, paths: Sequence[str], method: str, options: dict, target, token, batch_size: int, out: Path,
@@ -41,7 +42,7 @@ def explain_files(net, paths: Sequence[str], method: str, options: dict, target,
     from ..imaging import read_image
 
     names = dict(zip(paths, output_names(paths, method + suffix, out, (".png", ".npy") if save_maps else (".png",))))
-    failed = []
+    failed, unexplained = [], []
     bar = tqdm(total=len(paths), desc=f"explain ({method})", unit="image", file=sys.stderr, leave=False,
                disable=len(paths) < 2 or not sys.stderr.isatty())
     with bar:
@@ -57,15 +58,23 @@ def explain_files(net, paths: Sequence[str], method: str, options: dict, target,
                     bar.update(1)
             if not chunk:
                 continue
-            result = explain(net, pictures, method=method, target=target, token=token, batch_size=batch_size,
-                             layout=layout, **options)
+            with warnings.catch_warnings():  # NaN outputs: named by path below, not by position in the batch
+                warnings.filterwarnings("ignore", message="the model's outputs contain NaN")
+                result = explain(net, pictures, method=method, target=target, token=token, batch_size=batch_size,
+                                 layout=layout, **options)
             for i, path in enumerate(chunk):
-                _write_one(result, i, path, names[path], out, save_maps, colormap)
+                if result.explained(i):
+                    _write_one(result, i, path, names[path], out, save_maps, colormap)
+                else:  # NaN / inf outputs: nothing to explain, no file written
+                    unexplained.append((path, "the model's output is NaN or infinite"))
+                    _say(f"warning: {path}: not explained, the model's output is NaN or infinite", err=True)
                 bar.update(1)
-    if failed:
-        listed = ", ".join(p for p, _ in failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-        detail = f": {failed[0][1]}" if len(failed) == 1 else f" ({listed})"
-        raise VitxError(f"could not read {len(failed)} of {len(paths)} image(s){detail}")
+    for what, problems in (("read", failed), ("explain", unexplained)):
+        if problems:
+            listed = ", ".join(p for p, _ in problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3
+                                                              else "")
+            detail = f": {problems[0][1]}" if len(problems) == 1 else f" ({listed})"
+            raise VitxError(f"could not {what} {len(problems)} of {len(paths)} image(s){detail}")
 
 
 def _write_one(result, i, source, name, out, save_maps, colormap):

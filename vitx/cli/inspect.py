@@ -3,8 +3,10 @@ from pathlib import Path
 
 import click
 
+from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from ..imaging import IMAGE_SUFFIXES
+from .method_options import given_options, method_option_flags, per_method
 from .options import DEFAULT_MODEL
 
 
@@ -26,18 +28,12 @@ def dataset_sample(name, count, seed, data_dir):
     preprocesses them with its own data config."""
     import torch
 
-    from vitx.reference_models.data import load_split
+    from vitx.datasets import load_split
 
     data = load_split(name, train=False, data_dir=data_dir, augment=False)
     data.transform = None
     picks = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     return [data[i][0] for i in picks]
-
-
-def _model_label(name):
-    """fashion_vit -> fashion_vit; runs/vit/model.safetensors -> model; a run folder runs/ft -> ft."""
-    path = Path(name)
-    return path.stem if path.suffix else path.name if path.is_dir() else name
 
 
 @click.command("inspect")
@@ -46,9 +42,9 @@ def _model_label(name):
               help="Model name or checkpoint path; repeat to compare models [default: the CLI default].")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
               help="Weights for the --model of the same position (repeat with --model).")
-@click.option("--dataset", default=None, type=click.Choice(["fashion_mnist", "mnist", "cifar10"]),
+@click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES),
               help="Add a sample of this dataset's test split (for the statistics).")
-@click.option("--n", "count", default=64, show_default=True, help="Size of the dataset sample.")
+@click.option("--limit", "--n", "count", default=64, show_default=True, help="Size of the dataset sample.")
 @click.option("--methods", default="raw_attention,rollout,grad_rollout,chefer2021", show_default=True)
 @click.option("--show", default=4, show_default=True, help="Images with per-image figures.")
 @click.option("--seed", default=0, show_default=True)
@@ -58,8 +54,9 @@ def _model_label(name):
 @click.option("--interactive", is_flag=True, help="Embed the attention explorer (per patch, layer, head, method) "
               "for the --show images.")
 @click.option("--sanity", is_flag=True, help="Add the cascading-randomisation sanity check of every method.")
+@method_option_flags(reserved=("seed",))
 def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir,
-                    interactive, sanity):
+                    interactive, sanity, **method_flags):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
     from ..imaging import read_image
     from ..inspect.inspection import inspect_models
@@ -70,7 +67,8 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         get_explainer(name)
-    positive(count, "--n")
+    options = per_method(given_options(method_flags), names)
+    positive(count, "--limit")
     positive(show, "--show")
     paths = expand_images(images)
     if not paths and not dataset:
@@ -91,7 +89,7 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
     models = {_label(m): load_model(m, checkpoint=c, device=device) for m, c in pairs}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
     path = inspect_models(models, inputs, out, methods=names, show=show, interactive=interactive, sanity=sanity,
-                          progress=True)
+                          progress=True, options=options)
     click.echo(f"report: {path}")
     if failed:
         raise VitxError(f"skipped {len(failed)} unreadable image(s): {failed[0]}"

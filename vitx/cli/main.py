@@ -9,9 +9,10 @@ import warnings
 
 import click
 
-from ..errors import VitxError
+from ..errors import VitxError, printable
 from .dataset import dataset_options, run_dataset_explain, wants_dataset
-from .options import DEFAULT_MODEL, HEAD_FUSIONS
+from .method_options import drop_flag, flag_value, given_options, method_option_flags, per_method
+from .options import DEFAULT_MODEL
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -25,7 +26,7 @@ class VitxGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VitxError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -38,16 +39,6 @@ def main():
     warnings.formatwarning = _one_line_warning
 
 
-def _parse_options(pairs):
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise VitxError(f"--option expects key=value, got {pair!r}")
-        options[key.strip().replace("-", "_")] = value.strip()
-    return options
-
-
 @main.command()
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--image_path", "--image-path", "legacy_images", multiple=True, help="Image file (vit_explain.py spelling).")
@@ -55,16 +46,13 @@ def _parse_options(pairs):
 @click.option("--checkpoint", type=click.Path(), help="Weights file (.safetensors, or a torch state dict) for --model.")
 @click.option("--pretrained/--no-pretrained", default=None, help="Fetch hub weights (default: when no --checkpoint).")
 @click.option("--method", default=None, help="Explainer (see `vitx methods`) [default: grad_rollout with a category index, else rollout].")
-@click.option("--category-index", "--category_index", "category_index", type=int, help="Class to explain [default: predicted].")
+@click.option("--target", "--category-index", "--category_index", "category_index", type=int,
+              help="Class to explain (the library's target=; vit_explain.py: --category_index) [default: predicted].")
 @click.option("--text", "texts", multiple=True, help="Explain the similarity to this text prompt (CLIP, SigLIP; repeatable: one map per prompt).")
 @click.option("--reference", type=click.Path(), help="Explain the embedding's similarity to this image's (backbones, CLIP).")
-@click.option("--grid", default=None, help="Patch grid HxW, when vitx cannot tell it (extra tokens come first).")
+@click.option("--layout", "--grid", "grid", default=None,
+              help="Patch grid HxW, when vitx cannot tell it (the library's layout=; extra tokens come first).")
 @click.option("--token", default=None, help="Token to explain from: cls, dist, mean, reg0... [default: what the head reads].")
-@click.option("--head-fusion", "--head_fusion", "head_fusion", type=click.Choice(HEAD_FUSIONS), help="Head fusion (rollout, raw_attention).")
-@click.option("--discard-ratio", "--discard_ratio", "discard_ratio", type=float, help="Fraction of lowest attention dropped.")
-@click.option("--layer", type=int, help="Layer (raw_attention).")
-@click.option("--head", type=int, help="Head (raw_attention).")
-@click.option("--option", "-o", "extra_options", multiple=True, help="Any method option as key=value (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--use_cuda", "--use-cuda", "use_cuda", is_flag=True, help="Same as --device cuda (vit_explain.py spelling).")
 @click.option("--batch-size", default=16, show_default=True, type=int, help="Images per forward pass.")
@@ -72,9 +60,9 @@ def _parse_options(pairs):
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
 @dataset_options
+@method_option_flags()
 def explain(images, legacy_images, model, checkpoint, pretrained, method, category_index, texts, reference, grid,
-            token, head_fusion, discard_ratio, layer, head, extra_options, device, use_cuda, batch_size, out_dir, save_maps,
-            colormap, **dataset_args):
+            token, device, use_cuda, batch_size, out_dir, save_maps, colormap, **dataset_args):
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs.
 
     Given one FOLDER or --dataset NAME, write the maps in shards instead (resumable; runs
@@ -82,7 +70,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     from ..imaging import COLORMAPS
     from ..models import load_model, resolve_device
     from ..registry import get_explainer
-    from .checks import finite, model_and_checkpoint, out_folder, positive
+    from .checks import model_and_checkpoint, out_folder, positive
     from .files import explain_files
 
     paths = list(images) + list(legacy_images)
@@ -91,24 +79,17 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     if sum(bool(t) for t in (category_index is not None, texts, reference)) > 1:
         raise VitxError("give one kind of target: --category-index, --text or --reference")
     method = method or ("grad_rollout" if category_index is not None or texts or reference else "rollout")
-    options = {k: v for k, v in dict(head_fusion=head_fusion, discard_ratio=discard_ratio, layer=layer, head=head).items()
-               if v is not None}
-    extra = _parse_options(extra_options)
-    conflicts = [k for k in extra if k in options and str(options[k]) != extra[k]]
-    if conflicts:
-        key = conflicts[0]
-        raise VitxError(f"--{key.replace('_', '-')} {options[key]} and -o {key}={extra[key]} disagree; give one")
-    options.update(extra)
-    if method == "grad_rollout" and head_fusion is not None and "head_fusion" not in extra:
-        # vit_explain.py accepted --head_fusion with a category index and ignored it
-        options.pop("head_fusion")
+    legacy_fusion = flag_value(dataset_args, "head_fusion")
+    if method == "grad_rollout" and legacy_fusion is not None:
+        # vit_explain.py accepted --head_fusion with a category index and ignored it (-o head_fusion stays an error)
+        drop_flag(dataset_args, "head_fusion")
         click.echo(f"note: grad_rollout fuses heads by the gradient-weighted mean (as vit_explain.py did); "
-                   f"--head-fusion {head_fusion} is ignored", err=True)
+                   f"--head-fusion {legacy_fusion} is ignored", err=True)
+    options = per_method(given_options(dataset_args), [method])[method]
     if colormap not in COLORMAPS:
         raise VitxError(f"unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}")
     if category_index is not None and abs(category_index) >= 2 ** 63:
         raise VitxError(f"category index {category_index} out of range")
-    finite(discard_ratio, "--discard-ratio")
     positive(batch_size, "--batch-size")
     explainer = get_explainer(method).cls(**options)  # reject bad options before loading a model
     if wants_dataset(paths, dataset_args["dataset"]):

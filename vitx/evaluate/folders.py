@@ -84,7 +84,8 @@ class LabelledFolder:
 def model_classes(model, config: dict):
     """(number of classes, class names or None) of `model`, from one forward pass on a blank
     input of its data config's size (a model does not always say how many classes it has)."""
-    from ..attribution.api import as_logits, evaluation_mode
+    from ..attribution.targets import as_logits
+    from ..capture.model_state import evaluation_mode
     from ..models import class_names, model_device
 
     parameter = next(model.parameters(), None)

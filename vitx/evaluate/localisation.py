@@ -216,7 +216,7 @@ def gtsegs_ijcv(path, limit: Optional[int] = None) -> Iterator[Tuple[Image.Image
             yield Image.fromarray(np.ascontiguousarray(image.astype(np.uint8))), mask > 0
 
 
-def localisation_command(model_name, checkpoint, device, masks, methods, count, batch_size, out_dir):
+def localisation_command(model_name, checkpoint, device, masks, methods, count, batch_size, out_dir, options=None):
     """`vitx evaluate --masks PATH`: scores to localisation.json / localisation.md and the terminal."""
     import json
     from itertools import islice
@@ -231,7 +231,7 @@ def localisation_command(model_name, checkpoint, device, masks, methods, count, 
         raise VitxError(f"masks not found: {source}")
     pairs = gtsegs_ijcv(source, count) if source.is_file() else islice(mask_folder(source), count)
     model = load_model(model_name, checkpoint=checkpoint, device=device)
-    results = evaluate_localisation(model, pairs, methods, batch_size=batch_size, progress=True)
+    results = evaluate_localisation(model, pairs, methods, batch_size=batch_size, options=options, progress=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "localisation.json").write_text(json.dumps({"masks": str(source), "results": results}, indent=1))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..baselines import BASELINES, DEFAULT_BASELINE, baseline_images
 from ..errors import VitxError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 PERTURBATION_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 DELETION_STEPS = 10
-BASELINES = ("black", "mean", "blur")
 PROTOCOLS = BASELINES + ("road",)
 TESTS = ("positive", "negative", "deletion", "insertion")
 
@@ -43,22 +43,6 @@ def auc(values: Sequence[float], xs: Sequence[float]) -> float:
         return float(values[0]) if len(values) else float("nan")
     area = float(np.sum((values[1:] + values[:-1]) * np.diff(xs)) / 2)
     return area / float(xs[-1] - xs[0])
-
-
-def baseline_images(pixels: torch.Tensor, kind: str, config: dict) -> torch.Tensor:
-    """What removed pixels become, in the model's (normalised) input space."""
-    if kind == "black":
-        mean = torch.tensor(config["mean"], device=pixels.device).view(1, -1, 1, 1)
-        std = torch.tensor(config["std"], device=pixels.device).view(1, -1, 1, 1)
-        return ((0.0 - mean) / std).expand_as(pixels)
-    if kind == "mean":
-        return torch.zeros_like(pixels)  # the dataset mean is 0 after normalisation
-    if kind == "blur":
-        from torchvision.transforms.v2.functional import gaussian_blur
-
-        size = max(3, (min(pixels.shape[-2:]) // 4) | 1)
-        return gaussian_blur(pixels, kernel_size=[size, size], sigma=size / 3)
-    raise VitxError(f"unknown baseline {kind!r}; use one of {', '.join(BASELINES)}")
 
 
 def removal(pixels: torch.Tensor, protocol: str, config: dict, generator: Optional[torch.Generator] = None):
@@ -94,7 +78,7 @@ def _masks(order: torch.Tensor, counts: Sequence[int], grid, size) -> torch.Tens
 def _curve(model, remove, masks, labels, targets, target=None):
     """(accuracy (B, steps) or None, score (B, steps)): the class accuracy and probability of
     `targets`, or, given a `Target`, its score and no accuracy."""
-    from ..attribution.api import as_logits
+    from ..attribution.targets import as_logits
 
     accuracy, score = [], []
     for mask in masks:
@@ -123,7 +107,7 @@ class Curves:
         return {name: torch.cat(parts).mean(0).tolist() for name, parts in vars(self).items() if parts}
 
 
-def perturbation_curves(model, pixels, maps, labels, targets, config, baseline="black", curves=None, target=None,
+def perturbation_curves(model, pixels, maps, labels, targets, config, baseline=DEFAULT_BASELINE, curves=None, target=None,
                         tests: Sequence[str] = TESTS) -> Curves:
     """Add one batch's curves to `curves`. maps: (B, h, w) on any device; baseline: one of
     PROTOCOLS; target: a `Target` whose score is recorded instead of the class probability
@@ -210,7 +194,25 @@ def _merge(parts, names) -> Dict[str, Curves]:
     return curves
 
 
-def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", seed=0, progress=False,
+def _with_baseline(methods, options, baseline) -> Dict[str, dict]:
+    """Each method's options, with the evaluation's baseline for every method that takes one
+    and was not given its own: a method that removes pixels one way and is scored removing them
+    another is measured on the mismatch (vitx.baselines)."""
+    from ..registry import get_explainer
+
+    merged = {}
+    for name in methods:
+        own = dict(options.get(name, {}))
+        if baseline == "road":  # an imputation, not a baseline image: methods keep their own default
+            merged[name] = own
+            continue
+        if "baseline" not in own and any(o.name == "baseline" for o in get_explainer(name).cls.options):
+            own["baseline"] = baseline
+        merged[name] = own
+    return merged
+
+
+def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BASELINE, seed=0, progress=False,
                      options: Optional[Dict[str, dict]] = None, costs: Optional[dict] = None,
                      batch_ids: Optional[Iterable[int]] = None, world=None, bootstrap: int = 0):
     """Faithfulness of each method (and of a random map) on labelled batches.
@@ -234,7 +236,8 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     """
     from tqdm import tqdm
 
-    from ..attribution.api import evaluation_mode, explain
+    from ..attribution.api import explain
+    from ..capture.model_state import evaluation_mode
     from ..models import model_device
     from ..registry import data_config
 
@@ -243,7 +246,7 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline="black", s
     from ..capture.unwrap import unwrap
 
     model = unwrap(model)
-    options = options or {}
+    options = _with_baseline(methods, options or {}, baseline)
     config = data_config(model)
     device = model_device(model)
     names = list(methods) + ["random"]

@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution.api import as_logits, evaluation_mode, explain, model_inputs
+from ..attribution.api import explain
+from ..attribution.targets import as_logits
+from ..capture.model_state import evaluation_mode
+from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..errors import VitxError
 from ..models import class_names
@@ -78,13 +81,12 @@ def displayed(levels: np.ndarray) -> np.ndarray:
 
 
 def _png(rgb: np.ndarray) -> str:
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise VitxError("could not encode an image for the explorer")
-    return base64.b64encode(encoded.tobytes()).decode("ascii")
+    from ..imaging import png_bytes
+
+    return base64.b64encode(png_bytes(rgb, "an image for the explorer")).decode("ascii")
 
 
-def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8) -> dict:
+def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8, options=None) -> dict:
     """Everything the explorer shows for one model on `images` (anything `explain` takes)."""
     adapter, pixels, views, sources = model_inputs(model, images)
     items: List[dict] = []
@@ -108,7 +110,7 @@ def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int
     method_maps: Dict[str, list] = {}
     for method in methods:
         try:
-            exp = explain(model, pixels, method=method, batch_size=batch_size)
+            exp = explain(model, pixels, method=method, batch_size=batch_size, **(options or {}).get(method, {}))
         except VitxError:
             continue  # a method this model cannot run: the switcher simply lacks it
         method_maps[method] = [_pack(np.uint8(np.round(m.numpy() * 255))) for m in exp.maps]
@@ -149,13 +151,13 @@ EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, 
                   "patch is outlined in white.")
 
 
-def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer"):
+def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None):
     section = report.section(title)
     section.text(EXPLAINER_TEXT)
     data = {}
     for name, model in models.items():
         try:
-            data[name] = model_data(model, images, methods)
+            data[name] = model_data(model, images, methods, options=options)
         except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
             section.text(f"{name}: not shown ({exc})", "note")
     if data:

@@ -49,7 +49,7 @@ def _overview(report, models, images):
     section.table(["model", "class", "adapter", "parameters", "test accuracy (checkpoint)"], rows)
 
 
-def _method_maps(report, models, images, methods, show):
+def _method_maps(report, models, images, methods, show, options):
     section = report.section(SECTIONS[1])
     section.text("Each method's map for the predicted class, over the input the model saw "
                  "(bright = relevant; every map scaled to its own maximum).")
@@ -57,7 +57,7 @@ def _method_maps(report, models, images, methods, show):
         explanations = {}
         for method in methods:
             try:
-                explanations[method] = explain(model, images[:show], method=method)
+                explanations[method] = explain(model, images[:show], method=method, **options.get(method, {}))
             except VitxError as exc:
                 _skip(section, f"{name} {method}", exc)
         if not explanations:
@@ -190,7 +190,7 @@ def _curves(report, models):
         section.text("No model carries a training history (reference checkpoints do).", "note")
 
 
-def _sanity(report, models, images, methods):
+def _sanity(report, models, images, methods, options):
     """Cascading randomisation (vitx.evaluate.sanity) of every method, per model."""
     from ..evaluate.sanity import sanity_check
 
@@ -200,7 +200,7 @@ def _sanity(report, models, images, methods):
                  "model's. A method whose maps do not change with the weights fails.")
     for name, model in models.items():
         try:
-            result = sanity_check(model, images, methods)
+            result = sanity_check(model, images, methods, options=options)
         except VitxError as exc:
             _skip(section, name, exc)
             continue
@@ -212,13 +212,14 @@ def _sanity(report, models, images, methods):
 
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
                    title: str = "vitx inspect", show: int = 4, extra=None, interactive: bool = False,
-                   sanity: bool = False, progress: bool = False) -> Path:
+                   sanity: bool = False, progress: bool = False, options: Optional[Dict[str, dict]] = None) -> Path:
     """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
     PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
     the statistics use all of them. `extra(report)` may add sections (the study does).
     `interactive`: add the attention explorer for the first `show` images (JavaScript).
     `sanity`: add the cascading-randomisation sanity check of every method (on all images).
-    `progress`: a progress bar per section on stderr (the CLI's)."""
+    `progress`: a progress bar per section on stderr (the CLI's). `options`: {method: its
+    options}, as `vitx.explain` takes them."""
     if not models:
         raise VitxError("no model to inspect")
     if len(images) == 0:
@@ -227,6 +228,7 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
         if isinstance(item, (str, Path)):
             read_image(item)  # a missing or unreadable file stops here, not as a skipped section
     registered = get_registry().explainers
+    options = options or {}
     methods = [m for m in methods if m in registered]
     report = Report(title, "What the models learned (patch and position embeddings) and where they look "
                            "(attention per layer and head, explanation methods, attention distance).")
@@ -237,9 +239,10 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
     if interactive:
         from .explorer import add_explorer_section
 
-        steps.append(("explorer", lambda: add_explorer_section(report, models, images[:show], methods)))
+        steps.append(("explorer", lambda: add_explorer_section(report, models, images[:show], methods,
+                                                                      options=options)))
     steps += [
-        ("method maps", lambda: _method_maps(report, models, images, methods, show)),
+        ("method maps", lambda: _method_maps(report, models, images, methods, show, options)),
         ("attention", lambda: _attention(report, models, images)),
         ("filters", lambda: _filters(report, models)),
         ("activations", lambda: _activations(report, models, images)),
@@ -248,7 +251,7 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
         ("curves", lambda: _curves(report, models)),
     ]
     if sanity:
-        steps.append(("sanity check", lambda: _sanity(report, models, images, methods)))
+        steps.append(("sanity check", lambda: _sanity(report, models, images, methods, options)))
     _run_steps(steps, progress)
     return report.write(out)
 

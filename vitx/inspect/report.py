@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Sequence, Union
 
-import cv2
 import numpy as np
 
-from ..errors import VitxError
-from ..imaging import save_png
+from ..errors import printable
+from ..imaging import png_bytes, save_png
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; padding: 0 1em; }
@@ -65,10 +64,7 @@ class Section:
 
     def image(self, rgb: np.ndarray, caption: str, name: str) -> "Section":
         """An (H, W, 3) uint8 RGB image, saved as `name`.png and embedded."""
-        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-        if not ok:
-            raise VitxError(f"could not encode image {name!r}")
-        data = base64.b64encode(encoded.tobytes()).decode("ascii")
+        data = base64.b64encode(png_bytes(rgb, f"image {name!r}")).decode("ascii")
         stem, number = slug(name), 1
         while (f"{stem}-{number}" if number > 1 else stem) in self.used:
             number += 1
@@ -140,5 +136,5 @@ class Report:
             for filename, rgb in section.images:
                 save_png(folder / filename, rgb)
         path = ReportPath(folder / name)
-        path.write_text(self.html(), encoding="utf-8")
+        path.write_text(printable(self.html()), encoding="utf-8")  # a non-UTF-8 file name: escaped
         return path

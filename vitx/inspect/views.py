@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from ..capture.adapters.base import patch_conv
-from ..attribution.api import as_logits, evaluation_mode, model_inputs
+from ..attribution.targets import as_logits
+from ..capture.model_state import evaluation_mode
+from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..capture.unwrap import unwrap
 from ..errors import VitxError

@@ -85,6 +85,23 @@ FAMILIES = {
         "attention of different stages covers different token sets"),
 }
 
+# Hugging Face config model_type -> (family, why): the same families in transformers, which are
+# claimed by the transformers adapter (token-feature methods run through it) and refused there
+HF_FAMILIES = {
+    "swin": ("Swin (transformers)", "shifted-window " + WINDOWED_PYRAMID),
+    "swinv2": ("SwinV2 (transformers)", "shifted-window " + WINDOWED_PYRAMID),
+    "donut-swin": ("Donut Swin (transformers)", "shifted-window " + WINDOWED_PYRAMID),
+    "maskformer-swin": ("MaskFormer Swin (transformers)", "shifted-window " + WINDOWED_PYRAMID),
+}
+
+
+def hf_refusal(model_type: str, explainer):
+    """The refusal of an attention method for a transformers model of a `HF_FAMILIES` type, else None."""
+    if model_type not in HF_FAMILIES or not needs_attention(explainer):
+        return None
+    family, why = HF_FAMILIES[model_type]
+    return refusal(family, why, explainer.name)
+
 
 def class_path(model) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"

@@ -140,6 +140,12 @@ class TransformersAdapter(Adapter):
             for module in sites:
                 _active.pop(module, None)
 
+    def refuse(self, model, explainer):
+        """Swin and its kin: attention methods refused before any forward (as for timm's Swin)."""
+        from .hierarchical import hf_refusal
+
+        return hf_refusal(getattr(vision_config(model), "model_type", ""), explainer)
+
     def layout(self, model, input_size, num_tokens):
         tower = vision_tower(model)
         config = vision_config(model)
@@ -235,12 +241,14 @@ def processor_data_config(processor, config) -> dict:
     crop = _size(get("crop_size")) if get("do_center_crop") else None
     if crop is not None and crop[0] == "exact":
         height, width = crop[1]
+        config = {"input_size": (channels, height, width), "mean": mean, "std": std,
+                  "interpolation": interpolation, "crop_pct": 1.0, "crop_mode": "center",
+                  "crop_rounding": "floor"}  # the processors' `(size - crop) // 2` (see inputs.split_transform)
         if size is not None and size[0] == "shortest":
-            crop_pct = min(height, width) / size[1]
-        else:
-            crop_pct = 1.0
-        return {"input_size": (channels, height, width), "mean": mean, "std": std,
-                "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": "center"}
+            config["crop_pct"] = min(height, width) / size[1]
+        elif size is not None:  # resized to exactly (h, w), aspect ratio not kept, then cropped (DeiT, BEiT)
+            config.update(crop_mode="squash", resize_size=size[1])
+        return config
     if size is not None and size[0] == "exact":
         return {"input_size": (channels, *size[1]), "mean": mean, "std": std,
                 "interpolation": interpolation, "crop_pct": 1.0, "crop_mode": "squash"}

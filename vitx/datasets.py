@@ -10,11 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple
 
-import torch
-from torchvision import datasets
-from torchvision.transforms import v2
-
-from vitx.errors import VitxError
+from .errors import VitxError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "vitx" / "data"
@@ -22,7 +18,7 @@ DEFAULT_DATA_DIR = Path.home() / ".cache" / "vitx" / "data"
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    cls: type
+    torchvision_class: str  # in torchvision.datasets (imported only when a split is loaded)
     channels: int
     size: int
     mean: Tuple[float, ...]
@@ -32,11 +28,12 @@ class DatasetInfo:
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DATASETS = {
-    "fashion_mnist": DatasetInfo(datasets.FashionMNIST, 1, 28, (0.2860,), (0.3530,), FASHION_CLASSES),
-    "mnist": DatasetInfo(datasets.MNIST, 1, 28, (0.1307,), (0.3081,), tuple(str(i) for i in range(10))),
-    "cifar10": DatasetInfo(datasets.CIFAR10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    "fashion_mnist": DatasetInfo("FashionMNIST", 1, 28, (0.2860,), (0.3530,), FASHION_CLASSES),
+    "mnist": DatasetInfo("MNIST", 1, 28, (0.1307,), (0.3081,), tuple(str(i) for i in range(10))),
+    "cifar10": DatasetInfo("CIFAR10", 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                            ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
 }
+DATASET_NAMES = tuple(DATASETS)  # the one list every --dataset option offers
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -46,6 +43,9 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def transforms(name: str, train: bool):
+    import torch
+    from torchvision.transforms import v2
+
     info = dataset_info(name)
     steps = [v2.ToImage()]
     if train:
@@ -76,7 +76,10 @@ def _unpack_debian_fashion(data_dir: Path) -> bool:
 
 def load_split(name: str, train: bool, data_dir=None, download: bool = True, augment: bool = None):
     """A torchvision dataset for one split, with the right transforms."""
+    from torchvision import datasets
+
     info = dataset_info(name)
+    dataset_class = getattr(datasets, info.torchvision_class)
     data_dir = Path(data_dir or DEFAULT_DATA_DIR)
     transform = transforms(name, train if augment is None else augment)
     attempts: List[str] = []
@@ -86,7 +89,7 @@ def load_split(name: str, train: bool, data_dir=None, download: bool = True, aug
         if how == "debian" and not (name == "fashion_mnist" and _unpack_debian_fashion(data_dir)):
             continue
         try:
-            return info.cls(str(data_dir), train=train, transform=transform, download=how == "download")
+            return dataset_class(str(data_dir), train=train, transform=transform, download=how == "download")
         except Exception as exc:  # not found, or no network
             attempts.append(f"{how}: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
     hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
