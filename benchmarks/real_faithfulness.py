@@ -30,7 +30,7 @@ below random are flagged; rank agreement between protocols (Kendall / Spearman).
 Writes benchmarks/results/real_faithfulness.{md,json}.
 
 Usage: pip install onnx onnxruntime   (benchmark-only)
-       flock /work/heavy.lock python benchmarks/real_faithfulness.py [--n 36] [--batch 4]
+       python benchmarks/real_faithfulness.py [--n 36] [--batch 4]
 """
 import argparse
 import json
