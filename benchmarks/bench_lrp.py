@@ -51,7 +51,8 @@ def build(name):
 
 
 def lxt_cp_lrp():
-    """LXT's CP-LRP for torchvision's ViT as a function (model, x) -> relevance, patching
+    """LXT's CP-LRP for torchvision's ViT as a function (model, x, score=None) -> relevance
+    (score: output -> (B,) explained score; default the predicted class's logit), patching
     torch's classes only for the duration of each call (LXT 2.1's package __init__ needs an
     older transformers, so only its rule and patch modules are loaded)."""
     try:
@@ -67,14 +68,15 @@ def lxt_cp_lrp():
 
     classes = (nn.GELU, nn.LayerNorm, nn.MultiheadAttention)
 
-    def run(model, x):
+    def run(model, x, score=None):
         saved = {c: c.__dict__["forward"] for c in classes}
         try:
             for target, patch in cp_LRP.items():
                 patch(target)
             x = x.clone().requires_grad_(True)
-            logits = model(x)
-            (grad,) = torch.autograd.grad(logits.gather(1, logits.argmax(-1, keepdim=True)).sum(), x)
+            out = model(x)
+            value = score(out) if score else out.gather(1, out.argmax(-1, keepdim=True))
+            (grad,) = torch.autograd.grad(value.sum(), x)
             return x * grad
         finally:
             for c in classes:

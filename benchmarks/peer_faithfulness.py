@@ -18,9 +18,14 @@ baseline `dataset_mean`: removed patches become 0 after normalisation): pos./neg
 accuracy-based perturbation AUCs (lower / higher is better), deletion / insertion = the
 target-probability AUCs (lower / higher). Cost = a method's time over a plain no-grad forward
 of the same batches (time.perf_counter, each method warmed up once before timing).
-Writes benchmarks/results/peer_faithfulness.{md,json} and prints the table, whether vitx's
-best is at least as good as the best peer on each metric, and how close the peers are to the
-vitx methods that implement the same definition.
+Protocols (`--protocols`): `dataset_mean` (above), `blur`, `mean` (each image's mean colour), and ROAD noisy linear imputation
+(vitx/evaluate/road.py, pos./neg. only, on the first `--road-images` images). Every AUC has
+its 95 % percentile-bootstrap interval over images (vitx/evaluate/confidence.py); vitx's best
+method is compared to each peer by a paired bootstrap (benchmarks/faithfulness_report.py);
+methods below the random map are flagged; rank agreement between protocols is printed.
+Writes benchmarks/results/peer_faithfulness.{md,json} and prints the tables, the paired
+comparisons, and how close the peers are to the vitx methods that implement the same
+definition.
 
 Usage: python benchmarks/peer_faithfulness.py --train
        python benchmarks/peer_faithfulness.py [--n 500] [--batch 50] [--rise-masks 1000]
@@ -43,7 +48,8 @@ import vitx  # noqa: E402
 from bench_lrp import lxt_cp_lrp  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from vitx.datasets import dataset_info, load_split  # noqa: E402
 from vitx.attribution.api import list_methods  # noqa: E402
-from vitx.evaluate.metrics import Curves, perturbation_curves, summarise  # noqa: E402
+from faithfulness_report import acceptance, agreement, agreement_lines, intervals, random_flags, table  # noqa: E402
+from vitx.evaluate.metrics import Curves, per_image_aucs, perturbation_curves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 WEIGHTS, INFO = RESULTS / "peer_vit.safetensors", RESULTS / "peer_vit.json"
@@ -164,18 +170,6 @@ def correlation(a, b):
     return {"pooled": pooled, "per_image_mean": each.mean().item(), "per_image_min": each.min().item()}
 
 
-def table(rows, costs):
-    best = {key: pick(rows[n][key] for n in rows if n != "random") for key, _, pick in METRICS}
-    lines = ["| method | library | " + " | ".join(title for _, title, _ in METRICS) + " | cost vs. forward |",
-             "|---|---|" + "---|" * (len(METRICS) + 1)]
-    for name in sorted(rows, key=lambda n: (n == "random", rows[n]["positive_accuracy_auc"])):
-        cells = [f"**{rows[name][k]:.4f}**" if rows[name][k] == best[k] and name != "random" else f"{rows[name][k]:.4f}"
-                 for k, _, _ in METRICS]
-        cost = f"{costs[name]:.1f}x" if name in costs else "-"
-        lines.append(f"| {name} | {rows[name]['library']} | " + " | ".join(cells) + f" | {cost} |")
-    return "\n".join(lines)
-
-
 def evaluate(args):
     model = VisionTransformer(**CONFIG)
     model.load_state_dict(load_file(WEIGHTS))
@@ -195,7 +189,9 @@ def evaluate(args):
         warm_targets = model(warm).argmax(-1)
     for _, fn in methods.values():  # warm-up (and a check that each runs) before any timing
         assert fn(warm, warm_targets).shape == (2, 7, 7)
-    curves = {name: Curves() for name in list(methods) + ["random"]}
+    protocols = {p: (("positive", "negative") if p == "road" else ("positive", "negative", "deletion", "insertion"))
+                 for p in args.protocols.split(",")}
+    curves = {p: {name: Curves() for name in list(methods) + ["random"]} for p in protocols}
     seconds = dict.fromkeys(list(methods) + ["forward"], 0.0)
     kept = {name: [] for name in ("integrated_gradients", "IntegratedGradients (32 steps)", "attnlrp (cp)", "CP-LRP",
                                   "legrad", "LeGrad", "gradcam", "GradCAM (last ln_1)", "input_x_gradient (libragrad)")}
@@ -214,29 +210,38 @@ def evaluate(args):
             seconds[name] += time.perf_counter() - tick
         maps["random"] = torch.rand(next(iter(maps.values())).shape, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + b))
         for name, m in maps.items():
-            perturbation_curves(model, pixels, m, labels, targets, DATA_CONFIG, "dataset_mean", curves[name])
+            for protocol, tests in protocols.items():
+                chosen = slice(None) if protocol != "road" else slice(0, max(0, args.road_images - b * args.batch))
+                if len(pixels[chosen]):
+                    perturbation_curves(model, pixels[chosen], m[chosen], labels[chosen], targets[chosen], DATA_CONFIG,
+                                        protocol, curves[protocol][name], tests=tests)
             if name in kept:
                 kept[name].append(m)
         print(f"batch {b + 1}/{math.ceil(len(order) / args.batch)}: {time.perf_counter() - start:.0f} s", flush=True)
     library = {name: lib for name, (lib, _) in methods.items()} | {"random": "-"}
-    rows = {name: summarise(c) | {"library": library[name]} for name, c in curves.items()}
     costs = {name: seconds[name] / seconds["forward"] for name in methods}
-    text = table(rows, costs)
-    header = (f"{len(order)} Fashion-MNIST test images (seed {args.seed}), batch {args.batch}, baseline dataset_mean; model "
+    per_image = {p: {name: per_image_aucs(c) for name, c in per.items()} for p, per in curves.items()}
+    cis = {p: intervals(v, args.bootstrap, args.seed) for p, v in per_image.items()}
+    sections, checks, flags = [], {}, {}
+    for protocol, values in per_image.items():
+        metrics = [m for m in METRICS if m[0] in values["random"]]
+        flags[protocol] = random_flags(values, metrics, args.bootstrap, args.seed)
+        checks[protocol] = acceptance(values, library, metrics, args.bootstrap, args.seed)
+        count = len(next(iter(values["random"].values())))
+        sections.append(f"### Protocol `{protocol}` ({count} images)\n\n" + table(cis[protocol], library, costs, metrics,
+                                                                                  flags[protocol])
+                        + "\n\nvitx's best vs. each peer (paired bootstrap, 95 %):\n\n"
+                        + "\n".join(f"- {line}" for line in checks[protocol]))
+    ranks = agreement(cis, METRICS)
+    header = (f"{len(order)} Fashion-MNIST test images (seed {args.seed}), batch {args.batch}; model "
               f"{info['config']}, test accuracy {info['test_accuracy']:.4f}; forward "
               f"{1000 * seconds['forward'] / len(order):.3f} ms/image, {torch.get_num_threads()} threads\n")
-    checks = []
-    for key, title, pick in METRICS:
-        ours = pick((rows[n][key], n) for n in rows if library[n] == "vitx")
-        theirs = pick((rows[n][key], n) for n in rows if library[n] not in ("vitx", "-"))
-        ok = ours[0] <= theirs[0] if pick is min else ours[0] >= theirs[0]
-        checks.append(f"{title}: vitx {ours[0]:.4f} ({ours[1]}) vs. best peer {theirs[0]:.4f} ({theirs[1]}): "
-                      f"{'ok' if ok else 'NOT MET'}")
     pairs = [("integrated_gradients", "IntegratedGradients (32 steps)"), ("attnlrp (cp)", "CP-LRP"),
              ("input_x_gradient (libragrad)", "CP-LRP"),
              ("legrad", "LeGrad"), ("gradcam", "GradCAM (last ln_1)")]
     agree = {f"{a} vs. {b}": correlation(kept[a], kept[b]) for a, b in pairs if kept.get(a) and kept.get(b)}
-    report = (header + "\n" + text + "\n\nvitx best >= best peer (ties count):\n" + "\n".join(checks) +
+    report = (header + "\n" + "\n\n".join(sections) + "\n\nRank agreement of the protocols (method orders):\n\n"
+              + "\n".join(f"- {line}" for line in agreement_lines(ranks)) +
               "\n\nPearson correlation of the patch maps, all values pooled (raw scales) and per image:\n" +
               "\n".join(f"{k}: {v['pooled']:.6f} (per image: mean {v['per_image_mean']:.6f}, min {v['per_image_min']:.6f})"
                         for k, v in agree.items()) + "\n")
@@ -245,8 +250,10 @@ def evaluate(args):
     stem = "peer_faithfulness_only" if args.only else "peer_faithfulness"
     (RESULTS / f"{stem}.md").write_text(report)
     (RESULTS / f"{stem}.json").write_text(json.dumps(
-        {"n": len(order), "batch": args.batch, "seed": args.seed, "baseline": "dataset_mean", "model": info,
-         "auc": rows, "cost_vs_forward": costs, "seconds": seconds, "acceptance": checks, "correlation": agree,
+        {"n": len(order), "batch": args.batch, "seed": args.seed, "protocols": list(protocols), "model": info,
+         "auc": {p: {n: {k: vars(ci) for k, ci in v.items()} for n, v in c.items()} for p, c in cis.items()},
+         "library": library, "below_random": flags, "agreement": ranks, "cost_vs_forward": costs,
+         "seconds": seconds, "acceptance": checks, "correlation": agree,
          "command": "python " + " ".join(sys.argv)}, indent=2) + "\n")
 
 
@@ -262,6 +269,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated method names to run (default: all); "
                         "the results then go to peer_faithfulness_only.{md,json}")
+    parser.add_argument("--protocols", default="dataset_mean,blur,road",
+                        help="removal protocols (vitx.evaluate.metrics.PROTOCOLS)")
+    parser.add_argument("--road-images", type=int, default=100, help="images scored with ROAD (its solves are costly)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over images")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

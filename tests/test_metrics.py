@@ -106,3 +106,68 @@ def test_evaluate_cli_on_an_image_folder_and_on_the_dataset(tmp_path):
                                            "--n", "20", "--out", str(tmp_path / "ds")])
         assert result.exit_code == 0, result.output
         assert "| chefer2021 |" in result.output and "| random |" in result.output
+
+
+def test_a_target_score_gives_the_probability_curves_when_it_is_the_probability():
+    """Identity: a CallableTarget returning the class probability reproduces the classifier curves."""
+    from vitx.attribution.targets import CallableTarget
+
+    torch.manual_seed(0)
+    pixels = torch.rand(6, 3, 32, 32)
+    labels = torch.ones(6, dtype=torch.long)
+    maps = torch.rand(6, 4, 4, generator=torch.Generator().manual_seed(2))
+    model = RegionModel()
+    classic = summarise(perturbation_curves(model, pixels, maps, labels, labels, CONFIG, "mean"))
+    target = CallableTarget(lambda logits: logits.softmax(-1)[:, 1])
+    scored = summarise(perturbation_curves(model, pixels, maps, labels, labels, CONFIG, "mean", target=target))
+    assert set(scored) == {"positive_probability_auc", "negative_probability_auc", "deletion_auc", "insertion_auc"}
+    for key, value in scored.items():
+        assert value == pytest.approx(classic[key])
+
+
+def test_similarity_target_starts_at_one_and_falls_when_the_evidence_goes():
+    from vitx.attribution.targets import SimilarityTarget
+
+    class Embedder(nn.Module):  # the embedding is the mean colour of each quadrant
+        def forward(self, x):
+            return nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+    torch.manual_seed(0)
+    pixels = torch.rand(1, 3, 32, 32)
+    pixels[:, :, :16, :16] += 3.0  # the top-left quadrant dominates the embedding
+    target = SimilarityTarget(Embedder()(pixels)[0])
+    oracle = torch.zeros(1, 4, 4)
+    oracle[:, :2, :2] = 1.0
+    curves = perturbation_curves(Embedder(), pixels, oracle, None, None, CONFIG, "black", target=target,
+                                 tests=("deletion",))
+    deletion = curves.mean()["deletion"]
+    assert list(curves.mean()) == ["deletion"]
+    assert deletion[0] == pytest.approx(1.0)  # nothing removed: the image's own embedding
+    assert deletion[4] < 0.6  # the 4 relevant patches (25 %) removed: the embedding turned
+
+
+def test_road_protocol_keeps_the_kept_pixels_and_fills_removed_ones_smoothly():
+    from vitx.evaluate.metrics import removal
+
+    pixels = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(2, 3, 32, 32).contiguous()  # a horizontal ramp
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:16, 8:16] = 1
+    filled = removal(pixels, "road", {"std": (1.0, 1.0, 1.0)}, torch.Generator().manual_seed(0))(masks)
+    assert torch.equal(filled[..., masks[0, 0] == 0], pixels[..., masks[0, 0] == 0])
+    # the harmonic fill of a linear ramp is the ramp itself (plus the 0.01 noise)
+    assert (filled - pixels).abs().max().item() < 0.06
+    assert filled[..., masks[0, 0] == 1].sub(pixels[..., masks[0, 0] == 1]).std().item() == pytest.approx(0.01, rel=0.2)
+
+
+def test_per_image_references_score_each_image_and_tile_over_stacked_copies():
+    from vitx.attribution.targets import SimilarityTarget
+    from vitx.errors import VitxError
+
+    references = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    target = SimilarityTarget(references)
+    embeddings = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    expected = torch.tensor([1.0, 2 ** -0.5])
+    torch.testing.assert_close(target.score(embeddings), expected)
+    torch.testing.assert_close(target.score(embeddings.repeat(3, 1)), expected.repeat(3))  # 3 copies of the batch
+    with pytest.raises(VitxError):
+        target.score(torch.ones(3, 2))

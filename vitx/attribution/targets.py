@@ -159,15 +159,19 @@ class EmbeddingTarget(Target):
 
 
 class SimilarityTarget(Target):
-    """Cosine similarity of the image embedding to a fixed reference embedding ((D,) or (1, D)):
-    another image's embedding (`--reference`), or a text prompt's (`TextTarget`)."""
+    """Cosine similarity of the image embedding to a fixed reference embedding: one (D,) (or
+    (1, D)) for every image (another image's embedding, `--reference`, or a text prompt's,
+    `TextTarget`), or one row per image ((B, D): e.g. each image's own unperturbed embedding,
+    which a faithfulness curve follows as the image is perturbed). Like the other targets, a
+    batch of k stacked copies of the B images is scored copy by copy."""
 
     def __init__(self, reference: torch.Tensor, description: str = "similarity to the reference image"):
         reference = reference.detach()
         if reference.dim() == 2 and reference.shape[0] == 1:
             reference = reference[0]
-        if reference.dim() != 1:
-            raise VitxError(f"a reference embedding must be one (dim,) vector, got shape {tuple(reference.shape)}")
+        if reference.dim() not in (1, 2):
+            raise VitxError(f"a reference embedding must be one (dim,) vector or one (batch, dim) row per image, "
+                            f"got shape {tuple(reference.shape)}")
         self.reference = reference
         self.description = description
 
@@ -176,7 +180,15 @@ class SimilarityTarget(Target):
         if embedding.shape[-1] != self.reference.shape[-1]:
             raise VitxError(f"the reference embedding has {self.reference.shape[-1]} dimensions but the model's "
                             f"image embedding has {embedding.shape[-1]}")
-        return torch.nn.functional.cosine_similarity(embedding, self.reference.to(embedding)[None], dim=-1)
+        reference = self.reference.to(embedding)
+        if reference.dim() == 1:
+            reference = reference[None]
+        elif reference.shape[0] != embedding.shape[0]:
+            if embedding.shape[0] % reference.shape[0]:
+                raise VitxError(f"{reference.shape[0]} reference embeddings (one per image) for a batch of "
+                                f"{embedding.shape[0]} images")
+            reference = reference.repeat(embedding.shape[0] // reference.shape[0], 1)
+        return torch.nn.functional.cosine_similarity(embedding, reference, dim=-1)
 
 
 class TextTarget(SimilarityTarget):

@@ -29,6 +29,12 @@ def draw_curves(results, path):
     save_png(path, evaluation_curves(results))
 
 
+def _cell(result, key) -> str:
+    """An AUC, with its bootstrap interval when there is one."""
+    interval = result.get("interval", {}).get(key)
+    return f"{result['auc'][key]:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
 def _cost(cost) -> str:
     """Time per image relative to a plain forward ('-' for the random map)."""
     return "-" if cost is None else f"{cost['cost']:.1f}x"
@@ -42,9 +48,14 @@ def _cost(cost) -> str:
 @click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
 @click.option("--limit", "--n", "count", default=1000, show_default=True,
               help="Number of images (a seeded random subset; --n: the same).")
-@click.option("--baseline", default=DEFAULT_BASELINE, show_default=True, type=click.Choice(BASELINES),
-              help="What removed patches become (each image's mean colour, the dataset mean, black, blur, noise); "
-              "also the baseline of every method that takes one (integrated_gradients, occlusion, rise).")
+@click.option("--baseline", "--protocol", "baseline", default=DEFAULT_BASELINE, show_default=True,
+              type=click.Choice(BASELINES + ("road",)),
+              help="What removed patches become (each image's mean colour, the dataset mean, black, blur, noise; "
+              "also the baseline of every method that takes one: integrated_gradients, occlusion, rise), or `road`: "
+              "ROAD's noisy linear imputation from the kept pixels (Rong et al. 2022; a sparse solve per image and "
+              "step; the methods keep their own baselines).")
+@click.option("--bootstrap", default=0, show_default=True,
+              help="Resamples of a percentile bootstrap over images: a 95 % interval beside each AUC (0: none).")
 @click.option("--batch-size", default=100, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
@@ -56,8 +67,8 @@ def _cost(cost) -> str:
 @click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
               "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
 @method_option_flags(reserved=("baseline", "seed", "masks"))
-def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, batch_size, seed, data_dir, device,
-                     workers, out_dir, sanity, masks=None, **method_flags):
+def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, bootstrap, batch_size, seed, data_dir,
+                     device, workers, out_dir, sanity, masks=None, **method_flags):
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs).
 
     Under torchrun the batches are dealt to the ranks and rank 0 writes one result, equal to
@@ -80,6 +91,8 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     options = per_method(given, names)
     positive(count, "--limit")
     positive(batch_size, "--batch-size")
+    if bootstrap < 0:
+        raise VitxError(f"--bootstrap must be 0 (none) or a number of resamples, got {bootstrap}")
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
     if masks:
         from ..evaluate.localisation import localisation_command
@@ -112,21 +125,22 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
             yield batch.pixels, batch.labels
 
     results = evaluate_methods(net, batches(), names, baseline=baseline, seed=seed, progress=world.is_main,
-                               options=options, costs=costs, batch_ids=mine, world=world)
+                               options=options, costs=costs, batch_ids=mine, world=world, bootstrap=bootstrap)
     skipped = [error for rank_skipped in gather_to_main(skipped, world) or [] for error in rank_skipped]
     if not world.is_main:
         return
     evaluated = len(indices) - len(skipped)
-    (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "seed": seed,
+    (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "bootstrap": bootstrap, "seed": seed,
                                                   "batch_size": batch_size, "options": given, "results": results, "costs": costs}, indent=1))
     draw_curves(results, out / "curves.png")
     header = ["method", "pos. acc AUC (lower)", "neg. acc AUC (higher)", "pos. prob AUC (lower)", "neg. prob AUC (higher)",
               "deletion (lower)", "insertion (higher)", "cost vs. forward"]
     keys = ["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc", "negative_probability_auc",
             "deletion_auc", "insertion_auc"]
-    table = markdown_table(header, [[name] + [f"{result['auc'][k]:.4f}" for k in keys] + [_cost(costs.get(name))]
+    table = markdown_table(header, [[name] + [_cell(result, k) for k in keys] + [_cost(costs.get(name))]
                                     for name, result in results.items()])
-    (out / "results.md").write_text(f"{evaluated} images, baseline {baseline}, seed {seed}\n\n{table}\n")
+    intervals = f", 95 % bootstrap intervals ({bootstrap} resamples)" if bootstrap else ""
+    (out / "results.md").write_text(f"{evaluated} images, protocol {baseline}{intervals}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")
     if sanity:

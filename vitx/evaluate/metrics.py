@@ -7,22 +7,32 @@
 - Deletion / insertion (Petsiuk et al. 2018, RISE): remove (insert) patches from most to
   least relevant, 0 ... 100%, and integrate the target-class probability (deletion: lower
   is better; insertion: higher is better).
+The score is the target-class probability for a classifier, or any `Target`'s score (e.g.
+the cosine similarity of an embedding to the unperturbed image's: vitx.attribution.targets)
+for a headless model; then there is no accuracy curve. Removed patches become a baseline
+(black, the mean, a blur) or, with the ROAD protocol (vitx.evaluate.road), a noisy linear
+imputation from the kept pixels, which does not leave the removed shape in the image.
 Every perturbation step of a batch is one forward pass. A random map is always evaluated
 alongside, so a number means something.
 """
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..baselines import DEFAULT_BASELINE, baseline_images
+from ..baselines import BASELINES, DEFAULT_BASELINE, baseline_images
 from ..errors import VitxError
+
+if TYPE_CHECKING:
+    from .confidence import Interval
 
 PERTURBATION_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 DELETION_STEPS = 10
+PROTOCOLS = BASELINES + ("road",)
+TESTS = ("positive", "negative", "deletion", "insertion")
 
 
 def auc(values: Sequence[float], xs: Sequence[float]) -> float:
@@ -33,6 +43,17 @@ def auc(values: Sequence[float], xs: Sequence[float]) -> float:
         return float(values[0]) if len(values) else float("nan")
     area = float(np.sum((values[1:] + values[:-1]) * np.diff(xs)) / 2)
     return area / float(xs[-1] - xs[0])
+
+
+def removal(pixels: torch.Tensor, protocol: str, config: dict, generator: Optional[torch.Generator] = None):
+    """fn(masks (B, 1, H, W), 1 = removed) -> the images with those pixels removed by `protocol`:
+    a baseline image (BASELINES) pasted in, or ROAD's noisy linear imputation."""
+    if protocol == "road":
+        from .road import road_images
+
+        return lambda masks: road_images(pixels, masks, config, generator=generator).to(pixels)
+    fill = baseline_images(pixels, protocol, config)
+    return lambda masks: pixels * (1 - masks) + fill * masks
 
 
 def patch_order(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -54,16 +75,21 @@ def _masks(order: torch.Tensor, counts: Sequence[int], grid, size) -> torch.Tens
 
 
 @torch.no_grad()
-def _curve(model, pixels, fill, masks, labels, targets):
+def _curve(model, remove, masks, labels, targets, target=None):
+    """(accuracy (B, steps) or None, score (B, steps)): the class accuracy and probability of
+    `targets`, or, given a `Target`, its score and no accuracy."""
     from ..attribution.targets import as_logits
 
-    accuracy, probability = [], []
+    accuracy, score = [], []
     for mask in masks:
-        logits = as_logits(model(pixels * (1 - mask) + fill * mask))
-        probs = logits.float().softmax(-1)
+        output = model(remove(mask))
+        if target is not None:
+            score.append(target.score(output).float())
+            continue
+        logits = as_logits(output)
         accuracy.append((logits.argmax(-1) == labels).float())
-        probability.append(probs.gather(1, targets[:, None])[:, 0])
-    return torch.stack(accuracy, 1), torch.stack(probability, 1)  # (B, steps)
+        score.append(logits.float().softmax(-1).gather(1, targets[:, None])[:, 0])
+    return (torch.stack(accuracy, 1) if accuracy else None), torch.stack(score, 1)
 
 
 @dataclass
@@ -81,43 +107,68 @@ class Curves:
         return {name: torch.cat(parts).mean(0).tolist() for name, parts in vars(self).items() if parts}
 
 
-def perturbation_curves(model, pixels, maps, labels, targets, config, baseline=DEFAULT_BASELINE, curves=None) -> Curves:
-    """Add one batch's curves (all six tests) to `curves`. maps: (B, h, w) on any device."""
+def perturbation_curves(model, pixels, maps, labels, targets, config, baseline=DEFAULT_BASELINE, curves=None, target=None,
+                        tests: Sequence[str] = TESTS) -> Curves:
+    """Add one batch's curves to `curves`. maps: (B, h, w) on any device; baseline: one of
+    PROTOCOLS; target: a `Target` whose score is recorded instead of the class probability
+    (then labels and targets are unused and there are no accuracy curves); tests: a subset
+    of TESTS (ROAD's imputation is costly)."""
     curves = curves or Curves()
     grid, size = tuple(maps.shape[-2:]), tuple(pixels.shape[-2:])
     patches = grid[0] * grid[1]
     generator = torch.Generator().manual_seed(0)
     order = patch_order(maps, generator).to(pixels.device)
-    fill = baseline_images(pixels, baseline, config)
+    remove = removal(pixels, baseline, config, torch.Generator().manual_seed(0))
     counts = [round(p * patches) for p in PERTURBATION_FRACTIONS]
-    positive = _curve(model, pixels, fill, _masks(order, counts, grid, size), labels, targets)
-    negative = _curve(model, pixels, fill, _masks(order.flip(1), counts, grid, size), labels, targets)
     steps = [round(i * patches / DELETION_STEPS) for i in range(DELETION_STEPS + 1)]
-    deletion_masks = _masks(order, steps, grid, size)
-    deletion = _curve(model, pixels, fill, deletion_masks, labels, targets)[1]
-    insertion = _curve(model, pixels, fill, 1 - deletion_masks, labels, targets)[1]
-    curves.positive_accuracy.append(positive[0].cpu())
-    curves.positive_probability.append(positive[1].cpu())
-    curves.negative_accuracy.append(negative[0].cpu())
-    curves.negative_probability.append(negative[1].cpu())
-    curves.deletion.append(deletion.cpu())
-    curves.insertion.append(insertion.cpu())
+    runs = {"positive": (order, counts, False), "negative": (order.flip(1), counts, False),
+            "deletion": (order, steps, False), "insertion": (order, steps, True)}
+    for test in tests:
+        ranked, amounts, invert = runs[test]
+        masks = _masks(ranked, amounts, grid, size)
+        accuracy, score = _curve(model, remove, 1 - masks if invert else masks, labels, targets, target)
+        if test in ("deletion", "insertion"):
+            getattr(curves, test).append(score.cpu())
+            continue
+        getattr(curves, f"{test}_probability").append(score.cpu())
+        if accuracy is not None:
+            getattr(curves, f"{test}_accuracy").append(accuracy.cpu())
     return curves
 
 
+def _xs(test: str):
+    """The x positions of a curve: perturbation fractions, or deletion/insertion steps."""
+    return PERTURBATION_FRACTIONS if test.startswith(("positive", "negative")) else \
+        [i / DELETION_STEPS for i in range(DELETION_STEPS + 1)]
+
+
 def summarise(curves: Curves) -> Dict[str, float]:
-    """AUCs of the mean curves (positive/deletion: lower is better; negative/insertion: higher)."""
-    mean = curves.mean()
-    fractions = PERTURBATION_FRACTIONS
-    steps = [i / DELETION_STEPS for i in range(DELETION_STEPS + 1)]
-    return {
-        "positive_accuracy_auc": auc(mean["positive_accuracy"], fractions),
-        "positive_probability_auc": auc(mean["positive_probability"], fractions),
-        "negative_accuracy_auc": auc(mean["negative_accuracy"], fractions),
-        "negative_probability_auc": auc(mean["negative_probability"], fractions),
-        "deletion_auc": auc(mean["deletion"], steps),
-        "insertion_auc": auc(mean["insertion"], steps),
-    }
+    """AUCs of the mean curves (positive/deletion: lower is better; negative/insertion: higher),
+    for the tests that were run ("positive_probability_auc" holds a Target's score when one
+    was given)."""
+    return {f"{test}_auc": auc(values, _xs(test)) for test, values in curves.mean().items()}
+
+
+def intervals(curves: Curves, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Dict[str, "Interval"]:
+    """{metric: Interval}: each AUC of `summarise` with its percentile-bootstrap interval over
+    images (vitx.evaluate.confidence; the same seeded resamples for every method and metric)."""
+    from .confidence import bootstrap_mean, per_image_auc, resample_indices
+
+    out, indices = {}, None
+    for test, parts in vars(curves).items():
+        if parts:
+            values = per_image_auc(torch.cat(parts).double().numpy(), _xs(test))
+            indices = resample_indices(len(values), resamples, seed) if indices is None else indices
+            out[f"{test}_auc"] = bootstrap_mean(values, level=level, indices=indices)
+    return out
+
+
+def per_image_aucs(curves: Curves) -> Dict[str, list]:
+    """{metric: per-image AUCs} (their mean is `summarise`'s AUC): for paired comparisons."""
+    from .confidence import per_image_auc
+
+    return {f"{test}_auc": per_image_auc(torch.cat(parts).double().numpy(), _xs(test)).tolist()
+            for test, parts in vars(curves).items() if parts}
 
 
 def _timed(device, function):
@@ -152,6 +203,9 @@ def _with_baseline(methods, options, baseline) -> Dict[str, dict]:
     merged = {}
     for name in methods:
         own = dict(options.get(name, {}))
+        if baseline == "road":  # an imputation, not a baseline image: methods keep their own default
+            merged[name] = own
+            continue
         if "baseline" not in own and any(o.name == "baseline" for o in get_explainer(name).cls.options):
             own["baseline"] = baseline
         merged[name] = own
@@ -160,7 +214,7 @@ def _with_baseline(methods, options, baseline) -> Dict[str, dict]:
 
 def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BASELINE, seed=0, progress=False,
                      options: Optional[Dict[str, dict]] = None, costs: Optional[dict] = None,
-                     batch_ids: Optional[Iterable[int]] = None, world=None):
+                     batch_ids: Optional[Iterable[int]] = None, world=None, bootstrap: int = 0):
     """Faithfulness of each method (and of a random map) on labelled batches.
 
     batches: iterable of (pixels (B, C, H, W) preprocessed, labels (B,)). Targets are the
@@ -169,6 +223,10 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BA
     given, is filled with {method: {"seconds_per_image", "cost"}}: the time per image of each
     explanation and its ratio to a plain (no-grad) forward of the same batches (timings vary
     from run to run, so they are kept out of the deterministic result).
+
+    baseline: one of PROTOCOLS ("road": noisy linear imputation, vitx.evaluate.road).
+    bootstrap: when > 0, each result also has "interval": {metric: [low, high]}, the 95 %
+    percentile-bootstrap interval over images with that many resamples (seeded by `seed`).
 
     Distributed (vitx.distributed): each rank passes its own batches with their
     global numbers (`batch_ids`) and its `world`; rank 0 gathers every rank's per-batch
@@ -233,4 +291,8 @@ def evaluate_methods(model, batches, methods: Sequence[str], baseline=DEFAULT_BA
         for m in methods:
             costs[m] = {"seconds_per_image": seconds[m] / images, "cost": seconds[m] / max(seconds["forward"], 1e-12)}
     curves = _merge(parts, names)
-    return {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
+    results = {name: {"auc": summarise(c), "curves": c.mean()} for name, c in curves.items()}
+    if bootstrap:
+        for name, c in curves.items():
+            results[name]["interval"] = {k: [ci.low, ci.high] for k, ci in intervals(c, bootstrap, seed).items()}
+    return results
