@@ -2,36 +2,17 @@
 preprocessing, history), and a resume state file. Every write is atomic (temp + rename),
 so an interrupted save never destroys the previous checkpoint."""
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from vitx.errors import VitxError
+from vitx.files import atomic_write
 from vitx.models import load_weights
 
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
-
-
-def atomic_write(path, write) -> None:
-    """write(tmp_path) then rename over `path` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide checkpoints from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_model(model, meta: dict, path) -> None:

@@ -22,13 +22,12 @@ from torch import nn
 
 from vitx.attribution.targets import as_logits
 from vitx.errors import VitxError, suggest
+from vitx.registry import data_config
 
 from vitx.datasets import dataset_info
 from .config import TrainConfig
 
 HF_PREFIX = "hf:"
-# PIL resampling filters as Hugging Face image processors store them -> timm/torch names
-_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
 
 @dataclass
@@ -75,17 +74,6 @@ def _no_hub(what: str, exc: Exception, hint: str) -> VitxError:
                      f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); {hint}")
 
 
-def _timm_data_config(model) -> dict:
-    from timm.data import resolve_data_config
-
-    config = resolve_data_config({}, model=model)
-    embed = getattr(model, "patch_embed", None)
-    if getattr(embed, "img_size", None) is not None:  # img_size=... overrides the pretrained 224
-        channels = embed.proj.in_channels if hasattr(embed, "proj") else config["input_size"][0]
-        config["input_size"] = (channels, *embed.img_size)
-    return config
-
-
 def _clean_config(config: dict) -> dict:
     """The preprocessing a fine-tuned network saw: the whole image resized (no crop)."""
     return {"input_size": [int(v) for v in config["input_size"]], "interpolation": config.get("interpolation", "bicubic"),
@@ -114,7 +102,7 @@ def build_timm(config: FinetuneConfig, num_classes: int):
     except Exception as exc:
         source = config.checkpoint or "the hub"
         raise _no_hub(f"{name} from {source}", exc, "pass --checkpoint FILE (offline) or --no-pretrained") from None
-    meta = {"kind": "timm", "architecture": name, "kwargs": kwargs, "data_config": _clean_config(_timm_data_config(model)),
+    meta = {"kind": "timm", "architecture": name, "kwargs": kwargs, "data_config": _clean_config(data_config(model)),
             "source": {"model": config.model, "checkpoint": config.checkpoint, "pretrained": config.pretrained}}
     return model, meta
 
@@ -128,9 +116,10 @@ def _hf_data_config(processor, hf_config) -> dict:
     channels = getattr(hf_config, "num_channels", 3)
     mean = list(processor.image_mean) if normalise else [0.0] * channels
     std = list(processor.image_std) if normalise else [1.0] * channels
-    resample = getattr(processor, "resample", 2)
+    from vitx.capture.adapters.transformers import resample_name
+
     return _clean_config({"input_size": (channels, height, width), "mean": mean, "std": std,
-                          "interpolation": _RESAMPLE.get(int(getattr(resample, "value", resample)), "bilinear")})
+                          "interpolation": resample_name(getattr(processor, "resample", 2))})
 
 
 def build_hf(config: FinetuneConfig, num_classes: int, class_names):

@@ -85,23 +85,6 @@ def validate_config(config, full_size: int) -> None:
         raise VitxError(f"--teacher {config.teacher}: no such checkpoint file")
 
 
-def check_device(name: str):
-    """A torch.device for --device, or one line saying why it cannot be used."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise VitxError(f"unknown device {name!r}; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VitxError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise VitxError("--device mps was requested but MPS is not available; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise VitxError(f"cannot train on device {name!r}; use cpu or cuda")
-    return device
-
-
 def existing_run(out: Path):
     """The files of a previous run in `out` (empty when there is none)."""
     return [name for name in RUN_FILES if (out / name).exists()]

@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm import tqdm
 
 from vitx.errors import VitxError
+from vitx.models import resolve_device
 
 from .checkpoint import load_model_file, load_state, save_model, save_state
 from .config import AUGMENTS, MODES, TrainConfig  # noqa: F401 (AUGMENTS, MODES: re-exported for the train CLI)
 from . import distributed as ddp
 from vitx.datasets import dataset_info, load_split
-from .runs import check_device, check_more_epochs, check_resume, run_folder, space_error, validate_config
+from .runs import check_more_epochs, check_resume, run_folder, space_error, validate_config
 from .teacher import TeacherCNN
 from .vit import ViT, ViTConfig
 
@@ -124,8 +125,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, forc
         raise VitxError(f"unknown augmentation {config.augment!r}; use one of {', '.join(AUGMENTS)}")
     info = dataset_info(config.dataset)
     validate_config(config, info.size)
-    check_device(config.device)
-    world, device = ddp.setup(config.device)  # under torchrun: DDP, one rank per GPU / CPU process
+    # under torchrun: DDP, one rank per GPU / CPU process
+    world, device = ddp.setup(str(resolve_device(config.device, action="train")))
     with _rank_folder(config.out, resume, force, world) as out:
         return _train(config, resume, progress, device, out, info, world)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from .errors import VitxError
+from .files import atomic_write
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "vitx" / "data"
@@ -59,6 +60,11 @@ def transforms(name: str, train: bool):
     return v2.Compose(steps)
 
 
+def _gunzip(packed: Path, target) -> None:
+    with gzip.open(packed, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+
+
 def _unpack_debian_fashion(data_dir: Path) -> bool:
     if not DEBIAN_FASHION.is_dir():
         return False
@@ -67,10 +73,7 @@ def _unpack_debian_fashion(data_dir: Path) -> bool:
     for packed in DEBIAN_FASHION.glob("*.gz"):
         target = raw / packed.stem
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            tmp.replace(target)
+            atomic_write(target, lambda tmp, packed=packed: _gunzip(packed, tmp))
     return True
 
 

@@ -220,20 +220,21 @@ def _load_folder(folder: Path) -> nn.Module:
                     "pass a model name with --checkpoint FILE")
 
 
-def resolve_device(device=None) -> torch.device:
-    """'auto'/None -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+def resolve_device(device=None, action: str = "run") -> torch.device:
+    """'auto'/None -> cuda when available, else cpu; 'cuda' without a GPU is an error. One check for
+    every command (`action` names what was asked: run, train)."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise VitxError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VitxError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise VitxError("--device mps was requested but MPS (Apple GPU) is not available; use --device cpu or auto")
     if device.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others are not supported
-        raise VitxError(f"cannot run on device {str(device)!r}; use auto, cpu or cuda")
+        raise VitxError(f"cannot {action} on device {str(device)!r}; use auto, cpu or cuda")
     return device
 
 

@@ -4,7 +4,7 @@ This is where the pieces meet: the explainer (math), the adapter and recorder (a
 the model's data config (inputs), targets, and the token layout. A method never sees any
 of it beyond the recorded tensors and the query vector.
 """
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -25,6 +25,16 @@ from ..registry import get_explainer
 
 def _drop(layer, attention):
     return None  # the method does not read attention: keep none of it
+
+
+class Chunk(NamedTuple):
+    """What one chunk of images gives: its reported outputs, resolved target, relevance (B, N)
+    and token layout."""
+
+    logits: torch.Tensor
+    target: object
+    relevance: torch.Tensor
+    layout: object
 
 
 def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None, rows=None):
@@ -71,7 +81,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
-    return resolved.report(evidence.output), resolved, relevance.detach(), layout
+    return Chunk(resolved.report(evidence.output), resolved, relevance.detach(), layout)
 
 
 def _fold(explainer, token):
@@ -172,10 +182,10 @@ def explain(
             chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout,
                                          slice(start, stop)))
 
-    logits = torch.cat([c[0] for c in chunks]).cpu()
-    relevance = torch.cat([c[2] for c in chunks]).float().cpu()
-    layout = chunks[0][3]
-    indices = [c[1].indices for c in chunks]
+    logits = torch.cat([c.logits for c in chunks]).cpu()
+    relevance = torch.cat([c.relevance for c in chunks]).float().cpu()
+    layout = chunks[0].layout
+    indices = [c.target.indices for c in chunks]
     return Explanation(
         maps=normalise_maps(layout.patch_map(relevance)),
         relevance=relevance,
@@ -187,7 +197,7 @@ def explain(
         views=views,
         class_names=class_names(model, logits.shape[-1]),
         sources=sources,
-        target_description=chunks[0][1].description,
+        target_description=chunks[0].target.description,
     )
 
 

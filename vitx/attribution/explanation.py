@@ -200,17 +200,14 @@ class Explanation:
         figure.tight_layout()
         return figure
 
-    def file_names(self) -> List[str]:
-        """`<image stem>_<method>` for each image (`image<i>` without a source), deduplicated."""
-        seen: dict = {}
-        names = []
-        for i in range(len(self)):
-            source = self.sources[i] if self.sources and i < len(self.sources) else None
-            stem = Path(source).stem if source else f"image{i}"
-            count = seen.get(stem, 0)
-            seen[stem] = count + 1
-            names.append(f"{stem}_{self.method}" if count == 0 else f"{stem}-{count}_{self.method}")
-        return names
+    def file_names(self, folder=None, suffixes=(".png",)) -> List[str]:
+        """`<image stem>_<method>` for each image (`image<i>` without a source), unique, and never
+        the name of an input file in `folder` (vitx.files.output_names, as the CLI names them)."""
+        from ..files import output_names
+
+        sources = [(self.sources[i] if self.sources and i < len(self.sources) else None) or ""
+                   for i in range(len(self))]
+        return output_names(sources, self.method, Path(folder or "."), suffixes)
 
     def save(self, folder, maps: bool = True, colormap: str = "jet") -> List[Path]:
         """Write each image's titled panel as `<name>.png` (and its map as `<name>.npy`) into
@@ -220,7 +217,7 @@ class Explanation:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        for i, name in enumerate(self.file_names()):
+        for i, name in enumerate(self.file_names(folder, (".png", ".npy") if maps else (".png",))):
             save_png(folder / f"{name}.png", self.panel(i, colormap=colormap))
             if maps:
                 np.save(folder / f"{name}.npy", self.maps[i].numpy().astype(np.float32))

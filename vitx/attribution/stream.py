@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import VitxError
+from ..files import atomic_write
 from ..imaging import IMAGE_SUFFIXES, image_files
 
 SHARD = "shard-{:05d}.npz"
@@ -106,16 +107,6 @@ def _up_to_date(path: Path, keys: List[str]) -> bool:
         return False  # unreadable: computed again
 
 
-def _atomic_save(path: Path, save) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _check_meta(out: Path, meta: dict) -> None:
     """A resumed run must continue the same run: mixing shards of two settings would give an
     index whose rows silently disagree."""
@@ -161,7 +152,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
     if world.is_main:
         _check_meta(out, meta)
         maps_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save(out / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        atomic_write(out / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     barrier(world)  # meta checked and written before any rank lists or writes shards
     keys = [_keys(dataset, name, batch) for batch in plan]
     todo = [i for i in range(len(plan)) if not _up_to_date(maps_dir / SHARD.format(i), keys[i])]
@@ -175,7 +166,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
     with evaluation_mode(model):
         for shard, batch in zip(mine, loader):
             arrays = {**_shard_arrays(model, batch, method, target, token, options), "keys": np.array(keys[shard])}
-            _atomic_save(maps_dir / SHARD.format(shard), lambda tmp: _write_npz(tmp, arrays))
+            atomic_write(maps_dir / SHARD.format(shard), lambda tmp: _write_npz(tmp, arrays))
             bar.update(world.size if world.distributed else 1)
     bar.close()
     barrier(world)
@@ -246,7 +237,7 @@ def write_index(out: Path, dataset, name: str, shards: int) -> Path:
             writer.writerow(["index", "source", "label", "target", "prediction", "probability", "shard", "row"])
             writer.writerows(rows)
 
-    _atomic_save(path, save)
+    atomic_write(path, save)
     return path
 
 

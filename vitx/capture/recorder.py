@@ -77,7 +77,7 @@ class AttentionRecorder:
             handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             stack.callback(handle.remove)
             if self.record_attention:
-                self.fused = self.reduce is not None and self.adapter.supports_fused
+                self.fused = self.reduce is not None and self.adapter.can_fuse(self.model)
                 if self.fused:
                     stack.enter_context(self.adapter.attach_fused(self.model, self._attend, self._record_reduced))
                 else:
@@ -326,8 +326,7 @@ class AttentionRecorder:
 
     def check_recorded(self) -> None:
         if not self.attentions:
-            reason = getattr(self.adapter, "attention_refusal", None)  # a family with no token attention says why
-            message = reason(self.model) if reason is not None else None
+            message = self.adapter.attention_refusal(self.model)  # a family with no token attention says why
             if message:
                 raise VitxError(message)
             raise VitxError(

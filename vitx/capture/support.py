@@ -56,7 +56,6 @@ def refusal(family: str, why: str, method: str, allowed: Optional[Dict[str, str]
 
 def check_method(adapter, model, explainer) -> None:
     """Raise the adapter's refusal of `explainer` for `model`, if it has one."""
-    refuse = getattr(adapter, "refuse", None)
-    message: Optional[str] = refuse(model, explainer) if refuse is not None else None
+    message: Optional[str] = adapter.refuse(model, explainer)
     if message:
         raise VitxError(message)

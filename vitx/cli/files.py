@@ -4,25 +4,10 @@ is done (Ctrl-C keeps what finished), an unreadable image skipped with a warning
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 from ..errors import VitxError, printable
-
-
-def output_names(sources: Sequence[str], method: str, out: Path, suffixes=(".png",)) -> List[str]:
-    """`<stem>_<method>` per source, made unique (`<stem>-1_<method>`...) so that two inputs
-    with one stem (d1/a.png, d2/a.png) get two outputs and no output path is an input file."""
-    inputs = {Path(s).resolve() for s in sources if s}
-    used, names = set(), []
-    for i, source in enumerate(sources):
-        stem = Path(source).stem if source else f"image{i}"
-        for count in range(len(sources) + len(inputs) + 1):
-            name = f"{stem}_{method}" if count == 0 else f"{stem}-{count}_{method}"
-            if name not in used and not any((out / (name + s)).resolve() in inputs for s in suffixes):
-                break
-        used.add(name)
-        names.append(name)
-    return names
+from ..files import output_names
 
 
 def _say(text: str = "", err: bool = False) -> None:

@@ -36,6 +36,20 @@ class Adapter:
 
     supports_fused = False  # `attach_fused` implemented (see vitx.capture.fused)
 
+    def can_fuse(self, model: nn.Module) -> bool:
+        """Whether `attach_fused` works for this model (a wrapper asks its inner model's adapter)."""
+        return self.supports_fused
+
+    def refuse(self, model: nn.Module, explainer) -> Optional[str]:
+        """Why `explainer` cannot explain `model`, in one line, checked before any forward
+        (vitx.capture.support); None when it can."""
+        return None
+
+    def attention_refusal(self, model: nn.Module) -> Optional[str]:
+        """Why a forward recorded no attention, for a family that has none to record; None
+        leaves the recorder's generic message."""
+        return None
+
     def attach_fused(self, model: nn.Module, attend, record: Record = None):
         """Context manager: while open, every self-attention of `model` is computed by
         `attend(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

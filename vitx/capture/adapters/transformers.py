@@ -214,6 +214,12 @@ def _size(value):
     return None
 
 
+def resample_name(resample) -> str:
+    """The timm interpolation name of a PIL resampling filter as image processors store it
+    (an int or a PIL enum; unset: bilinear)."""
+    return _RESAMPLE.get(int(getattr(resample, "value", resample) or 2), "bilinear")
+
+
 def processor_data_config(processor, config) -> dict:
     """timm-style data config equal to what the image processor does to a PIL image."""
     image_size = getattr(config, "image_size", 224)
@@ -225,8 +231,7 @@ def processor_data_config(processor, config) -> dict:
     get = processor.get if isinstance(processor, dict) else (lambda k, d=None: getattr(processor, k, d))
     mean = tuple(get("image_mean") or IMAGENET_MEAN) if get("do_normalize", True) is not False else (0.0,) * 3
     std = tuple(get("image_std") or (0.229, 0.224, 0.225)) if get("do_normalize", True) is not False else (1.0,) * 3
-    resample = get("resample", 2)
-    interpolation = _RESAMPLE.get(int(getattr(resample, "value", resample) or 2), "bilinear")
+    interpolation = resample_name(get("resample", 2))
     size = _size(get("size")) if get("do_resize", True) is not False else None
     crop = _size(get("crop_size")) if get("do_center_crop") else None
     if crop is not None and crop[0] == "exact":

@@ -4,7 +4,6 @@ Such a wrapper is explained as a whole (its forward is what the user runs), with
 ViT's adapter for attention and layout, and a data config that leaves normalisation to the
 wrapper: feeding it normalised pixels would normalise them twice.
 """
-from contextlib import contextmanager
 from typing import Optional, Tuple
 
 from torch import nn
@@ -40,35 +39,6 @@ class PreprocessingWrapperAdapter(Adapter):
         front, inner = split_preprocessing(model)
         return front, inner, find_adapter(inner)
 
-    @contextmanager
-    def attach(self, model, record):
-        _, inner, adapter = self._inner(model)
-        with adapter.attach(inner, record):
-            yield
-
-    def refuse(self, model, explainer):
-        """The inner model's family decides which methods apply (see capture/support.py)."""
-        _, inner, adapter = self._inner(model)
-        refuse = getattr(adapter, "refuse", None)
-        return refuse(inner, explainer) if refuse is not None else None
-
-    def attention_refusal(self, model):
-        _, inner, adapter = self._inner(model)
-        reason = getattr(adapter, "attention_refusal", None)
-        return reason(inner) if reason is not None else None
-
-    def layout(self, model, input_size, num_tokens):
-        _, inner, adapter = self._inner(model)
-        return adapter.layout(inner, input_size, num_tokens)
-
-    def output_kind(self, model):
-        _, inner, adapter = self._inner(model)
-        return adapter.output_kind(inner)
-
-    def encode_text(self, model, prompts):
-        _, inner, adapter = self._inner(model)
-        return adapter.encode_text(inner, prompts)
-
     def data_config(self, model):
         front, inner, adapter = self._inner(model)
         config = dict(adapter.data_config(inner))
@@ -76,3 +46,21 @@ class PreprocessingWrapperAdapter(Adapter):
             channels = config["input_size"][0]
             config["mean"], config["std"] = (0.0,) * channels, (1.0,) * channels
         return config
+
+
+def _delegate(name: str):
+    """Adapter method `name` answered by the inner model's adapter, for the inner model."""
+    def method(self, model, *args, **kwargs):
+        _, inner, adapter = self._inner(model)
+        return getattr(adapter, name)(inner, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"The inner model's `{name}` (see Adapter.{name})."
+    return method
+
+
+# Every question the core asks an adapter about a model, except whether it matches and how to
+# preprocess (above), goes to the inner model's adapter: none can be forgotten by hand.
+for _name in ("attach", "attach_fused", "can_fuse", "refuse", "attention_refusal", "layout", "token_sites",
+              "mid_sites", "head", "output_kind", "encode_text"):
+    setattr(PreprocessingWrapperAdapter, _name, _delegate(_name))
