@@ -233,3 +233,20 @@ def test_naflexvit_registers_are_named_and_the_mean_token_is_explained():
     assert rec.layout.default_token == "mean"
     for recorded, expected in zip(rec.attentions, reference_attention(model, x)):
         torch.testing.assert_close(recorded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_normalising_wrapper_answers_every_adapter_question_through_its_vit():
+    """The wrapper adapter delegates generically: token sites and the head too (LeGrad and
+    Grad-CAM through a wrapper equal them on the bare ViT fed normalised pixels)."""
+    base = tiny_timm("vit_tiny_patch16_224")
+    from vitx.registry import data_config
+
+    config = data_config(base)
+    wrapper = nn.Sequential(Normalise(config["mean"], config["std"]), base).eval()
+    raw = torch.rand(2, 3, 32, 32)
+    normalised = (raw - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    for method in ("legrad", "gradcam"):
+        through = vitx.explain(wrapper, raw, method=method, target=1)
+        direct = vitx.explain(base, normalised, method=method, target=1)
+        torch.testing.assert_close(through.relevance, direct.relevance, atol=1e-5, rtol=1e-4)
+        assert through.relevance.abs().max() > 0

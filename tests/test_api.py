@@ -84,3 +84,21 @@ def test_overlay_and_predictions():
 def test_unknown_option_is_named():
     with pytest.raises(vitx.VitxError, match="has no option 'discard'.*discard_ratio"):
         vitx.explain(FAMILIES["vit"][0](), images_for((32, 32)), method="rollout", discard=0.5)
+
+
+def test_explanation_save_never_writes_over_an_input(tmp_path):
+    """Explanation.save names its files as the CLI does (vitx.files.output_names): an input that
+    looks like an output (a_rollout.png beside a.png) is never overwritten."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers import tiny_timm
+
+    for name in ("a.png", "a_rollout.png"):
+        Image.fromarray((np.random.rand(32, 32, 3) * 255).astype(np.uint8)).save(tmp_path / name)
+    before = (tmp_path / "a_rollout.png").read_bytes()
+    exp = vitx.explain(tiny_timm("vit_tiny_patch16_224"), [str(tmp_path / "a.png"), str(tmp_path / "a_rollout.png")],
+                       method="rollout")
+    written = exp.save(tmp_path)
+    assert (tmp_path / "a_rollout.png").read_bytes() == before
+    assert len(set(written)) == 2 and all(p.exists() and p.name != "a_rollout.png" for p in written)
