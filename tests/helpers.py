@@ -188,3 +188,22 @@ def reference_attention_and_grads(model, x, target):
             if kind == "sdpa":
                 module.explicit = False
         model.zero_grad(set_to_none=True)
+
+
+def run(*args):
+    """The vitx CLI in-process, every argument as a string (paths too)."""
+    from click.testing import CliRunner
+
+    from vitx.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_error(result, *fragments):
+    """Exit code 1 and exactly one `Error:` line (warnings and notes aside) holding each fragment."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith(("warning:", "note:"))]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -10,30 +10,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import vitx
-from helpers import tiny_timm
-from vitx.cli import main
+from helpers import one_error, run, tiny_timm
 
 ROOT = Path(__file__).parent.parent
 CHELSEA = str(ROOT / "examples" / "images" / "chelsea.png")
 FASHION = sorted(str(p) for p in (ROOT / "examples" / "fashion_mnist").glob("*.png"))
 BUNDLED = ROOT / "reference_models" / "weights" / "fashion_vit"
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.strip().splitlines() if not line.startswith(("warning:", "note:"))]
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture

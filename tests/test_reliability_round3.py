@@ -1,7 +1,6 @@
 """Reliability, round 3 (issue 20): silent wrong results, crashes, plugin name clashes,
 Hugging Face details. Each test failed before its fix."""
 import csv
-import json
 import os
 import shutil
 import sys
@@ -12,30 +11,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
 import vitx
-from helpers import tiny_timm
-from vitx.cli import main
+from helpers import run, tiny_timm
 from vitx.errors import VitxError
 
 ROOT = Path(__file__).parent.parent
 CHELSEA = str(ROOT / "examples" / "images" / "chelsea.png")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.strip().splitlines() if not line.startswith(("warning:", "note:"))]
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- 3: float arrays in 0-255
