@@ -74,23 +74,29 @@ def method_spec(spec):
     return name, dict(pair.split("=", 1) for pair in pairs)
 
 
-def method_costs(args):
-    """| model | batch | method | ms per image | vs. inference |: one line per method and batch size."""
+def cases(args):
+    """(model name, batch, model, random batch, plain-forward seconds, device) for every model and
+    batch size asked for, after printing the machine line."""
     device = torch.device(args.device)
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, timm {timm.__version__}\n")
-    print("| model | batch | method | ms / image | vs. inference |")
-    print("|---|---|---|---|---|")
     for name in args.models.split(","):
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False).eval().to(device)
         for batch in map(int, args.batches.split(",")):
             x = torch.randn(batch, 3, 224, 224, device=device)
-            base = timed(lambda: plain_forward(model, x), args.repeats, device)
-            for spec in args.methods.split(","):
-                method, options = method_spec(spec)
-                took = timed(lambda: vitx.explain(model, x, method=method, target=0, batch_size=batch, **options),
-                             args.repeats, device)
-                print(f"| {name} | {batch} | {spec.strip()} | {took / batch * 1e3:.1f} | {took / base:.1f}x |", flush=True)
+            yield name, batch, model, x, timed(lambda: plain_forward(model, x), args.repeats, device), device
+
+
+def method_costs(args):
+    """| model | batch | method | ms per image | vs. inference |: one line per method and batch size."""
+    print("| model | batch | method | ms / image | vs. inference |")
+    print("|---|---|---|---|---|")
+    for name, batch, model, x, base, device in cases(args):
+        for spec in args.methods.split(","):
+            method, options = method_spec(spec)
+            took = timed(lambda: vitx.explain(model, x, method=method, target=0, batch_size=batch, **options),
+                         args.repeats, device)
+            print(f"| {name} | {batch} | {spec.strip()} | {took / batch * 1e3:.1f} | {took / base:.1f}x |", flush=True)
 
 
 def main():
@@ -104,23 +110,16 @@ def main():
     args = parser.parse_args()
     if args.methods:
         return method_costs(args)
-    device = torch.device(args.device)
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, timm {timm.__version__}\n")
     print("| model | batch | inference ms | raw_attention | rollout | fwd+bwd ms | grad_rollout | loop img/s | vitx rollout img/s | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.models.split(","):
-        torch.manual_seed(0)
-        model = timm.create_model(name, pretrained=False).eval().to(device)
-        for batch in map(int, args.batches.split(",")):
-            x = torch.randn(batch, 3, 224, 224, device=device)
-            base = timed(lambda: plain_forward(model, x), args.repeats, device)
-            raw = timed(lambda: vitx.explain(model, x, method="raw_attention", batch_size=batch), args.repeats, device)
-            roll = timed(lambda: vitx.explain(model, x, method="rollout", batch_size=batch), args.repeats, device)
-            fb = timed(lambda: plain_forward_backward(model, x.clone()), args.repeats, device)
-            grad = timed(lambda: vitx.explain(model, x, method="grad_rollout", batch_size=batch), args.repeats, device)
-            loop = timed(lambda: original_loop_rollout(model, x), max(1, args.repeats // 2), device)
-            print(f"| {name} | {batch} | {base * 1e3:.1f} | {raw / base:.2f}x | {roll / base:.2f}x | {fb * 1e3:.1f} "
-                  f"| {grad / fb:.2f}x | {batch / loop:.1f} | {batch / roll:.1f} | {loop / roll:.2f}x |", flush=True)
+    for name, batch, model, x, base, device in cases(args):
+        raw = timed(lambda: vitx.explain(model, x, method="raw_attention", batch_size=batch), args.repeats, device)
+        roll = timed(lambda: vitx.explain(model, x, method="rollout", batch_size=batch), args.repeats, device)
+        fb = timed(lambda: plain_forward_backward(model, x.clone()), args.repeats, device)
+        grad = timed(lambda: vitx.explain(model, x, method="grad_rollout", batch_size=batch), args.repeats, device)
+        loop = timed(lambda: original_loop_rollout(model, x), max(1, args.repeats // 2), device)
+        print(f"| {name} | {batch} | {base * 1e3:.1f} | {raw / base:.2f}x | {roll / base:.2f}x | {fb * 1e3:.1f} "
+              f"| {grad / fb:.2f}x | {batch / loop:.1f} | {batch / roll:.1f} | {loop / roll:.2f}x |", flush=True)
     print("\nraw_attention, rollout: time / inference; grad_rollout: time / (forward+backward);"
           " speed-up: per-image loop with full-matrix rollout vs. vitx batched rollout")
 
