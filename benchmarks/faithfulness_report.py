@@ -91,3 +91,23 @@ def agreement(by_protocol, metrics):
 def agreement_lines(agree):
     return [f"{title}: " + "; ".join(f"{pair}: Kendall {v['kendall']:.2f}, Spearman {v['spearman']:.2f} ({v['methods']} methods)"
                                     for pair, v in pairs.items()) for title, pairs in agree.items()]
+
+
+def timed_maps(model, methods, pixels, target, seconds, seed):
+    """One batch: a plain forward and every method's map, each timed into `seconds`, plus the
+    seeded random map (seed: the run's seed and the batch number, so ranks and reruns agree)."""
+    import time
+
+    import torch
+
+    with torch.no_grad():
+        tick = time.perf_counter()
+        model(pixels)
+        seconds["forward"] += time.perf_counter() - tick
+    maps = {}
+    for name, (_, fn) in methods.items():
+        tick = time.perf_counter()
+        maps[name] = fn(pixels, target).float()
+        seconds[name] += time.perf_counter() - tick
+    maps["random"] = torch.rand(next(iter(maps.values())).shape, generator=torch.Generator().manual_seed(seed))
+    return maps

@@ -48,7 +48,9 @@ import vitx  # noqa: E402
 from bench_lrp import lxt_cp_lrp  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from vitx.datasets import dataset_info, load_split  # noqa: E402
 from vitx.attribution.api import list_methods  # noqa: E402
-from faithfulness_report import acceptance, agreement, agreement_lines, intervals, random_flags, table  # noqa: E402
+from faithfulness_report import (  # noqa: E402
+    acceptance, agreement, agreement_lines, intervals, random_flags, table, timed_maps,
+)
 from vitx.evaluate.metrics import Curves, per_image_aucs, perturbation_curves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,15 +202,7 @@ def evaluate(args):
         pixels, labels = rgb(x[idx]).contiguous(), y[idx]
         with torch.no_grad():
             targets = model(pixels).argmax(-1)  # every method explains the predicted class
-            tick = time.perf_counter()
-            model(pixels)
-            seconds["forward"] += time.perf_counter() - tick
-        maps = {}
-        for name, (_, fn) in methods.items():
-            tick = time.perf_counter()
-            maps[name] = fn(pixels, targets).float()
-            seconds[name] += time.perf_counter() - tick
-        maps["random"] = torch.rand(next(iter(maps.values())).shape, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + b))
+        maps = timed_maps(model, methods, pixels, targets, seconds, args.seed * 1_000_003 + b)
         for name, m in maps.items():
             for protocol, tests in protocols.items():
                 chosen = slice(None) if protocol != "road" else slice(0, max(0, args.road_images - b * args.batch))

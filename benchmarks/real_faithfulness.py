@@ -46,7 +46,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vitx  # noqa: E402
 from bench_lrp import lxt_cp_lrp  # noqa: E402
-from faithfulness_report import acceptance, agreement, agreement_lines, intervals, random_flags, table  # noqa: E402
+from faithfulness_report import (  # noqa: E402
+    acceptance, agreement, agreement_lines, intervals, random_flags, table, timed_maps,
+)
 from real_weights import CONFIG, DATA_CONFIG, convert  # noqa: E402
 from vitx.attribution.api import list_methods  # noqa: E402
 from vitx.attribution.targets import SimilarityTarget  # noqa: E402
@@ -192,16 +194,7 @@ def main():
     for b, idx in enumerate(torch.arange(len(pixels_all)).split(args.batch)):
         pixels = pixels_all[idx].contiguous()
         target = SimilarityTarget(embeddings[idx], "similarity to the unperturbed image")
-        with torch.no_grad():
-            tick = time.perf_counter()
-            model(pixels)
-            seconds["forward"] += time.perf_counter() - tick
-        maps = {}
-        for name, (_, fn) in methods.items():
-            tick = time.perf_counter()
-            maps[name] = fn(pixels, target).float()
-            seconds[name] += time.perf_counter() - tick
-        maps["random"] = torch.rand(len(idx), GRID, GRID, generator=torch.Generator().manual_seed(args.seed * 1_000_003 + b))
+        maps = timed_maps(model, methods, pixels, target, seconds, args.seed * 1_000_003 + b)
         road = idx < args.road_images
         for protocol, tests in protocols.items():
             chosen = road if protocol == "road" else torch.ones_like(road)
