@@ -25,7 +25,7 @@ from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..unwrap import unwrap
-from ..capture.windows import Windowed
+from ..capture.stages import StageLayer
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
@@ -47,11 +47,11 @@ class AttentionMaps:
 def single_grid(attentions, what: str) -> None:
     """Refuse, in one line, window layers of a hierarchical model (a grid per stage, vitx.capture.windows)
     in a view that lays every layer over one token grid."""
-    if any(isinstance(a, Windowed) for a in attentions):
+    if any(isinstance(a, StageLayer) for a in attentions):
         from ..capture.support import window_methods
 
         raise VitxError(f"{what} lays every layer over one token grid, but this model's window layers run on a grid "
-                        f"per stage (Swin): explain it with {', '.join(window_methods())} instead, whose maps lie "
+                        f"per stage (Swin, PiT, PVTv2): explain it with {', '.join(window_methods())} instead, whose maps lie "
                         "on its first stage's grid")
 
 
