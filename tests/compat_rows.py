@@ -80,7 +80,8 @@ def loud_head(model):
     with torch.no_grad():
         head = (model.get_classifier() if hasattr(model, "get_classifier")
                 else getattr(model, "classifier", None) or model.head)
-        head.weight.mul_(300.0)
+        for layer in head if isinstance(head, tuple) else (head,):  # a distilled model: both heads
+            layer.weight.mul_(300.0)
     return model
 
 

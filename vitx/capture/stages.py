@@ -95,7 +95,7 @@ def conv_merge(before: Tuple[int, int], after: Tuple[int, int], kernel, stride, 
     grid `after`: next (i, j) takes the real tokens of its kernel footprint (rows
     stride * i - padding + [0, kernel)), sources beyond the grid (zero padding, a padded odd
     side) dropped. `prefix` tokens lead both token sets and map to themselves."""
-    kernel, stride, padding = (_pair(v) for v in (kernel, stride, padding))
+    kernel, stride, padding = (pair(v) for v in (kernel, stride, padding))
     rows = _axis(before[0], after[0], kernel[0], stride[0], padding[0])
     cols = _axis(before[1], after[1], kernel[1], stride[1], padding[1])
     sources = _with_prefix(_grid_sources(rows, cols, before[1]), prefix)
@@ -116,7 +116,7 @@ def adaptive_merge(before: Tuple[int, int], after: Tuple[int, int], device=None)
     return Merge(sources.to(device), before[0] * before[1])
 
 
-def _pair(value) -> Tuple[int, int]:
+def pair(value) -> Tuple[int, int]:
     return (int(value), int(value)) if not isinstance(value, (tuple, list)) else tuple(int(v) for v in value)
 
 

@@ -9,7 +9,9 @@ from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, in
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .swin import TimmSwinAdapter
+from .timm_pooled import TimmPooledAdapter
 from .hf_swin import HFSwinAdapter
+from .hf_pvt_v2 import HFPvtV2Adapter
 from .torchvision_swin import TorchvisionSwinAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
@@ -21,9 +23,9 @@ from .transformers import TransformersAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
+    "Adapter", "HFPvtV2Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
+    "TimmPooledAdapter", "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -32,12 +34,14 @@ __all__ = [
 def vitx_register_adapters(register):
     register(SamAdapter())
     register(TimmSwinAdapter())
+    register(TimmPooledAdapter())
     register(TorchvisionSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(TimmNaFlexAdapter())
     register(HFSwinAdapter())
+    register(HFPvtV2Adapter())
     register(TransformersAdapter())
     register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())
