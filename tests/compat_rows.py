@@ -25,6 +25,11 @@ ALL = ATTENTION_METHODS
 # windowed pyramids (vitx.capture.windows): what the README says is recorded
 WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patch merging as a mixing matrix; "
                 "maps on the first stage's grid")
+# pooled pyramids (vitx.capture.stages)
+PIT_NOTES = ("full attention per stage over [cls, grid], the stride-2 depthwise pooling as a mixing matrix "
+             "(equal weights over its kernel); maps on the first stage's grid")
+PVT_NOTES = ("spatial-reduction attention times its key pooling, overlapping patch embeddings as mixing matrices "
+             "(equal weights over each kernel); maps on the first stage's grid")
 
 
 
@@ -125,6 +130,18 @@ def hf_swin(kind, patch=2, depths=(2, 2, 2)):
     return build
 
 
+def hf_pvt_v2():
+    """A random-init transformers PvtV2ForImageClassification at toy width."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.PvtV2Config(depths=[1, 1, 1, 1], hidden_sizes=[16, 16, 16, 16],
+                                      num_attention_heads=[1, 1, 1, 1], num_labels=5)
+    model = transformers.PvtV2ForImageClassification(config).eval()
+    _sharpen(model)
+    return model
+
+
 def cls_module(path, **kwargs):
     def build():
         module, _, name = path.rpartition(".")
@@ -219,10 +236,6 @@ ROWS = [
                    num_heads=(2, 2), mlp_ratio=(2, 2, 1)),
         size=(64, 64), methods=(), refusal=r"CrossViT: .* two branches with different patch grids",
         notes="two token sets"),
-    Row("pit", "timm", "PiT", timm_name("pit_s_224"),
-        timm_model("pit_ti_224", img_size=64, patch_size=8, stride=4, depth=(1, 1, 1), heads=(2, 2, 2),
-                   base_dims=(12, 12, 12)),
-        size=(64, 64), methods=(), refusal=r"PiT: .* pooling layers .* shrink the token grid", notes="token pooling"),
     # --- refused: hierarchical and windowed
     # --- windowed pyramids: window layers as block-diagonal attention over each stage's grid
     Row("swin", "timm", "Swin", timm_name("swin_tiny_patch4_window7_224"),
@@ -233,14 +246,21 @@ ROWS = [
         loud(timm_model("swinv2_tiny_window8_256", img_size=(32, 64), patch_size=4, window_size=4, depths=(2, 2),
                         embed_dim=24, num_heads=(2, 2))),
         size=(32, 64), oracle="windows", layers=4, notes=WINDOW_NOTES),
+    # --- pooled pyramids (vitx.capture.stages): attention per stage chained through the pooling
+    Row("pit", "timm", "PiT", timm_name("pit_s_224"),
+        timm_model("pit_ti_224", img_size=64, patch_size=8, stride=4, depth=(1, 1, 1), heads=(2, 2, 2),
+                   base_dims=(12, 12, 12)),
+        size=(64, 64), prefix=["cls"], oracle="windows", layers=3, notes=PIT_NOTES),
+    Row("pvt_v2", "timm", "PVTv2", timm_name("pvt_v2_b0"),
+        loud(timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))),
+        size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
+    Row("hf_pvt_v2", "transformers", "PVTv2", "`--model hf:DIR` (PvtV2ForImageClassification)",
+        loud(hf_pvt_v2), size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
     Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"),
         lambda: _mvit(), size=(64, 64), methods=(), refusal=r"MViTv2: .* pooling attention", notes="pooling attention"),
     Row("hiera", "timm", "Hiera", timm_name("hiera_tiny_224"),
         timm_model("hiera_tiny_224", img_size=64, embed_dim=24, num_heads=1, stages=(1, 1, 1, 1)), size=(64, 64),
         methods=(), refusal=r"Hiera: .* mask-unit \(windowed\) attention", notes="mask-unit attention, pooling"),
-    Row("pvt_v2", "timm", "PVTv2", timm_name("pvt_v2_b0"),
-        timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1)),
-        methods=(), refusal=r"PVTv2: .* spatial-reduction attention", notes="spatial-reduction attention"),
     Row("twins", "timm", "Twins", timm_name("twins_svt_small"),
         timm_model("twins_pcpvt_small", img_size=32, depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16),
                    num_heads=(1, 1, 1, 1)),
