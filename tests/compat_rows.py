@@ -28,6 +28,8 @@ WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patc
 # pooled pyramids (vitx.capture.stages)
 PIT_NOTES = ("full attention per stage over [cls, grid], the stride-2 depthwise pooling as a mixing matrix "
              "(equal weights over its kernel); maps on the first stage's grid")
+MVIT_NOTES = ("pooling attention times its key pooling, the pooled shortcut as a mixing matrix (equal weights over "
+              "its max-pool window); maps on the first stage's grid")
 PVT_NOTES = ("spatial-reduction attention times its key pooling, overlapping patch embeddings as mixing matrices "
              "(equal weights over each kernel); maps on the first stage's grid")
 
@@ -254,10 +256,10 @@ ROWS = [
     Row("pvt_v2", "timm", "PVTv2", timm_name("pvt_v2_b0"),
         loud(timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))),
         size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
+    Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"), lambda: _mvit(), size=(64, 64), oracle="windows",
+        layers=2, notes=MVIT_NOTES),
     Row("hf_pvt_v2", "transformers", "PVTv2", "`--model hf:DIR` (PvtV2ForImageClassification)",
         loud(hf_pvt_v2), size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
-    Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"),
-        lambda: _mvit(), size=(64, 64), methods=(), refusal=r"MViTv2: .* pooling attention", notes="pooling attention"),
     Row("hiera", "timm", "Hiera", timm_name("hiera_tiny_224"),
         timm_model("hiera_tiny_224", img_size=64, embed_dim=24, num_heads=1, stages=(1, 1, 1, 1)), size=(64, 64),
         methods=(), refusal=r"Hiera: .* mask-unit \(windowed\) attention", notes="mask-unit attention, pooling"),
@@ -315,8 +317,10 @@ def _mvit():
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
     torch.manual_seed(0)
-    return MultiScaleVit(MultiScaleVitCfg(depths=(1, 1), embed_dim=(24, 48), num_heads=(1, 2)), img_size=(64, 64),
-                         num_classes=5).eval()
+    model = MultiScaleVit(MultiScaleVitCfg(depths=(1, 1), embed_dim=(24, 48), num_heads=(1, 2)), img_size=(64, 64),
+                          num_classes=5).eval()
+    _sharpen(model)
+    return model
 
 
 def refused_methods(row: Row):

@@ -1,5 +1,5 @@
-"""Attention flow through pooled hierarchical ViTs (PiT, PVTv2: timm, Hugging Face) against a
-dense reference.
+"""Attention flow through pooled hierarchical ViTs (PiT, PVTv2: timm, Hugging Face; MViTv2)
+against a dense reference.
 
 vitx records each layer as attention from its queries to its (pooled) keys
 (vitx.capture.stages.Pooled) and chains the stages through the pooling between them;
@@ -52,6 +52,25 @@ def hf_pvt(linear=False):
     return build
 
 
+def mvit(cls_token=False):
+    """A tiny timm MViTv2 (16x16 -> 8x8 -> 4x4, keys pooled 4x then 2x then 1x); its pooled q and k
+    are normalised after the projection, so the norms' scales are sharpened too."""
+    def build():
+        from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+
+        torch.manual_seed(0)
+        cfg = MultiScaleVitCfg(depths=(2, 1, 1), embed_dim=(16, 24, 32), num_heads=(1, 2, 2), use_cls_token=cls_token)
+        model = MultiScaleVit(cfg, img_size=(64, 64), num_classes=5).eval()
+        _sharpen(model)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("norm_q.weight", "norm_k.weight")):
+                    p.mul_(3.0)
+        return loud_head(model)
+
+    return build
+
+
 MODELS = {
     "timm_pit": (lambda: loud_head(timm_model("pit_ti_224", **PIT)()), (32, 48), (15, 23)),
     "timm_pit_distilled": (lambda: loud_head(timm_model("pit_ti_distilled_224", **PIT)()), (32, 48), (15, 23)),
@@ -59,6 +78,8 @@ MODELS = {
     "timm_pvt_v2_linear": (pvt("pvt_v2_b2_li"), (64, 96), (16, 24)),
     "hf_pvt_v2": (hf_pvt(), (64, 96), (16, 24)),
     "hf_pvt_v2_linear": (hf_pvt(linear=True), (64, 96), (16, 24)),
+    "timm_mvitv2": (mvit(), (64, 64), (16, 16)),
+    "timm_mvitv2_cls": (mvit(cls_token=True), (64, 64), (16, 16)),
 }
 
 
@@ -140,7 +161,7 @@ def test_other_tokens_of_the_last_stage_are_explained():
 
 
 @pytest.mark.parametrize("name,family", [("timm_pit", "PiT"), ("timm_pvt_v2", "PVTv2"),
-                                         ("hf_pvt_v2", r"PVTv2 \(Hugging Face\)")])
+                                         ("hf_pvt_v2", r"PVTv2 \(Hugging Face\)"), ("timm_mvitv2", "MViTv2")])
 def test_methods_that_cannot_read_stage_layers_refuse_before_any_forward(name, family):
     model = MODELS[name][0]()
     calls = []

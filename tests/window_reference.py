@@ -1,4 +1,4 @@
-"""Dense reference for hierarchical ViTs (Swin, SwinV2, PiT, PVTv2): nothing here uses vitx.
+"""Dense reference for hierarchical ViTs (Swin, SwinV2, PiT, PVTv2, MViTv2): nothing here uses vitx.
 
 A forward hook on every Swin block recomputes the block from its input and its own weights
 with FULL (tokens x tokens) attention over the stage's grid: q, k from the block's projections,
@@ -14,7 +14,9 @@ convolution or 7x7 adaptive pooling, then the norm). A layer whose keys are pool
 (N x M) attention times the (M x N) matrix that averages each key's sources (`keys`); the
 pooling between stages (PiT's depthwise stride-2 convolution, PVTv2's overlapping patch
 embedding) is the plain matrix with equal weights over each token's real kernel footprint,
-class tokens mapped to themselves (`pool_matrix`).
+class tokens mapped to themselves (`pool_matrix`). MViTv2 pools its queries and keys from each
+block's input tokens and pools the block's shortcut (a max pool) where the stage changes: its
+residual path is that shortcut's equal-weight matrix (`skip`) instead of the identity.
 
 Rollout, gradient rollout, Chefer et al. and raw attention are then plain matrix products of
 these dense matrices. `padded=True` (Swin v1, timm or torchvision) handles grids that are not
@@ -220,6 +222,8 @@ def blocks_of(model, padded=False):
         return [(blk, timm_pit) for stage in model.transformers for blk in stage.blocks]
     if kind == "timm.models.pvt_v2":
         return [(blk, timm_pvt_v2) for stage in model.stages for blk in stage.blocks]
+    if kind == "timm.models.mvitv2":
+        return [(blk, timm_mvit) for stage in model.stages for blk in stage.blocks]
     if kind.startswith("transformers.models.pvt_v2"):
         return [(blk, hf_pvt_v2) for stage in model.pvt_v2.encoder.layers for blk in stage.blocks]
     raise TypeError(kind)
@@ -334,6 +338,8 @@ def blocks_of(model, padded=False):
         return [(blk, timm_pit) for stage in model.transformers for blk in stage.blocks]
     if kind == "timm.models.pvt_v2":
         return [(blk, timm_pvt_v2) for stage in model.stages for blk in stage.blocks]
+    if kind == "timm.models.mvitv2":
+        return [(blk, timm_mvit) for stage in model.stages for blk in stage.blocks]
     if kind.startswith("transformers.models.pvt_v2"):
         return [(blk, hf_pvt_v2) for stage in model.pvt_v2.encoder.layers for blk in stage.blocks]
     raise TypeError(kind)
@@ -450,6 +456,64 @@ def _pit_grids(model):
     return state, [stage.register_forward_pre_hook(grab(stage)) for stage in model.transformers]
 
 
+def _pool_tokens(t, grid, prefix, pool):
+    """(B, [heads,] N, C) tokens [prefix, grid] -> the grid part pooled by `pool` (a module
+    over (B', C, H, W)), the prefix kept in front; with the pooled grid."""
+    lead, (h, w) = t.shape[:-2], grid
+    head, body = t[..., :prefix, :], t[..., prefix:, :]
+    pooled = pool(body.reshape(-1, h, w, t.shape[-1]).permute(0, 3, 1, 2))
+    after = tuple(pooled.shape[-2:])
+    body = pooled.flatten(2).transpose(1, 2).reshape(*lead, after[0] * after[1], t.shape[-1])
+    return torch.cat([head, body], dim=-2), after
+
+
+def _footprint(module, before, after, prefix):
+    """The equal-weight matrix of a pooling module (convolution or max / average pool)."""
+    k, s, p = (_pair(getattr(module, name))[0] for name in ("kernel_size", "stride", "padding"))
+    return pool_matrix(before, after, k, s, p, prefix)
+
+
+def timm_mvit(block, args, kwargs, output):
+    """An MViTv2 block (MultiScaleAttention, pool_first False): queries, keys and values pooled
+    from the input tokens (class token kept), relative position terms (timm's function),
+    residual pooling, the max-pooled shortcut, the MLP."""
+    from timm.models.mvitv2 import cal_rel_pos_type
+
+    x, grid = args[0], tuple(int(g) for g in args[1])
+    attn, prefix = block.attn, int(block.has_cls_token)
+    x_norm = block.norm1(x)
+    shortcut = x if block.shortcut_proj_attn is None else block.shortcut_proj_attn(x_norm)
+    skip = None
+    if block.shortcut_pool_attn is not None:
+        shortcut, after = _pool_tokens(shortcut, grid, prefix, block.shortcut_pool_attn)
+        skip = _footprint(block.shortcut_pool_attn, grid, after, prefix)
+    b, n, _ = x.shape
+    q, k, v = attn.qkv(x_norm).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    sizes, keys = {}, None
+    pooled = []
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        pool, norm = getattr(attn, f"pool_{name}"), getattr(attn, f"norm_{name}")
+        sizes[name] = grid
+        if pool is not None:
+            t, sizes[name] = _pool_tokens(t, grid, prefix, pool)
+        pooled.append(t if norm is None else norm(t))
+    q, k, v = pooled
+    if attn.pool_k is not None:
+        keys = _footprint(attn.pool_k, grid, sizes["k"], prefix)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    if attn.rel_pos_type == "spatial":
+        logits = cal_rel_pos_type(logits, q, attn.has_cls_token, sizes["q"], sizes["k"], attn.rel_pos_h, attn.rel_pos_w)
+    probs = logits.softmax(dim=-1)
+    mixed = probs @ v
+    if attn.residual_pooling:
+        mixed = mixed + q
+    out = shortcut + attn.proj(_merge_heads(mixed))
+    x_norm = block.norm2(out)
+    out = (out if block.shortcut_proj_mlp is None else block.shortcut_proj_mlp(x_norm)) + block.mlp(x_norm)
+    return (out, list(sizes["q"])), probs, torch.ones(probs.shape[-2:], dtype=torch.bool), sizes["q"], \
+        {"keys": keys, "skip": skip}
+
+
 def _stage_hooks(model):
     """PiT and PVTv2: forward pre-hooks on the stages that store, for the stage's first block,
     the matrix of the pooling into the stage (PiT: its depthwise convolution, run here on the
@@ -487,6 +551,8 @@ def _stage_hooks(model):
         return state, [stage.register_forward_pre_hook(pit(stage)) for stage in model.transformers]
     if kind == "timm.models.pvt_v2":
         return state, [stage.register_forward_pre_hook(pvt(stage)) for stage in model.stages]
+    if kind == "timm.models.mvitv2":
+        return state, []  # no merges outside the blocks: the pooled residual is each block's `skip`
     if kind.startswith("transformers.models.pvt_v2"):
         return state, [stage.register_forward_pre_hook(hf_pvt(stage), with_kwargs=True)
                        for stage in model.pvt_v2.encoder.layers]
@@ -498,9 +564,11 @@ class Reference:
     that pools its keys (None: the keys are its tokens), the merges between stages."""
 
     def __init__(self, model, x, target, padded=False):
-        attentions, grids, keys, merges, self.allowed = [], [], [], [], []
+        attentions, grids, keys, skips, merges, self.allowed = [], [], [], [], [], []
         state, handles = _stage_hooks(model)
-        self.prefix = getattr(model, "num_tokens", 0) if type(model).__module__ == "timm.models.pit" else 0
+        kind = type(model).__module__
+        self.prefix = (model.num_tokens if kind == "timm.models.pit" else
+                       int(model.cls_token is not None) if kind == "timm.models.mvitv2" else 0)
 
         def hook(fn):
             def run(module, args, kwargs, output):
@@ -511,6 +579,7 @@ class Reference:
                 attentions.append((probs, select))
                 grids.append(grid or state["grid"])
                 keys.append(extra[0].get("keys") if extra else None)
+                skips.append(extra[0].get("skip") if extra else None)
                 if state is not None:
                     merges.append(state.pop("merge", None))
                 return out
@@ -528,7 +597,7 @@ class Reference:
         self.attentions = [select(a.detach())[0] for a, select in attentions]  # (h, Nq, Nk) per layer
         self.grads = [select(a.grad)[0] for a, select in attentions]
         self.grids = grids
-        self.keys = keys
+        self.keys, self.skips = keys, skips
         self.merges = merges if state is not None else [
             None if i == 0 or grids[i] == grids[i - 1] else pool_matrix(grids[i - 1], grids[i])
             for i in range(len(grids))]
@@ -541,6 +610,16 @@ class Reference:
     def flow(self, layer, fused):
         """An (Nq x Nk) fused layer as a token flow (Nq x N): times its key pooling."""
         return fused if self.keys[layer] is None else fused @ self.keys[layer]
+
+    def identity(self, layer):
+        """The layer's residual path: its pooled shortcut (MViTv2), else the identity."""
+        skip = self.skips[layer]
+        return torch.eye(self.attentions[layer].shape[-2]) if skip is None else skip
+
+    def carry(self, row, layer):
+        """A row past a layer it does not read: through its residual path and its merge."""
+        row = row if self.skips[layer] is None else row @ self.skips[layer]
+        return row if self.merges[layer] is None else row @ self.merges[layer]
 
     def roll(self, factors):
         """query @ (F_L M_L ... F_1 M_1): merges where the stage changes."""
@@ -567,28 +646,30 @@ def discard_in_windows(fused, allowed, ratio, diagonal=True):
     return fused.masked_fill(drop, 0.0)
 
 
-def residual(a):
-    mixed = (a + torch.eye(a.shape[-1])) / 2
+def residual(a, identity=None):
+    mixed = (a + (torch.eye(a.shape[-1]) if identity is None else identity)) / 2
     return mixed / mixed.sum(-1, keepdim=True)
 
 
 def _discard(ref, layer, fused, ratio):
-    return discard_in_windows(fused, ref.allowed[layer], ratio, ref.keys[layer] is None) if ratio else fused
+    square = ref.keys[layer] is None and ref.skips[layer] is None
+    return discard_in_windows(fused, ref.allowed[layer], ratio, square) if ratio else fused
 
 
 def rollout(ref, head_fusion="mean", discard_ratio=0.0):
     fuse = {"mean": lambda a: a.mean(0), "max": lambda a: a.amax(0), "min": lambda a: a.amin(0)}[head_fusion]
-    return ref.roll([residual(ref.flow(i, _discard(ref, i, fuse(a), discard_ratio)))
+    return ref.roll([residual(ref.flow(i, _discard(ref, i, fuse(a), discard_ratio)), ref.identity(i))
                      for i, a in enumerate(ref.attentions)])
 
 
 def grad_rollout(ref, discard_ratio=0.9):
-    return ref.roll([residual(ref.flow(i, _discard(ref, i, (a * g).mean(0).clamp(min=0), discard_ratio)))
+    return ref.roll([residual(ref.flow(i, _discard(ref, i, (a * g).mean(0).clamp(min=0), discard_ratio)),
+                              ref.identity(i))
                      for i, (a, g) in enumerate(zip(ref.attentions, ref.grads))])
 
 
 def chefer(ref):
-    return ref.roll([ref.flow(i, (a * g).clamp(min=0).mean(0)) + torch.eye(a.shape[-2])
+    return ref.roll([ref.flow(i, (a * g).clamp(min=0).mean(0)) + ref.identity(i)
                      for i, (a, g) in enumerate(zip(ref.attentions, ref.grads))])
 
 
@@ -598,10 +679,10 @@ def raw(ref, layer=-1, head=None):
     layer = layer % len(ref.attentions)
     row = ref.query()
     for i in reversed(range(layer + 1, len(ref.attentions))):
-        if ref.merges[i] is not None:
-            row = row @ ref.merges[i]
+        row = ref.carry(row, i)
     row = row @ ref.flow(layer, ref.attentions[layer].mean(0) if head is None else ref.attentions[layer][head])
-    for i in reversed(range(layer + 1)):
-        if ref.merges[i] is not None:
-            row = row @ ref.merges[i]
+    if ref.merges[layer] is not None:
+        row = row @ ref.merges[layer]
+    for i in reversed(range(layer)):
+        row = ref.carry(row, i)
     return row

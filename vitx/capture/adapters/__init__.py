@@ -10,6 +10,7 @@ from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .swin import TimmSwinAdapter
 from .timm_pooled import TimmPooledAdapter
+from .timm_mvit import TimmMvitAdapter
 from .hf_swin import HFSwinAdapter
 from .hf_pvt_v2 import HFPvtV2Adapter
 from .torchvision_swin import TorchvisionSwinAdapter
@@ -25,7 +26,7 @@ from .wrappers import PreprocessingWrapperAdapter
 __all__ = [
     "Adapter", "HFPvtV2Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmPooledAdapter", "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
+    "TimmMvitAdapter", "TimmPooledAdapter", "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -35,6 +36,7 @@ def vitx_register_adapters(register):
     register(SamAdapter())
     register(TimmSwinAdapter())
     register(TimmPooledAdapter())
+    register(TimmMvitAdapter())
     register(TorchvisionSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())

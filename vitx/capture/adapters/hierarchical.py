@@ -12,8 +12,9 @@ would only see "batch 128" or "different token counts") are never the user's exp
 A family that becomes explainable gets its own adapter and leaves this table: Swin and SwinV2
 (timm, torchvision, Hugging Face) did, with their window layers written as block-diagonal
 attention per stage and the patch merging as a mixing matrix (vitx.capture.windows, adapters
-swin / torchvision_swin / hf_swin), and so did PiT and PVTv2 (timm), their attention chained
-through the pooling between stages (vitx.capture.stages, adapter timm_pooled).
+swin / torchvision_swin / hf_swin), and so did PiT, PVTv2 and MViTv2 (timm, PvtV2 in Hugging
+Face), their attention chained through the pooling between stages (vitx.capture.stages,
+adapters timm_pooled, hf_pvt_v2, timm_mvit).
 """
 from contextlib import contextmanager
 
@@ -32,9 +33,6 @@ FAMILIES = {
     "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": (
         "SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID + "; vitx writes the window layers of timm's "
         "SwinTransformer / SwinTransformerV2 as block-diagonal attention per stage, not yet those of this variant"),
-    "timm.models.mvitv2.MultiScaleVit": (
-        "MViTv2", "pooling attention: keys and values (and the queries at each stage change) are pooled to a "
-        "coarser grid, so queries and keys are different token sets and the grid shrinks between stages"),
     "timm.models.hiera.Hiera": (
         "Hiera", "mask-unit (windowed) attention in its first stages and token pooling between stages, so "
         "the token set changes from stage to stage"),

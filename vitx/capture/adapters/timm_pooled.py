@@ -33,18 +33,18 @@ PVT_WHY = ("spatial-reduction attention reads keys pooled from the grid and the 
            "through the patch embeddings between stages)")
 
 
-def _conv(conv):
-    """A convolution as the (kernel, stride, padding) of its token merge."""
-    return tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding)
+def conv_params(conv):
+    """A convolution or pooling as the (kernel, stride, padding) of its token merge."""
+    return pair(conv.kernel_size), pair(conv.stride), pair(conv.padding)
 
 
-def _out(grid, kernel, stride, padding):
+def conv_output(grid, kernel, stride, padding):
     return tuple((g + 2 * p - k) // s + 1 for g, k, s, p in zip(grid, kernel, stride, padding))
 
 
 def conv_merge_of(conv, before, after, prefix=0, device=None):
     """The merge of a convolution over the grid (its kernel footprint, equal weights)."""
-    return conv_merge(before, after, *_conv(conv), prefix=prefix, device=device)
+    return conv_merge(before, after, *conv_params(conv), prefix=prefix, device=device)
 
 
 def key_merge(grid, pool, conv, device):
@@ -53,7 +53,7 @@ def key_merge(grid, pool, conv, device):
     if pool is not None:
         return adaptive_merge(grid, pair(pool.output_size), device)
     if conv is not None:
-        return conv_merge_of(conv, grid, _out(grid, *_conv(conv)), device=device)
+        return conv_merge_of(conv, grid, conv_output(grid, *conv_params(conv)), device=device)
     return None
 
 
@@ -86,7 +86,7 @@ def _pit_stage(model, stage, chain, record):
         grid = tuple(args[0][0].shape[-2:])
         if stage.pool is not None:
             seen["merge"] = lambda before, after: conv_merge_of(stage.pool.conv, before, after, len(prefix))
-            grid = _out(grid, *_conv(stage.pool.conv))
+            grid = conv_output(grid, *conv_params(stage.pool.conv))
         seen["grid"] = grid
 
     def on_attention(probs):
