@@ -52,7 +52,7 @@ def hf_pvt(linear=False):
     return build
 
 
-def mvit(cls_token=False):
+def mvit(cls_token=False, **kwargs):
     """A tiny timm MViTv2 (16x16 -> 8x8 -> 4x4, keys pooled 4x then 2x then 1x); its pooled q and k
     are normalised after the projection, so the norms' scales are sharpened too."""
     def build():
@@ -60,7 +60,7 @@ def mvit(cls_token=False):
 
         torch.manual_seed(0)
         cfg = MultiScaleVitCfg(depths=(2, 1, 1), embed_dim=(16, 24, 32), num_heads=(1, 2, 2), use_cls_token=cls_token)
-        model = MultiScaleVit(cfg, img_size=(64, 64), num_classes=5).eval()
+        model = MultiScaleVit(cfg, img_size=(64, 64), num_classes=5, **kwargs).eval()
         _sharpen(model)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -158,6 +158,20 @@ def test_other_tokens_of_the_last_stage_are_explained():
             assert correlation(explanation.relevance[i][1:], ref.chefer(r)[1:]) > 0.999, token
     with pytest.raises(VitxError, match=r"no token 'reg'; valid tokens: 'cls', 'mean'"):
         vitx.explain(model, x, method="rollout", token="reg")
+
+
+def test_a_class_token_the_head_does_not_read_is_not_explained():
+    """MViTv2 with a class token and an average-pool head: the default token is the mean of
+    the last stage's grid (the class token is left out)."""
+    model = mvit(cls_token=True, global_pool="avg")()
+    x = images_for((64, 64), batch=2)
+    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+    explanation = vitx.explain(model, x, method="chefer2021", target=TARGETS)
+    assert explanation.token == "mean"
+    n = references[0].attentions[-1].shape[-2]
+    for i, r in enumerate(references):
+        r.query = lambda: torch.cat([torch.zeros(1), torch.full((n - 1,), 1 / (n - 1))])
+        assert correlation(explanation.relevance[i][1:], ref.chefer(r)[1:]) > 0.999
 
 
 @pytest.mark.parametrize("name,family", [("timm_pit", "PiT"), ("timm_pvt_v2", "PVTv2"),

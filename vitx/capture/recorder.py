@@ -350,9 +350,10 @@ class AttentionRecorder:
                 raise VitxError("a windowed hierarchical model's layout comes from its stages (maps on the first "
                                 "stage's grid): leave out layout= / --layout")
             first, last = self._stages
+            default = self.adapter.head_token(self.model) or (last.prefix or (MEAN_TOKEN,))[0]
             return TokenLayout(prefix={name: i for i, name in enumerate(first.prefix)}, num_prefix=len(first.prefix),
-                               grid=first.grid, default_token=(first.prefix or (MEAN_TOKEN,))[0],
-                               query_tokens=last.num_tokens, query_prefix=last.prefix)
+                               grid=first.grid, default_token=default, query_tokens=last.num_tokens,
+                               query_prefix=last.prefix)
         return self._attention_layout()
 
     def _attention_layout(self) -> TokenLayout:

@@ -45,14 +45,14 @@ class AttentionMaps:
 
 
 def single_grid(attentions, what: str) -> None:
-    """Refuse, in one line, window layers of a hierarchical model (a grid per stage, vitx.capture.windows)
+    """Refuse, in one line, stage layers of a hierarchical model (a grid per stage, vitx.capture.stages)
     in a view that lays every layer over one token grid."""
     if any(isinstance(a, StageLayer) for a in attentions):
         from ..capture.support import window_methods
 
-        raise VitxError(f"{what} lays every layer over one token grid, but this model's window layers run on a grid "
-                        f"per stage (Swin, PiT, PVTv2): explain it with {', '.join(window_methods())} instead, whose maps lie "
-                        "on its first stage's grid")
+        raise VitxError(f"{what} lays every layer over one token grid, but this model's window or pooled layers run "
+                        f"on a grid per stage (Swin, PiT, PVTv2, MViTv2): explain it with {', '.join(window_methods())} "
+                        "instead, whose maps lie on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:

@@ -11,7 +11,8 @@ what it cannot attribute (which input wins the max differs per channel). Left ou
 as every MLP and projection is: the "residual pooling" that adds the pooled queries to the
 attention output (on by default in MViTv2), a further linear path of the same footprint.
 The patch embedding is the only merge outside the blocks and comes before the first. The
-explained token is the class token where the head reads it, else the mean of the last stage.
+explained token is the class token where the head reads it, else the mean of the last stage's
+grid (`global_pool='avg'`, with or without a class token).
 
 The attention computes its own `softmax`, with no module after it to hook, so a torch function
 mode taps the softmax calls made while an MViTv2 attention module runs.
@@ -51,6 +52,9 @@ class TimmMvitAdapter(PyramidAdapter):
     name = "timm_mvitv2"
     priority = 1100  # before the table of refused families
     families = {MVIT: ("MViTv2", MVIT_WHY)}
+
+    def head_token(self, model):
+        return "mean" if model.global_pool == "avg" else None  # a class token may be there, unread
 
     @contextmanager
     def attach(self, model, record):
