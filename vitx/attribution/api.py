@@ -13,6 +13,7 @@ from ..capture.model_state import evaluation_mode, model_lock
 from ..capture.recorder import AttentionRecorder
 from ..capture.support import check_method
 from ..unwrap import unwrap
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, TOKEN_GRAD, TOKENS
@@ -144,7 +145,7 @@ def explain(
     method: str = "rollout",
     target=None,
     token: Optional[str] = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     adapter=None,
     device=None,
     layout=None,

@@ -5,6 +5,7 @@ import click
 
 from ..baselines import BASELINES, DEFAULT_BASELINE
 from ..datasets import DATASET_NAMES
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from .checks import model_and_checkpoint, out_folder, positive
 from .method_options import given_options, method_option_flags, per_method
@@ -56,7 +57,7 @@ def _cost(cost) -> str:
               "step; the methods keep their own baselines).")
 @click.option("--bootstrap", default=0, show_default=True,
               help="Resamples of a percentile bootstrap over images: a 95 % interval beside each AUC (0: none).")
-@click.option("--batch-size", default=100, show_default=True)
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)

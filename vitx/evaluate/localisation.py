@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 
 POINTING_TOLERANCE = 15
@@ -116,7 +117,7 @@ def mask_transform(config: dict):
 
 
 def evaluate_localisation(model, samples: Iterable[Tuple[object, np.ndarray]], methods: Sequence[str],
-                          batch_size: int = 16, tolerance: float = POINTING_TOLERANCE, progress: bool = False,
+                          batch_size: int = DEFAULT_BATCH_SIZE, tolerance: float = POINTING_TOLERANCE, progress: bool = False,
                           options: Optional[Dict[str, dict]] = None) -> Dict[str, Dict[str, float]]:
     """Localisation scores of each method (and of a random map) on (image, mask) pairs.
 

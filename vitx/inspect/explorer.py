@@ -33,6 +33,7 @@ from ..attribution.targets import as_logits
 from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..models import class_names
 from .views import single_grid
@@ -87,7 +88,7 @@ def _png(rgb: np.ndarray) -> str:
     return base64.b64encode(png_bytes(rgb, "an image for the explorer")).decode("ascii")
 
 
-def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8, options=None) -> dict:
+def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE, options=None) -> dict:
     """Everything the explorer shows for one model on `images` (anything `explain` takes)."""
     adapter, pixels, views, sources = model_inputs(model, images)
     items: List[dict] = []
@@ -153,13 +154,14 @@ EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, 
                   "patch is outlined in white.")
 
 
-def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None):
+def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None,
+                         batch_size: int = DEFAULT_BATCH_SIZE):
     section = report.section(title)
     section.text(EXPLAINER_TEXT)
     data = {}
     for name, model in models.items():
         try:
-            data[name] = model_data(model, images, methods, options=options)
+            data[name] = model_data(model, images, methods, batch_size=batch_size, options=options)
         except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
             section.text(f"{name}: not shown ({exc})", "note")
     if data:

@@ -26,6 +26,7 @@ from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..unwrap import unwrap
 from ..capture.windows import Windowed
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
@@ -122,7 +123,7 @@ class AttentionStatistics:
         return float(np.log(self.num_tokens))
 
 
-def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter=None) -> AttentionStatistics:
+def attention_statistics(model: nn.Module, images, batch_size: int = DEFAULT_BATCH_SIZE, adapter=None) -> AttentionStatistics:
     """Mean attention distance and entropy per layer and head over a set of images.
 
     Each layer is reduced as it is recorded, so memory stays at one layer's attention.
