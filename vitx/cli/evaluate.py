@@ -96,7 +96,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
         raise VitxError(f"--bootstrap must be 0 (none) or a number of resamples, got {bootstrap}")
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
     if masks:
-        from ..evaluate.localisation import localisation_command
+        from .localisation import localisation_command
 
         return localisation_command(model, checkpoint, device, masks, names, count, batch_size, out_folder(out_dir),
                                     options)
