@@ -105,7 +105,7 @@ def _adapter_pieces(model, adapter, recorder, needs, live) -> dict:
     methods that need them."""
     pieces = {}
     if MODEL in needs:
-        pieces["data_config"] = adapter.data_config(model)  # mean / std: what 'black' is in the input space
+        pieces["data_config"] = adapter.preprocessing(model)  # mean / std: what 'black' is in the input space
     if TOKENS in needs:
         pieces["head"] = adapter.head(model)  # tokens -> output (final norm, pooling, classifier) or None
     if live:

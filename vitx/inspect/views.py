@@ -208,7 +208,7 @@ def position_embedding(model: nn.Module, adapter=None) -> Tuple[torch.Tensor, Tu
     dropped. The grid is the model's native one, from its input size and patch stride.
     """
     adapter = adapter or find_adapter(model)
-    size = adapter.data_config(model)["input_size"][-2:]
+    size = adapter.preprocessing(model)["input_size"][-2:]
     stride = patch_embedding(model).stride
     grid = (size[0] // stride[0], size[1] // stride[1])
     patches = grid[0] * grid[1]
