@@ -51,11 +51,12 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
               and explainer.plain_gradients else None)
     fold = _fold(explainer, token) if explainer.folds() and not grad and ATTENTION in needs else None
+    heads = explainer.fused_heads() if not grad and ATTENTION in needs else None  # heads fused while recorded
     # the gradient mode's function rules are entered first, so an adapter's own function mode
     # (above them on the stack) makes attention explicit before the rules see its softmax
     with explainer.gradient_rules(model), AttentionRecorder(
             model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
-            reduce=reduce, fold=fold, states=BLOCK_STATES in needs) as recorder:
+            reduce=reduce, fold=fold, heads=heads, states=BLOCK_STATES in needs) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))

@@ -83,6 +83,14 @@ class Explainer:
     def plain_gradients(self) -> bool:
         return getattr(self, "grad_mode", "plain") == "plain"
 
+    def fused_heads(self) -> Optional[str]:
+        """'mean', 'max' or 'min' when the method, without gradients, reads each layer's
+        attention only fused over its heads by that reduction (rollout). The core then records
+        the fused (B, 1, N, N) straight from q and k a chunk at a time, beside the model's fused
+        attention kernel, so the per-head probabilities of a layer never exist all at once.
+        None (the default): the method sees every head."""
+        return None
+
     def keep(self, layer: int, attention: torch.Tensor) -> Optional[torch.Tensor]:
         """What to store of one layer's attention when no gradient is needed.
 

@@ -40,7 +40,7 @@ class AttentionRecorder:
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
                  attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
-                 fold: Optional[Fold] = None, states: bool = False):
+                 fold: Optional[Fold] = None, heads: Optional[str] = None, states: bool = False):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
@@ -51,6 +51,8 @@ class AttentionRecorder:
         self._tokens: Optional[TokenCapture] = None  # made on entry, once the adapter is known
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
         self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
+        self.heads = heads  # 'mean' / 'max' / 'min': record attention fused over heads (no gradient)
+        self.heads_fused = False  # whether it is, from q and k beside the fused kernel (`_attend_heads`)
         self.folded: Optional[torch.Tensor] = None
         self.fused = False
         self._anchors: List[torch.Tensor] = []
@@ -76,9 +78,13 @@ class AttentionRecorder:
             handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             stack.callback(handle.remove)
             if self.record_attention:
-                self.fused = self.reduce is not None and self.adapter.can_fuse(self.model)
+                can_fuse = (self.reduce is not None or self.heads is not None) and self.adapter.can_fuse(self.model)
+                self.fused = can_fuse and self.reduce is not None
+                self.heads_fused = can_fuse and not self.fused
                 if self.fused:
                     stack.enter_context(self.adapter.attach_fused(self.model, self._attend, self._record_reduced))
+                elif self.heads_fused:
+                    stack.enter_context(self.adapter.attach_fused(self.model, self._attend_heads, self._record_heads))
                 else:
                     stack.enter_context(self.adapter.attach(self.model, self._record))
             if self.record_tokens:
@@ -235,6 +241,26 @@ class AttentionRecorder:
         layer, anchor = self._reduced_layer(_Shape(tuple(q.shape[:-1]) + (k.shape[-2],)), q.device)
         return reduced_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, anchor=anchor,
                                  layer=layer, reduce=self.reduce, store=self._store)
+
+    def _attend_heads(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """Head-fused mode (no gradient): the layer's output from the fused kernel, and its
+        attention recorded already fused over heads, (B, 1, N, N) float32."""
+        from .fused import attention_with_fused_heads
+
+        if q.dim() == 4 and q.shape[-2] != k.shape[-2]:  # cross attention: not recorded, as in the explicit path
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        out, fused = attention_with_fused_heads(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                                how=self.heads)
+        self._record(fused[:, None])
+        return out
+
+    def _record_heads(self, probs: torch.Tensor) -> torch.Tensor:
+        """Head-fused mode, for probabilities the model computes itself: recorded fused."""
+        from .fused import fold_heads
+
+        self._record(fold_heads(probs.detach().float(), self.heads)[:, None])
+        return probs
 
     def _record_reduced(self, probs: torch.Tensor) -> torch.Tensor:
         """Fused mode, for attention whose probabilities the model computes itself (a
