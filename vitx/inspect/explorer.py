@@ -216,6 +216,10 @@ EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, 
                   "patch is outlined in white.")
 
 
+STAGES_TEXT = ("A hierarchical model (Swin) is shown by stage: each layer on its own stage's grid (named in the layer "
+               "list), from the token of that stage that covers the chosen patch; that token's window is dashed.")
+
+
 def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None):
     section = report.section(title)
     section.text(EXPLAINER_TEXT)
@@ -225,6 +229,8 @@ def add_explorer_section(report, models, images, methods, title: str = "Interact
             data[name] = model_data(model, images, methods, options=options)
         except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
             section.text(f"{name}: not shown ({exc})", "note")
+    if any("stages" in d for d in data.values()):
+        section.text(STAGES_TEXT)
     if data:
         section.raw(explorer_html(data))
     return section
