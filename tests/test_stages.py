@@ -146,3 +146,11 @@ def test_inspect_cli_on_a_hugging_face_swin_folder(tmp_path):
     result = CliRunner().invoke(main, ["explain", str(images[0]), "--model", f"hf:{tmp_path / 'swin'}",
                                        "--method", "raw_attention", "--layer", "3", "--out", str(tmp_path / "maps")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_token_taken_by_overlapping_merge_windows_goes_to_the_first():
+    """A pooling merge whose windows overlap (1x5 -> 1x2, windows of 3 at stride 2) takes the
+    middle token twice: it lies under the first next token; a token no window takes under none."""
+    from vitx.inspect.stages import owners
+
+    assert owners(torch.tensor([[0, 1, 2], [2, 3, -1]]), 5).tolist() == [0, 0, 0, 1, -1]

@@ -45,12 +45,15 @@ class Stages:
 
 def owners(sources: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """(N_next, k) merge sources -> (N,) the next-stage token each previous token goes into
-    (-1 for a token no next token takes)."""
-    owner = torch.full((num_tokens,), -1, dtype=torch.long)
-    rows = torch.arange(sources.shape[0])[:, None].expand_as(sources)
+    (the first one, should overlapping windows of a pooling merge take it twice; -1 for a
+    token no next token takes)."""
+    sources = sources.long().cpu()
+    none = sources.shape[0]
+    rows = torch.arange(none)[:, None].expand_as(sources)
     keep = sources >= 0
-    owner[sources[keep].long().cpu()] = rows[keep.cpu()]
-    return owner
+    owner = torch.full((num_tokens,), none, dtype=torch.long)
+    owner.scatter_reduce_(0, sources[keep], rows[keep], reduce="amin")
+    return owner.masked_fill(owner == none, -1)
 
 
 def stages_of(layers: Sequence) -> Stages:
