@@ -111,7 +111,8 @@ def test_explorer_data_is_each_layers_dense_attention(setup):
             expected = np.round(LEVELS * np.sqrt((want[:, keys] / peak).numpy()))
             got = levels[:, window, slot]
             assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.95
-            assert np.allclose(np.exp(-scales[:, window, slot].astype(float) / SCALE_STEPS), peak[:, 0].numpy(), rtol=0.02)
+            maxima = np.exp(-scales[:, window, slot].astype(float) / SCALE_STEPS)
+            assert np.allclose(maxima, peak[:, 0].numpy(), rtol=0.02)
 
 
 def test_raw_attention_per_layer_is_the_stage_map_carried_to_the_first_grid():
