@@ -24,6 +24,7 @@ from vitx.inspect.stages import stage_attention, stages_of
 SWIN = dict(img_size=(32, 64), patch_size=2, window_size=4, embed_dim=24, num_heads=(2, 2, 2), depths=(2, 2, 2))
 MODELS = {
     "timm_swin": lambda: loud_head(timm_model("swin_tiny_patch4_window7_224", **SWIN)()),
+    "timm_swinv2": lambda: loud_head(timm_model("swinv2_tiny_window8_256", **SWIN)()),
     "hf_swin": lambda: loud_head(hf_swin("swin")()),
     "torchvision_swin": lambda: loud_head(torchvision_swin("swin_t")()),
 }
