@@ -156,3 +156,29 @@ def test_a_token_taken_by_overlapping_merge_windows_goes_to_the_first():
     from vitx.inspect.stages import owners
 
     assert owners(torch.tensor([[0, 1, 2], [2, 3, -1]]), 5).tolist() == [0, 0, 0, 1, -1]
+
+
+def test_padded_windows_and_an_odd_merge():
+    """Grids 20x28, 10x14, 5x7, 3x4 with 3x3 windows (padding slots, and 5x7 -> 3x4 whose border
+    tokens cover fewer patches): the bottom-right patch (19, 27) lies under tokens (9, 13) = 139,
+    (4, 6) = 34 and (2, 3) = 11 (by hand); its rows, from the views and the explorer's data, are
+    the dense reference's."""
+    model = loud_head(timm_model("swin_tiny_patch4_window7_224", img_size=(40, 56), patch_size=2, window_size=3,
+                                 embed_dim=24, num_heads=(2, 2, 2, 2), depths=(2, 1, 1, 1))())
+    x = images_for((40, 56), batch=1)
+    dense = ref.Reference(model, x, 1, padded=True)
+    patch = 19 * 28 + 27
+    result = stage_attention(model, x, patch=patch)
+    assert [item.token for item in result.layers] == [patch, patch, 139, 34, 11]
+    # token (2, 3) of 3x4 has one source, (4, 6) of 5x7: 4x4 first-grid patches; token 0 has four: 8x8
+    assert (result.stages.cover[3] == 11).sum() == 16 and (result.stages.cover[3] == 0).sum() == 64
+    data = model_data(model, x, [])
+    for number, item in enumerate(result.layers):
+        want = dense.attentions[number][:, item.token]
+        torch.testing.assert_close(item.maps.flatten(1), want, atol=1e-4, rtol=1e-3)
+        levels, _, index = window_levels(data, 0, number)
+        window, slot = map(int, np.argwhere(index == item.token)[0])
+        keys = index[window].astype(np.int64)
+        real = keys >= 0
+        expected = np.round(LEVELS * np.sqrt((want[:, keys[real]] / want.amax(-1, keepdim=True)).double().numpy()))
+        assert np.abs(levels[:, window, slot][:, real] - expected).max() <= 1
