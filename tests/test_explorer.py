@@ -143,7 +143,7 @@ def test_a_model_the_explorer_cannot_record_gets_a_note(monkeypatch):
     from vitx.inspect import explorer
     from vitx.inspect.report import Report
 
-    def fake(model, images, methods, options=None):
+    def fake(model, images, methods, batch_size=None, options=None):
         if model == "bad":
             raise VitxError("no attention found")
         return {"layers": 1, "heads": 1, "tokens": 1, "grid": [1, 1], "patch_start": 0, "prefix": {}, "methods": [],

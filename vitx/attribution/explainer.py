@@ -19,7 +19,7 @@ from ..capture.requirements import (  # noqa: F401 (the names plugins import fro
     ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, REQUIREMENTS, TOKEN_GRAD, TOKENS,
 )
 from ..errors import VitxError, suggest
-from .options import Option  # noqa: F401 (plugins import it from here)
+from .options import Option, canonical_options  # noqa: F401 (plugins import Option from here)
 
 
 class Explainer:
@@ -56,6 +56,7 @@ class Explainer:
         return bool(cls.requirements() & {ATTENTION_GRAD, TOKEN_GRAD})
 
     def __init__(self, **options: Any):
+        options = canonical_options(self.options, options, self.name)
         known = {o.name: o for o in self.options}
         unknown = [k for k in options if k not in known]
         if unknown:

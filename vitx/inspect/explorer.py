@@ -42,6 +42,7 @@ from ..attribution.targets import as_logits
 from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..models import class_names
 from ..capture.windows import Windowed
@@ -144,7 +145,8 @@ def window_levels(model: dict, image: int, layer: int):
     return levels, scales, unpack(model["indices"][shape["index"]], "<i4", (count, n))
 
 
-def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8, options=None) -> dict:
+def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
+               options=None) -> dict:
     """Everything the explorer shows for one model on `images` (anything `explain` takes).
     A hierarchical model (window layers, Swin) is stored by stage (`stage_geometry`)."""
     adapter, pixels, views, sources = model_inputs(model, images)
@@ -220,13 +222,14 @@ STAGES_TEXT = ("A hierarchical model (Swin) is shown by stage: each layer on its
                "list), from the token of that stage that covers the chosen patch; that token's window is dashed.")
 
 
-def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None):
+def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None,
+                         batch_size: int = DEFAULT_BATCH_SIZE):
     section = report.section(title)
     section.text(EXPLAINER_TEXT)
     data = {}
     for name, model in models.items():
         try:
-            data[name] = model_data(model, images, methods, options=options)
+            data[name] = model_data(model, images, methods, batch_size=batch_size, options=options)
         except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
             section.text(f"{name}: not shown ({exc})", "note")
     if any("stages" in d for d in data.values()):

@@ -15,6 +15,7 @@ from . import figures
 
 from . import views
 from ..attribution.api import explain
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..imaging import read_image
 from ..registry import find_adapter, get_registry
@@ -49,7 +50,7 @@ def _overview(report, models, images):
     section.table(["model", "class", "adapter", "parameters", "test accuracy (checkpoint)"], rows)
 
 
-def _method_maps(report, models, images, methods, show, options):
+def _method_maps(report, models, images, methods, show, options, batch_size):
     section = report.section(SECTIONS[1])
     section.text("Each method's map for the predicted class, over the input the model saw "
                  "(bright = relevant; every map scaled to its own maximum).")
@@ -57,14 +58,16 @@ def _method_maps(report, models, images, methods, show, options):
         explanations = {}
         for method in methods:
             try:
-                explanations[method] = explain(model, images[:show], method=method, **options.get(method, {}))
+                explanations[method] = explain(model, images[:show], method=method, batch_size=batch_size,
+                                               **options.get(method, {}))
             except VitxError as exc:
                 _skip(section, f"{name} {method}", exc)
         if not explanations:
             continue
         first = next(iter(explanations.values()))
         if "dist" in first.layout.prefix and "rollout" in methods:
-            explanations["rollout (dist token)"] = explain(model, images[:show], method="rollout", token="dist")
+            explanations["rollout (dist token)"] = explain(model, images[:show], method="rollout", token="dist",
+                                                           batch_size=batch_size)
         section.heading(name)
         for i in range(len(first)):
             top = first.predictions[i][0]
@@ -165,7 +168,7 @@ def _uniform_line(values):
     return {"uniform": next(iter(values))} if len(values) == 1 else None
 
 
-def _statistics(report, models, images):
+def _statistics(report, models, images, batch_size):
     section = report.section(SECTIONS[6])
     section.text("Mean attention distance: how far, in input pixels, each head looks from a patch "
                  "(attention-weighted distance between patch centres). Entropy: how spread its attention "
@@ -174,7 +177,7 @@ def _statistics(report, models, images):
     uniform_distance, uniform_entropy = set(), set()
     for name, model in models.items():
         try:
-            stats = views.attention_statistics(model, images)
+            stats = views.attention_statistics(model, images, batch_size=batch_size)
         except VitxError as exc:
             _skip(section, name, exc)
             continue
@@ -209,7 +212,7 @@ def _curves(report, models):
         section.text("No model carries a training history (reference checkpoints do).", "note")
 
 
-def _sanity(report, models, images, methods, options):
+def _sanity(report, models, images, methods, options, batch_size):
     """Cascading randomisation (vitx.evaluate.sanity) of every method, per model."""
     from ..evaluate.sanity import sanity_check
 
@@ -219,7 +222,7 @@ def _sanity(report, models, images, methods, options):
                  "model's. A method whose maps do not change with the weights fails.")
     for name, model in models.items():
         try:
-            result = sanity_check(model, images, methods, options=options)
+            result = sanity_check(model, images, methods, batch_size=batch_size, options=options)
         except VitxError as exc:
             _skip(section, name, exc)
             continue
@@ -231,14 +234,15 @@ def _sanity(report, models, images, methods, options):
 
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
                    title: str = "vitx inspect", show: int = 4, extra=None, interactive: bool = False,
-                   sanity: bool = False, progress: bool = False, options: Optional[Dict[str, dict]] = None) -> Path:
+                   sanity: bool = False, progress: bool = False, options: Optional[Dict[str, dict]] = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> Path:
     """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
     PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
     the statistics use all of them. `extra(report)` may add sections (the study does).
     `interactive`: add the attention explorer for the first `show` images (JavaScript).
     `sanity`: add the cascading-randomisation sanity check of every method (on all images).
     `progress`: a progress bar per section on stderr (the CLI's). `options`: {method: its
-    options}, as `vitx.explain` takes them."""
+    options}, as `vitx.explain` takes them. `batch_size`: images per forward pass."""
     if not models:
         raise VitxError("no model to inspect")
     if len(images) == 0:
@@ -259,18 +263,18 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
         from .explorer import add_explorer_section
 
         steps.append(("explorer", lambda: add_explorer_section(report, models, images[:show], methods,
-                                                                      options=options)))
+                                                                      options=options, batch_size=batch_size)))
     steps += [
-        ("method maps", lambda: _method_maps(report, models, images, methods, show, options)),
+        ("method maps", lambda: _method_maps(report, models, images, methods, show, options, batch_size)),
         ("attention", lambda: _attention(report, models, images)),
         ("filters", lambda: _filters(report, models)),
         ("activations", lambda: _activations(report, models, images)),
         ("positions", lambda: _positions(report, models)),
-        ("statistics", lambda: _statistics(report, models, images)),
+        ("statistics", lambda: _statistics(report, models, images, batch_size)),
         ("curves", lambda: _curves(report, models)),
     ]
     if sanity:
-        steps.append(("sanity check", lambda: _sanity(report, models, images, methods, options)))
+        steps.append(("sanity check", lambda: _sanity(report, models, images, methods, options, batch_size)))
     _run_steps(steps, progress)
     return report.write(out)
 

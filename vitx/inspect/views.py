@@ -28,6 +28,7 @@ from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..unwrap import unwrap
 from ..capture.windows import Windowed
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
@@ -129,7 +130,7 @@ class AttentionStatistics:
         return float(np.log(self.num_tokens))
 
 
-def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter=None) -> AttentionStatistics:
+def attention_statistics(model: nn.Module, images, batch_size: int = DEFAULT_BATCH_SIZE, adapter=None) -> AttentionStatistics:
     """Mean attention distance and entropy per layer and head over a set of images.
 
     Each layer is reduced as it is recorded, so memory stays at one layer's attention.
@@ -214,7 +215,7 @@ def position_embedding(model: nn.Module, adapter=None) -> Tuple[torch.Tensor, Tu
     dropped. The grid is the model's native one, from its input size and patch stride.
     """
     adapter = adapter or find_adapter(model)
-    size = adapter.data_config(model)["input_size"][-2:]
+    size = adapter.preprocessing(model)["input_size"][-2:]
     stride = patch_embedding(model).stride
     grid = (size[0] // stride[0], size[1] // stride[1])
     patches = grid[0] * grid[1]
