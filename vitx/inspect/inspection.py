@@ -94,15 +94,34 @@ def _per_model(section, models, figures_of):
 def _attention(report, models, images):
     section = report.section(SECTIONS[2])
     section.text("Attention from each prefix token (cls; dist for a distilled model) to every patch, "
-                 "a row per layer and a column per head, for the first image.")
+                 "a row per layer and a column per head, for the first image; a hierarchical model (Swin) "
+                 "by stage, on each stage's grid.")
 
     def draw(name, model):
-        result = views.attention_maps(model, images[:1])
+        try:
+            result = views.attention_maps(model, images[:1])
+        except views.StagedModel:
+            yield from _stage_figures(name, views.stage_attention(model, images[:1]))
+            return
         for token, maps in result.maps.items():
             yield (figures.attention_grid(maps.numpy(), result.view),
                    f"{name}: attention from the {token} token (layers x heads)", f"{name}-attention-{token}")
 
     _per_model(section, models, draw)
+
+
+def _stage_figures(name, result):
+    """A hierarchical model (Swin), one figure per stage: each layer's heads on the stage's grid,
+    from the mean of the stage's tokens (the pooled token a hierarchical head reads)."""
+    stages = result.stages
+    for stage, grid in enumerate(stages.grids):
+        layers = [number for number, s in enumerate(stages.stage) if s == stage]
+        maps = [result.upsampled(number).numpy() for number in layers]
+        if len({m.shape[0] for m in maps}) != 1:
+            continue  # a stage whose layers differ in heads has no layers x heads grid
+        yield (figures.attention_grid(maps, result.view, layer_labels=[f"L{number}" for number in layers]),
+               f"{name}: stage {stage + 1} ({grid[0]}x{grid[1]} tokens), attention from the mean of its tokens "
+               "(layers x heads)", f"{name}-attention-stage-{stage + 1}")
 
 
 def _filters(report, models):

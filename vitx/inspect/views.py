@@ -3,7 +3,9 @@
 Every view works on any model vitx can record (through its adapter), and returns tensors,
 not pictures, so research code can test and compare them; `vitx.figures` draws them.
 
-- `attention_maps`: every layer x head attention from a token to the patches, one image.
+- `attention_maps`: every layer x head attention from a token to the patches, one image;
+  `stage_attention` (vitx.inspect.stages): the same for a hierarchical model (Swin), each
+  layer on its own stage's grid.
 - `patch_filters` / `patch_activations`: principal components of the patch projection
   (as in the ViT paper, Fig. 7 left) and its output on an image.
 - `position_embedding` / `position_similarity`: cosine similarity of each patch position's
@@ -30,6 +32,7 @@ from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
+from .stages import StageAttention, stage_attention  # noqa: F401  (vitx.views.stage_attention)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -45,15 +48,19 @@ class AttentionMaps:
     logits: torch.Tensor
 
 
+class StagedModel(VitxError):
+    """A view over one token grid was asked of a hierarchical model (a grid per stage)."""
+
+
 def single_grid(attentions, what: str) -> None:
     """Refuse, in one line, window layers of a hierarchical model (a grid per stage, vitx.capture.windows)
-    in a view that lays every layer over one token grid."""
+    in a view that lays every layer over one token grid (`stage_attention` shows them by stage)."""
     if any(isinstance(a, Windowed) for a in attentions):
         from ..capture.support import window_methods
 
-        raise VitxError(f"{what} lays every layer over one token grid, but this model's window layers run on a grid "
-                        f"per stage (Swin): explain it with {', '.join(window_methods())} instead, whose maps lie "
-                        "on its first stage's grid")
+        raise StagedModel(f"{what} lays every layer over one token grid, but this model's window layers run on a "
+                          "grid per stage (Swin): see vitx.views.stage_attention (each layer on its stage's grid), "
+                          f"or explain it with {', '.join(window_methods())}, whose maps lie on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
