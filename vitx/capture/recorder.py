@@ -245,11 +245,17 @@ class AttentionRecorder:
     def _attend_heads(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         """Head-fused mode (no gradient): the layer's output from the fused kernel, and its
         attention recorded already fused over heads, (B, 1, N, N) float32."""
-        from .fused import attention_with_fused_heads
+        from .attention_math import explicit_attention
+        from .fused import FORWARD_CHUNK_ELEMENTS, attention_with_fused_heads
 
         if q.dim() == 4 and q.shape[-2] != k.shape[-2]:  # cross attention: not recorded, as in the explicit path
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        if q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2] <= FORWARD_CHUNK_ELEMENTS:
+            # a layer smaller than one chunk: its per-head attention costs no more than the
+            # chunked pass, and the explicit product saves the second pass over q and k
+            return explicit_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                      record=self._record_heads)[0]
         out, fused = attention_with_fused_heads(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                                 how=self.heads)
         self._record(fused[:, None])
