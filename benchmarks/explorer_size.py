@@ -1,7 +1,8 @@
-"""Size of the `vitx inspect --interactive` report for a 12-layer ViT at 224 px (README number).
+"""Size of the `vitx inspect --interactive` report for 12-layer ViTs and Swin-T at 224 px (README numbers).
 
 Random-init timm models (no hub download); the images are random noise, so the attention
-is whatever the initialisation gives. Prints the size of the whole report.html and of the
+is whatever the initialisation gives (Swin-T: the explorer stores each layer's window blocks,
+by stage). Prints the size of the whole report.html and of the
 explorer's embedded data for each model. Usage: python benchmarks/explorer_size.py [N_IMAGES]
 """
 import re
@@ -18,7 +19,7 @@ from vitx.inspect.inspection import inspect_models
 def main(count=8):
     torch.manual_seed(0)
     images = torch.rand(count, 3, 224, 224)
-    for name in ("deit_tiny_patch16_224", "vit_small_patch16_224"):
+    for name in ("deit_tiny_patch16_224", "vit_small_patch16_224", "swin_tiny_patch4_window7_224"):
         model = timm.create_model(name, pretrained=False).eval()
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
@@ -27,8 +28,9 @@ def main(count=8):
             seconds = time.perf_counter() - start
             page = path.read_text()
         data = re.search(r'id="vitx-explorer-data">(.*?)</script>', page, re.S).group(1)
-        heads = model.blocks[0].attn.num_heads
-        print(f"{name}: 12 layers x {heads} heads, {count} images at 224 px: report.html {len(page) / 1e6:.1f} MB "
+        heads = sorted({m.num_heads for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")})
+        print(f"{name}: 12 layers x {'-'.join(map(str, heads))} heads, {count} images at 224 px: "
+              f"report.html {len(page) / 1e6:.1f} MB "
               f"(explorer data {len(data) / 1e6:.1f} MB), {seconds:.0f} s")
 
 

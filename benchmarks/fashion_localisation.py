@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 import vitx
-from vitx.evaluate.localisation import evaluate_localisation, mask_folder
+from vitx.evaluate.localisation import evaluate_localisation
+from vitx.evaluate.masks import mask_folder
 from vitx.datasets import load_split
 
 THRESHOLD = 10

@@ -139,9 +139,9 @@ def peers(model, steps):
 
 def vitx_methods(args):
     options = {"integrated_gradients": {"steps": args.ig_steps, "rule": "gausslegendre", "baseline": "mean",
-                                        "steps_per_pass": 4},
-               "rise": {"masks": args.rise_masks, "baseline": "mean", "batch": 32},
-               "occlusion": {"baseline": "mean", "batch": 32}}
+                                        "internal_batch_size": 4},
+               "rise": {"masks": args.rise_masks, "baseline": "mean", "internal_batch_size": 32},
+               "occlusion": {"baseline": "mean", "internal_batch_size": 32}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
 

@@ -28,7 +28,8 @@ class BeyondIntuition(Explainer):
                minimum=1, maximum=1024),
         Option("first_block", int, 0, "first block rolled out, counted from 0 (the authors use 3 of ViT-B's 12)",
                minimum=0),
-        Option("steps_per_pass", int, 5, "path points stacked into one recorded forward/backward pass", minimum=1),
+        Option("internal_batch_size", int, 5, "path points stacked into one recorded forward/backward pass", minimum=1,
+               aliases=("steps_per_pass",)),
     )
 
     def explain(self, evidence):
@@ -46,8 +47,8 @@ class BeyondIntuition(Explainer):
             relevance = relevance + fused @ relevance
         pixels, total = evidence.pixels, 0
         alphas = np.linspace(0, 1, self.steps)
-        for first in range(0, self.steps, self.steps_per_pass):
-            chunk = alphas[first:first + self.steps_per_pass]
+        for first in range(0, self.steps, self.internal_batch_size):
+            chunk = alphas[first:first + self.internal_batch_size]
             last = evidence.attention_gradients(torch.cat([float(a) * pixels for a in chunk]))[-1].float()
             total = total + last.reshape(len(chunk), pixels.shape[0], *last.shape[1:]).sum(dim=0)
         weights = (total / self.steps).clamp(min=0).mean(dim=1)

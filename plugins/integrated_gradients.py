@@ -6,7 +6,7 @@ rules and their names are captum's: Gauss-Legendre, or Riemann left / right / mi
 trapezoid; captum's trapezoid weighs n points by 1/n, summing to (n - 1)/n, vitx's by
 1/(n - 1) as the trapezoid rule does, so vitx's is captum's times n/(n - 1)). Completeness: the attributions sum to f(x) - f(x') up to the quadrature error.
 Pixel attributions are summed per patch (channels and pixels), so a token's relevance is
-its share of f(x) - f(x'). The steps are stacked on the batch, `steps_per_pass` at a time.
+its share of f(x) - f(x'). The steps are stacked on the batch, `internal_batch_size` at a time.
 """
 import numpy as np
 import torch
@@ -45,7 +45,8 @@ class IntegratedGradients(Explainer):
         Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here where the path starts "
                "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
-        Option("steps_per_pass", int, 16, "path points stacked into one forward/backward pass", minimum=1),
+        Option("internal_batch_size", int, 16, "path points stacked into one forward/backward pass", minimum=1,
+               aliases=("steps_per_pass",)),
         GRAD_MODE_OPTION,
     )
 
@@ -54,8 +55,8 @@ class IntegratedGradients(Explainer):
         start = evidence.baseline(self.baseline)
         alphas, weights = path_points(self.rule, self.steps)
         total = torch.zeros_like(pixels)
-        for first in range(0, self.steps, self.steps_per_pass):
-            chunk = slice(first, min(first + self.steps_per_pass, self.steps))
+        for first in range(0, self.steps, self.internal_batch_size):
+            chunk = slice(first, min(first + self.internal_batch_size, self.steps))
             path = torch.cat([start + float(a) * (pixels - start) for a in alphas[chunk]])
             _, grad = evidence.input_gradient(path)
             step_weights = torch.tensor(weights[chunk], dtype=grad.dtype, device=grad.device)

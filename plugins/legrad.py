@@ -25,12 +25,12 @@ class LeGrad(Explainer):
     )
 
     def explain(self, evidence):
-        head = evidence.extras.get("head")
+        head = evidence.head
         if head is None:
             raise VitxError(
                 "legrad needs the model's final norm and head, which its adapter does not provide (Adapter.head)"
             )
-        attentions, tokens = evidence.extras["graph_attentions"], evidence.extras["graph_tokens"]
+        attentions, tokens = evidence.graph_attentions, evidence.graph_tokens
         if len(attentions) != len(tokens):
             raise VitxError(f"legrad: {len(attentions)} attention layers but {len(tokens)} blocks")
         count = len(tokens) if self.layers == 0 else min(self.layers, len(tokens))

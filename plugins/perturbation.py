@@ -56,7 +56,8 @@ class Occlusion(Explainer):
         Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1),
         Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the occluded window "
                "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
-        Option("batch", int, 256, "images per forward pass", minimum=1),
+        Option("internal_batch_size", int, 256, "masked images per forward pass", minimum=1,
+               aliases=("batch",)),
     )
 
     def explain(self, evidence):
@@ -66,7 +67,7 @@ class Occlusion(Explainer):
         masks, covers = _patch_masks(layout.grid, pixels.shape[-2:], window, pixels.device)
         with torch.no_grad():
             full = evidence.score(pixels)
-        drops = full[None] - _scores(evidence, pixels, fill, masks, self.batch)  # (windows, B)
+        drops = full[None] - _scores(evidence, pixels, fill, masks, self.internal_batch_size)  # (windows, B)
         per_patch = (drops.T @ covers) / covers.sum(0)  # mean over the windows covering each patch
         relevance = per_patch.new_zeros(pixels.shape[0], layout.num_tokens)
         relevance[:, layout.patch_start:layout.patch_start + layout.num_patches] = per_patch
@@ -97,7 +98,8 @@ class RISE(Explainer):
         Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the masked ones "
                "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
         Option("seed", int, 0, "seed of the masks"),
-        Option("batch", int, 256, "images per forward pass", minimum=1),
+        Option("internal_batch_size", int, 256, "masked images per forward pass", minimum=1,
+               aliases=("batch",)),
     )
 
     def explain(self, evidence):
@@ -110,7 +112,7 @@ class RISE(Explainer):
         chunk = 256
         for first in range(0, self.masks, chunk):
             masks = rise_masks(min(chunk, self.masks - first), cells, size, self.probability, generator).to(pixels.device)
-            scores = _scores(evidence, pixels, fill, masks[:, None], self.batch)  # (m, B)
+            scores = _scores(evidence, pixels, fill, masks[:, None], self.internal_batch_size)  # (m, B)
             saliency += torch.einsum("mb,mhw->bhw", scores, masks.to(scores.dtype))
         saliency /= self.masks * self.probability
         area = size[0] * size[1] / layout.num_patches

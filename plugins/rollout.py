@@ -22,6 +22,9 @@ class Rollout(Explainer):
         Option("discard_ratio", float, 0.0, "fraction of the lowest attention dropped per layer", minimum=0.0, maximum=0.99),
     )
 
+    def fused_heads(self):
+        return self.head_fusion  # rollout reads nothing per head
+
     def keep(self, layer, attention):
         return fuse_heads(attention, self.head_fusion)  # heads are never needed again
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from vitx.attribution.targets import as_logits
 from vitx.errors import VitxError, suggest
+from vitx.capture.model_state import remember_preprocessing
 from vitx.registry import data_config
 
 from vitx.datasets import dataset_info
@@ -183,10 +184,11 @@ def build_from_meta(meta: dict) -> nn.Module:
 
 
 def attach_meta(model: nn.Module, meta: dict, class_names) -> None:
-    """What vitx reads to explain the network: its preprocessing (timm's `pretrained_cfg`,
-    which vitx's adapters resolve) and the dataset's class names."""
+    """What vitx reads to explain the network: its preprocessing (kept by vitx for every
+    adapter, and as timm's `pretrained_cfg` for timm's own tools) and the dataset's class names."""
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **meta["data_config"],
                             "input_size": tuple(meta["data_config"]["input_size"]), "num_classes": len(class_names or [])}
+    remember_preprocessing(model, meta["data_config"])  # read back by every adapter (Hugging Face included)
     model.class_names = list(class_names) if class_names else None
 
 

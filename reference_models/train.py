@@ -13,9 +13,9 @@ import json
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -165,9 +165,33 @@ def _resume_state(path: Path, config: TrainConfig) -> dict:
     return state
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path, info, world) -> List[dict]:
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+@dataclass
+class Session:
+    """Everything one training run updates, built once (`_session`) and saved whole at each
+    epoch (`_save`), so that a resumed run continues exactly where the last epoch ended."""
+
+    model: torch.nn.Module  # what is saved and evaluated
+    net: torch.nn.Module  # what the forward runs through (DDP around `model`, or `model`)
+    meta: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+    ema: Optional[ModelEmaV3]
+    mixer: Optional[object]  # MixUp / CutMix on the batch
+    teacher: Optional[torch.nn.Module]
+    steps: int  # optimiser steps per epoch
+    amp: bool
+    start_epoch: int = 0
+    history: List[dict] = field(default_factory=list)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _splits(config: TrainConfig):
+    """(train set, test set) of the config's dataset, subsampled; decoded in memory when the
+    augmentation runs on the batch (the split is then decoded once, not every epoch)."""
     in_memory_split = config.augment != "default"
     train_set = _subset(load_split(config.dataset, True, config.data_dir, config.download, augment=not in_memory_split),
                         config.train_limit, config.seed)
@@ -175,12 +199,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
         train_set = in_memory(train_set)
     test_set = in_memory(_subset(load_split(config.dataset, False, config.data_dir, config.download),
                                  config.test_limit, config.seed))
-    test_loader = DataLoader(test_set, batch_size=256)
+    return train_set, test_set
+
+
+def _session(config: TrainConfig, device, info, world, train_size: int) -> Session:
+    """Model, optimiser, cosine schedule, AMP scaler, EMA, MixUp/CutMix and teacher of a run."""
     model, meta = build(config)
     amp = device.type == "cuda"  # mixed precision and channels-last only pay off on a GPU
     model.to(device, memory_format=torch.channels_last if amp else torch.contiguous_format)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    net = ddp.wrap(model, world, device)  # forward through DDP; `model` is what is saved and evaluated
     mixer = None
     if config.mixup > 0:
         from torchvision.transforms import v2
@@ -191,77 +217,107 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
     teacher = load_model_file(config.teacher).to(device) if config.mode in ("kd", "deit") else None
     params = model.param_groups(config.weight_decay) if config.mode == "finetune" else model.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = len(train_set) // config.batch_size
+    steps = train_size // config.batch_size
     if steps == 0:
-        raise VitxError(f"--batch-size {config.batch_size} is larger than the {len(train_set)} training images")
+        raise VitxError(f"--batch-size {config.batch_size} is larger than the {train_size} training images")
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, warmup_t=int(config.warmup_epochs * steps),
                                   warmup_lr_init=config.lr * 0.01, lr_min=config.lr * 0.01, t_in_epochs=False)
-    ema = ModelEmaV3(model, decay=config.ema) if config.ema else None
-    start_epoch, history = 0, []
+    return Session(model=model, net=ddp.wrap(model, world, device), meta=meta, optimizer=optimizer,
+                   scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=amp),
+                   ema=ModelEmaV3(model, decay=config.ema) if config.ema else None, mixer=mixer, teacher=teacher,
+                   steps=steps, amp=amp)
+
+
+def _restore(run: Session, state_path: Path, config: TrainConfig) -> None:
+    """Continue from the state saved after the last finished epoch (same RNG streams)."""
+    state = _resume_state(state_path, config)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scheduler.t_initial = config.epochs * run.steps  # --epochs may grow on resume: the cosine follows the new total
+    run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.start_epoch, run.history = state["epoch"], state["history"]
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+
+
+def _epoch(run: Session, config: TrainConfig, train_set, epoch: int, size: int, full: int, device, world,
+           progress: bool) -> float:
+    """One pass over the training set at `size` px (images are `full` px: the curriculum
+    resizes them on the batch); returns the mean loss (summed on the
+    device, so there is no host sync per step, then averaged over the ranks)."""
+    loader = DataLoader(train_set, batch_size=ddp.local_batch_size(config.batch_size, world), drop_last=True,
+                        **ddp.loader_order(train_set, world, config.seed, epoch, config.batch_size))
+    run.model.train()
+    total_loss = torch.zeros((), device=device)
+    bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(device), y.to(device)
+        if config.augment == "flip":  # per image, on the batch: the split stays decoded
+            x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)
+        if size != full:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if run.mixer is not None:
+            x, y = run.mixer(x, y)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=run.amp):
+            loss = loss_fn(config, run.net, run.teacher, x, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step_update(epoch * run.steps + step + 1)
+        if run.ema is not None:
+            run.ema.update(run.model)
+        total_loss += loss.detach()
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{float(total_loss) / (step + 1):.3f}")
+    return float(ddp.mean_across(total_loss, world)) / max(run.steps, 1)
+
+
+def _save(run: Session, config: TrainConfig, info, out: Path, state_path: Path, epoch: int, accuracy: float) -> None:
+    """The model (EMA weights when used), the full resumable state and the history, each
+    written atomically: a full disk leaves the last checkpoint whole."""
+    run.meta.update(dataset=config.dataset, class_names=list(info.classes), history=run.history,
+                    test_accuracy=accuracy, train=asdict(config))
+    try:
+        save_model(run.evaluated, run.meta, out / "model")
+        save_state({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+                    "ema": run.ema.state_dict() if run.ema else None, "config": asdict(config),
+                    "epoch": epoch + 1, "history": run.history, "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, state_path)
+        write_history(out, run.history)
+    except OSError as exc:  # full disk, quota
+        raise space_error(out, exc) from None
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path, info, world) -> List[dict]:
+    """The epoch loop: train, evaluate (the EMA weights when used), and on rank 0 save."""
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    train_set, test_set = _splits(config)
+    test_loader = DataLoader(test_set, batch_size=256)
+    run = _session(config, device, info, world, len(train_set))
     state_path = out / "state.pt"
     if resume and state_path.exists():
-        state = _resume_state(state_path, config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.t_initial = config.epochs * steps  # --epochs may grow on resume: the cosine follows the new total
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        start_epoch, history = state["epoch"], state["history"]
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+        _restore(run, state_path, config)
     try:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(run.start_epoch, config.epochs):
             size = curriculum_size(config, epoch, info.size)
-            loader = DataLoader(train_set, batch_size=ddp.local_batch_size(config.batch_size, world), drop_last=True,
-                                **ddp.loader_order(train_set, world, config.seed, epoch, config.batch_size))
-            model.train()
-            started, total_loss = time.time(), torch.zeros((), device=device)
-            bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
-            for step, (x, y) in enumerate(bar):
-                x, y = x.to(device), y.to(device)
-                if config.augment == "flip":  # per image, on the batch: the split stays decoded
-                    x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)
-                if size != info.size:
-                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                if mixer is not None:
-                    x, y = mixer(x, y)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(config, net, teacher, x, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step_update(epoch * steps + step + 1)
-                if ema is not None:
-                    ema.update(model)
-                total_loss += loss.detach()  # summed on the device: no host sync per step
-                if progress and step % 50 == 0:
-                    bar.set_postfix(loss=f"{float(total_loss) / (step + 1):.3f}")
-            total_loss = ddp.mean_across(total_loss, world)
-            evaluated = ema.module if ema is not None else model
-            accuracy = evaluate(evaluated, test_loader, device)
-            history.append({"epoch": epoch + 1, "size": size, "train_loss": round(float(total_loss) / max(steps, 1), 6),
-                            "test_accuracy": accuracy, "lr": max(g["lr"] for g in optimizer.param_groups),
-                            "seconds": round(time.time() - started, 1)})
+            started = time.time()
+            loss = _epoch(run, config, train_set, epoch, size, info.size, device, world, progress)
+            accuracy = evaluate(run.evaluated, test_loader, device)
+            run.history.append({"epoch": epoch + 1, "size": size, "train_loss": round(loss, 6),
+                                "test_accuracy": accuracy, "lr": max(g["lr"] for g in run.optimizer.param_groups),
+                                "seconds": round(time.time() - started, 1)})
             if not world.is_main:
                 continue  # rank 0 alone writes checkpoints and history
             if progress:
-                print(f"{config.mode} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {accuracy:.4f}")
-            meta.update(dataset=config.dataset, class_names=list(info.classes), history=history,
-                        test_accuracy=accuracy, train=asdict(config))
-            try:
-                save_model(evaluated, meta, out / "model")
-                save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                            "ema": ema.state_dict() if ema else None, "config": asdict(config),
-                            "epoch": epoch + 1, "history": history, "torch_rng": torch.get_rng_state(),
-                            "python_rng": random.getstate()}, state_path)
-                write_history(out, history)
-            except OSError as exc:  # full disk, quota: atomic writes left the last checkpoint whole
-                raise space_error(out, exc) from None
+                print(f"{config.mode} epoch {epoch + 1}: loss {loss:.4f}, test accuracy {accuracy:.4f}")
+            _save(run, config, info, out, state_path, epoch, accuracy)
     except KeyboardInterrupt:
-        done = history[-1]["epoch"] if history else 0
+        done = run.history[-1]["epoch"] if run.history else 0
         print(f"\ninterrupted: {done} epoch(s) saved in {out}; continue with --resume")
-    return history
+    return run.history

@@ -227,3 +227,56 @@ def test_method_flags_reach_the_method(monkeypatch, tmp_path):
     run("explain", str(folder / "a.png"), "--method", "integrated_gradients", "--steps", "3", "--baseline", "black",
         "--out", str(tmp_path / "x"))
     assert calls and calls[0]["steps"] == 3 and calls[0]["baseline"] == "black"
+
+
+def test_inputs_per_pass_have_one_name_and_the_old_spellings_still_work(monkeypatch, tmp_path):
+    """`internal_batch_size` is the one name of "inputs stacked into one forward pass" (IG's
+    path points, occlusion's and RISE's masked images); `steps_per_pass` and `batch` stay
+    accepted by the library, the generated flags and `-o`, and two spellings of one option
+    that disagree are an error."""
+    import vitx
+    from vitx.errors import VitxError
+    from vitx.registry import get_explainer
+
+    for method in ("integrated_gradients", "occlusion", "rise", "beyond_intuition"):
+        assert "internal_batch_size" in get_explainer(method).cls().settings, method
+    assert get_explainer("integrated_gradients").cls(steps_per_pass=3).internal_batch_size == 3
+    assert get_explainer("rise").cls(batch=7).internal_batch_size == 7
+    with pytest.raises(VitxError, match="given twice"):
+        get_explainer("rise").cls(batch=7, internal_batch_size=8)
+
+    from vitx.attribution import api
+    calls = []
+    monkeypatch.setattr(api, "explain", lambda *a, **k: calls.append(k) or (_ for _ in ()).throw(SystemExit(0)))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(folder / "a.png")
+    for spelling in (["--steps-per-pass", "4"], ["--steps_per_pass", "4"], ["-o", "steps_per_pass=4"],
+                     ["--internal-batch-size", "4"]):
+        calls.clear()
+        run("explain", str(folder / "a.png"), "--method", "integrated_gradients", *spelling, "--out", str(tmp_path / "x"))
+        assert calls and int(calls[0]["internal_batch_size"]) == 4 and "steps_per_pass" not in calls[0], spelling
+    assert_clean_error(run("explain", str(folder / "a.png"), "--method", "integrated_gradients", "--steps-per-pass", "4",
+                           "-o", "internal_batch_size=5", "--out", str(tmp_path / "x")), "disagree")
+    assert_clean_error(run("explain", str(folder / "a.png"), "--method", "integrated_gradients", "-o", "steps_per_pass=4",
+                           "-o", "internal_batch_size=5", "--out", str(tmp_path / "x")), "given twice")
+    assert vitx.list_methods()  # the registry survived the monkeypatching
+
+
+def test_one_batch_size_default_everywhere():
+    """The library, explain, evaluate and inspect share one `--batch-size` default."""
+    import inspect as pyinspect
+
+    from vitx.attribution.api import explain
+    from vitx.batches import DEFAULT_BATCH_SIZE
+    from vitx.evaluate.sanity import sanity_check
+    from vitx.inspect.explorer import model_data
+    from vitx.inspect.inspection import inspect_models
+    from vitx.inspect.views import attention_statistics
+
+    for function in (explain, sanity_check, model_data, inspect_models, attention_statistics):
+        assert pyinspect.signature(function).parameters["batch_size"].default == DEFAULT_BATCH_SIZE, function
+    for command in ("explain", "evaluate", "inspect"):
+        assert f"--batch-size INTEGER  Images per forward pass.  [default: {DEFAULT_BATCH_SIZE}]" in \
+            " ".join(run(command, "--help").output.split()).replace("INTEGER Images", "INTEGER  Images").replace(
+                "pass. [", "pass.  ["), command

@@ -143,7 +143,7 @@ def test_a_model_the_explorer_cannot_record_gets_a_note(monkeypatch):
     from vitx.inspect import explorer
     from vitx.inspect.report import Report
 
-    def fake(model, images, methods, options=None):
+    def fake(model, images, methods, batch_size=None, options=None):
         if model == "bad":
             raise VitxError("no attention found")
         return {"layers": 1, "heads": 1, "tokens": 1, "grid": [1, 1], "patch_start": 0, "prefix": {}, "methods": [],
@@ -154,3 +154,81 @@ def test_a_model_the_explorer_cannot_record_gets_a_note(monkeypatch):
     explorer.add_explorer_section(report, {"good": "good", "bad": "bad"}, [], [])
     page = report.html()
     assert "bad: not shown (no attention found)" in page and '"good"' in page and '"bad"' not in page
+
+
+@pytest.fixture(scope="module")
+def swin_report(tmp_path_factory):
+    """A tiny timm Swin (first grid 16x32, then 8x16 and 4x8; 1, 2 and 3 heads per stage)."""
+    from compat_rows import loud_head, timm_model
+
+    model = loud_head(timm_model("swin_tiny_patch4_window7_224", img_size=(32, 64), patch_size=2, window_size=4,
+                                 embed_dim=24, num_heads=(1, 2, 3), depths=(2, 2, 2))())
+    images = images_for((32, 64), batch=1)
+    path = inspect_models({"swin": model}, images, tmp_path_factory.mktemp("swin"), methods=["rollout"], show=1,
+                          interactive=True)
+    return path
+
+
+def window_row(model_data, layer, token, head):
+    """The 0..255 values the page must draw for one head: the token's slot row, on the stage's grid."""
+    from vitx.inspect.explorer import window_levels
+
+    levels, _, index = window_levels(model_data, 0, layer)
+    window, slot = map(int, np.argwhere(index == token)[0])
+    grid = model_data["stages"][model_data["windows"][layer]["stage"]]["grid"]
+    out = np.zeros(grid[0] * grid[1], int)
+    keys = index[window]
+    out[keys[keys >= 0]] = displayed(levels[head, window, slot])[keys >= 0]
+    return out, set(keys[keys >= 0].tolist())
+
+
+@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
+def test_swin_explorer_by_stage_in_a_headless_browser(swin_report):
+    """Clicking patch (5, 7) of the 16x32 first grid queries token (5, 7) = 167 of stage 1, (2, 3) = 35 of
+    the 8x16 stage 2 and (1, 1) = 9 of the 4x8 stage 3 (by hand); each layer shows that token's
+    embedded row on its stage's grid and its window; the head list follows the stage's heads."""
+    from playwright.sync_api import sync_playwright
+
+    swin = embedded(swin_report.read_text())["models"]["swin"]
+    errors = []
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
+        try:
+            page = chrome.new_page(viewport={"width": 1200, "height": 900})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(swin_report.resolve().as_uri())
+            page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
+            panel = page.locator(".vx-panel[data-model='swin'][data-image='0']")
+            labels = panel.locator("select.vx-layer option").all_text_contents()
+            assert labels[3] == "stage 2 · layer 3 · 8x16" and labels[5] == "stage 3 · layer 5 · 4x8"
+            assert panel.locator("select.vx-head option").count() == 2 + 3  # mean, max, 3 heads of stage 3
+            panel.locator("canvas").click(position={"x": 7.5 * 224 / 32, "y": 5.5 * 112 / 16})
+            assert panel.get_attribute("data-query") == "patch:167"
+            for layer, token in [(5, 9), (4, 9), (2, 35), (0, 167)]:
+                panel.locator("select.vx-layer").select_option(str(layer))
+                heads = swin["windows"][layer]["heads"]
+                assert panel.locator("select.vx-head option").count() == 2 + heads
+                panel.locator("select.vx-head").select_option(str(heads - 1))
+                assert panel.get_attribute("data-token") == str(token)
+                expected, window = window_row(swin, layer, token, heads - 1)
+                assert np.array_equal(row(panel), expected), layer
+                assert set(map(int, panel.get_attribute("data-window").split(","))) == window
+                assert "stage" in panel.locator(".vx-caption").text_content()
+            panel.locator("select.vx-layer").select_option("4")
+            panel.locator("select.vx-head").select_option("2")
+            panel.locator("select.vx-layer").select_option("2")  # a stage of 2 heads: head 2 is gone
+            assert panel.get_attribute("data-head") == "mean"
+            from vitx.inspect.explorer import window_levels
+
+            levels, scales, index = window_levels(swin, 0, 2)
+            window, slot = map(int, np.argwhere(index == 35)[0])
+            weights = np.exp(-scales[:, window, slot].astype(float) / SCALE_STEPS)[:, None]
+            fused = ((levels[:, window, slot] / LEVELS) ** 2 * weights).mean(0)
+            want = np.zeros(128)
+            want[index[window]] = np.round(255 * fused / fused.max())
+            assert np.abs(row(panel) - want).max() <= 1
+            panel.locator("select.vx-mode").select_option("rollout")
+            assert np.array_equal(row(panel), unpack(swin["images"][0]["methods"]["rollout"], np.uint8, (512,)))
+        finally:
+            chrome.close()
+    assert not errors, errors

@@ -108,6 +108,10 @@ def test_hf_fine_tune_starts_from_the_saved_weights_and_learns(hf_folder, tmp_pa
     model = vitx.load_model(str(tmp_path / "hf"), device="cpu")
     assert model.classifier.out_features == 10 and model.config.id2label[0] == "T-shirt/top"
     assert model.class_names == list(FASHION_CLASSES)
+    # the saved preprocessing is read back (the processor's mean/std), not the ViT family's 0.5 defaults
+    from vitx.registry import data_config
+    assert data_config(model)["mean"] == pytest.approx([0.4, 0.45, 0.5])
+    assert data_config(model)["std"] == pytest.approx([0.2, 0.25, 0.3])
     exp = vitx.explain(model, [str(f) for f in EXAMPLES[:2]], method="rollout")  # through the generic SDPA capture
     assert exp.maps.shape == (2, 4, 4) and exp.predictions[0][0].name in FASHION_CLASSES
 

@@ -146,3 +146,83 @@ def test_hand_written_softmax_is_reduced_in_the_backward_like_the_fused_layers(s
     a = vitx.explain(model, x, method="grad_rollout", target=[1, 2])
     b = vitx.explain(model, x, method="grad_rollout", target=[1, 2], adapter=explicit)
     torch.testing.assert_close(a.relevance, b.relevance, atol=1e-6, rtol=1e-5)
+
+
+def _rollout(model, x, fused_heads: bool, **options):
+    """rollout's map, with attention recorded fused over heads beside the fused kernel, or
+    per head on the explicit path (the adapter told it cannot fuse)."""
+    from vitx.attribution import api
+
+    adapter = find_adapter(model)
+    if not fused_heads:
+        adapter = type(adapter)()
+        adapter.supports_fused = False
+    explainer = get_explainer("rollout").cls(**options)
+    seen = {}
+    real = api.AttentionRecorder
+
+    class Spy(real):
+        def __exit__(self, *exc):
+            seen["heads_fused"] = self.heads_fused
+            return super().__exit__(*exc)
+
+    api.AttentionRecorder = Spy
+    try:
+        chunk = api._explain_chunk(model, adapter, explainer, x, target=None, token=None)
+    finally:
+        api.AttentionRecorder = real
+    assert seen["heads_fused"] == fused_heads
+    return chunk.relevance
+
+
+HEAD_FAMILIES = {**FAMILIES, "notebook softmax": lambda: _sharp_notebook()}
+
+
+def _sharp_notebook():
+    from test_any_vit import NotebookViT
+
+    torch.manual_seed(0)
+    model = NotebookViT(style="F.softmax").eval()
+    for p in model.parameters():
+        p.data.mul_(3.0)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(HEAD_FAMILIES))
+@pytest.mark.parametrize("head_fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("chunk", [None, 1, 17 * 17 * 3])
+def test_rollout_records_heads_fused_and_equals_the_per_head_path(family, head_fusion, chunk, monkeypatch):
+    """Rollout reads attention only fused over heads: recorded that way from q and k a chunk
+    at a time (per-head probabilities never all alive), it gives the per-head path's map,
+    for every head fusion and chunking (1: one image and one head at a time)."""
+    model = HEAD_FAMILIES[family]()
+    for p in model.parameters():  # sharpen: random init's near-uniform attention hides head fusions
+        p.data.mul_(2.0)
+    size = (32, 48) if family == "notebook softmax" else (32, 32)
+    x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(1))
+    if chunk is not None:
+        monkeypatch.setattr(fused, "FORWARD_CHUNK_ELEMENTS", chunk)
+    expected = _rollout(model, x, fused_heads=False, head_fusion=head_fusion, discard_ratio=0.3)
+    got = _rollout(model, x, fused_heads=True, head_fusion=head_fusion, discard_ratio=0.3)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert float(expected.std(dim=1).min()) > 1e-4  # a map with structure, not a constant
+
+
+def test_head_fused_forward_never_holds_more_than_its_chunk(monkeypatch):
+    """In the head-fused forward, each recomputed attention chunk stays within the forward
+    budget: here one image's two heads at a time."""
+    from vitx.capture import attention_math
+
+    model = tiny_timm(num_heads=4, embed_dim=32)
+    seen = []
+    real = fused.attention_scores
+
+    def spy(q, k, *args, **kwargs):
+        seen.append(tuple(q.shape[:2]))
+        return real(q, k, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "attention_scores", spy)
+    monkeypatch.setattr(fused, "FORWARD_CHUNK_ELEMENTS", 2 * 17 * 17)
+    got = vitx.explain(model, torch.randn(2, 3, 32, 32), method="rollout")
+    assert set(seen) == {(1, 2)} and len(seen) == 3 * 2 * 2  # layers x images x head pairs
+    assert got.maps.shape == (2, 4, 4) and attention_math is not None

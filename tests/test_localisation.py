@@ -7,8 +7,9 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from vitx import VitxError
-from vitx.evaluate.localisation import (LocalisationMeter, average_precision, evaluate_localisation, gtsegs_ijcv,
-                                        mask_folder, normalised_maps, pointing_hit)
+from vitx.evaluate.localisation import (LocalisationMeter, average_precision, evaluate_localisation, normalised_maps,
+                                        pointing_hit)
+from vitx.evaluate.masks import gtsegs_ijcv, mask_folder
 
 
 def square_mask(size=32, top=8, left=8, side=16):

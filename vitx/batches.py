@@ -15,6 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import VitxError
 
+# Images per forward pass, the one default of the library and of every command (explain,
+# evaluate, inspect, the explorer, the sanity check): small enough for a ViT-B with gradients
+# on a laptop CPU or a small GPU, large enough to keep a GPU busy on the tiny reference models.
+DEFAULT_BATCH_SIZE = 16
+
 
 @dataclass
 class Batch:

@@ -204,5 +204,5 @@ def model_inputs(model: "torch.nn.Module", images, adapter=None):
 
     check_model(model)
     adapter = adapter or find_adapter(model)
-    pixels, views, sources = prepare_images(images, adapter.data_config(model))
+    pixels, views, sources = prepare_images(images, adapter.preprocessing(model))
     return adapter, to_model(pixels, model), views, sources

@@ -213,7 +213,7 @@ def data_config(model) -> dict:
     from .unwrap import unwrap
 
     model = unwrap(model)
-    return find_adapter(model).data_config(model)
+    return find_adapter(model).preprocessing(model)
 
 
 def find_adapter(model):

@@ -13,6 +13,7 @@ from ..capture.model_state import evaluation_mode, model_lock
 from ..capture.recorder import AttentionRecorder
 from ..capture.support import check_method
 from ..unwrap import unwrap
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from .evidence import Evidence
 from .explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, TOKEN_GRAD, TOKENS
@@ -50,11 +51,12 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
               and explainer.plain_gradients else None)
     fold = _fold(explainer, token) if explainer.folds() and not grad and ATTENTION in needs else None
+    heads = explainer.fused_heads() if not grad and ATTENTION in needs else None  # heads fused while recorded
     # the gradient mode's function rules are entered first, so an adapter's own function mode
     # (above them on the stack) makes attention explicit before the rules see its softmax
     with explainer.gradient_rules(model), AttentionRecorder(
             model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
-            reduce=reduce, fold=fold, states=BLOCK_STATES in needs) as recorder:
+            reduce=reduce, fold=fold, heads=heads, states=BLOCK_STATES in needs) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
@@ -76,7 +78,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
         tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
         token_grads=token_grads, folded=recorder.folded,
         block_states=recorder.block_states if BLOCK_STATES in needs else None,
-        extras=_extras(model, adapter, recorder, needs, live), rows=rows,
+        **_adapter_pieces(model, adapter, recorder, needs, live), rows=rows,
         rules=lambda: explainer.gradient_rules(model), adapter=adapter,
     )
     with torch.set_grad_enabled(MODEL in needs):
@@ -99,17 +101,18 @@ def _differentiates_recorded(needs) -> bool:
     return MODEL in needs and bool(needs & {ATTENTION, TOKENS})
 
 
-def _extras(model, adapter, recorder, needs, live) -> dict:
-    """Adapter pieces and live graph tensors for the methods that need them."""
-    extras = {}
+def _adapter_pieces(model, adapter, recorder, needs, live) -> dict:
+    """The Evidence fields that come from the adapter, and the live graph tensors, for the
+    methods that need them."""
+    pieces = {}
     if MODEL in needs:
-        extras["data_config"] = adapter.data_config(model)  # mean / std: what 'black' is in the input space
+        pieces["data_config"] = adapter.preprocessing(model)  # mean / std: what 'black' is in the input space
     if TOKENS in needs:
-        extras["head"] = adapter.head(model)  # tokens -> output (final norm, pooling, classifier) or None
+        pieces["head"] = adapter.head(model)  # tokens -> output (final norm, pooling, classifier) or None
     if live:
-        extras["graph_attentions"] = list(recorder.graph_attentions)
-        extras["graph_tokens"] = recorder.tokens if TOKENS in needs else None
-    return extras
+        pieces["graph_attentions"] = list(recorder.graph_attentions)
+        pieces["graph_tokens"] = recorder.tokens if TOKENS in needs else None
+    return pieces
 
 
 def _detach(output):
@@ -144,7 +147,7 @@ def explain(
     method: str = "rollout",
     target=None,
     token: Optional[str] = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     adapter=None,
     device=None,
     layout=None,

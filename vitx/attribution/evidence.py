@@ -7,7 +7,7 @@ perturbation, LRP) get `score` and `input_gradient`, which run the model the sam
 explained forward did: eval mode, the same target, the model's device and dtype.
 """
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, List, Optional
 
 import torch
@@ -32,17 +32,26 @@ class Evidence:
     token_grads: Optional[List[torch.Tensor]] = None
     folded: Optional[torch.Tensor] = None  # the running state of `Explainer.fold`, when the method folds
     block_states: Optional[List[tuple]] = None  # per block (input, stream after attention, output), (B, N, D)
-    extras: dict = field(default_factory=dict)  # adapter-provided pieces (e.g. final norm, head)
+    data_config: Optional[dict] = None  # the model's mean / std / input size (methods that need the model)
+    head: Optional[Callable] = None  # tokens -> output (final norm, pooling, classifier), for token methods
+    graph_attentions: Optional[list] = None  # the recorded attention still on the forward's graph (LeGrad)
+    graph_tokens: Optional[list] = None  # the recorded token states still on the forward's graph
     rules: Callable[[], ContextManager] = nullcontext  # the method's gradient mode, for its own forwards
     adapter: Any = None  # the adapter that recorded the explained forward
     rows: Optional[slice] = None  # which of the caller's images this batch is (explain() runs in chunks)
+
+    @property
+    def extras(self) -> dict:
+        """The adapter pieces by name, as plugins written before the typed fields read them."""
+        return {"data_config": self.data_config, "head": self.head, "graph_attentions": self.graph_attentions,
+                "graph_tokens": self.graph_tokens}
 
     def baseline(self, spec) -> torch.Tensor:
         """The baseline images of this batch for a `baseline=` option (vitx.baselines): what
         removed pixels become, in the model's input space."""
         from ..baselines import baseline_images
 
-        return baseline_images(self.pixels, spec, self.extras["data_config"], self.rows)
+        return baseline_images(self.pixels, spec, self.data_config, self.rows)
 
     def score(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,) target score of `pixels` (gradients flow when enabled by the caller); like

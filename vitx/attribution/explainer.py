@@ -19,7 +19,7 @@ from ..capture.requirements import (  # noqa: F401 (the names plugins import fro
     ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, REQUIREMENTS, TOKEN_GRAD, TOKENS,
 )
 from ..errors import VitxError, suggest
-from .options import Option  # noqa: F401 (plugins import it from here)
+from .options import Option, canonical_options  # noqa: F401 (plugins import Option from here)
 
 
 class Explainer:
@@ -56,6 +56,7 @@ class Explainer:
         return bool(cls.requirements() & {ATTENTION_GRAD, TOKEN_GRAD})
 
     def __init__(self, **options: Any):
+        options = canonical_options(self.options, options, self.name)
         known = {o.name: o for o in self.options}
         unknown = [k for k in options if k not in known]
         if unknown:
@@ -81,6 +82,14 @@ class Explainer:
     @property
     def plain_gradients(self) -> bool:
         return getattr(self, "grad_mode", "plain") == "plain"
+
+    def fused_heads(self) -> Optional[str]:
+        """'mean', 'max' or 'min' when the method, without gradients, reads each layer's
+        attention only fused over its heads by that reduction (rollout). The core then records
+        the fused (B, 1, N, N) straight from q and k a chunk at a time, beside the model's fused
+        attention kernel, so the per-head probabilities of a layer never exist all at once.
+        None (the default): the method sees every head."""
+        return None
 
     def keep(self, layer: int, attention: torch.Tensor) -> Optional[torch.Tensor]:
         """What to store of one layer's attention when no gradient is needed.

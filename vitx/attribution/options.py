@@ -1,7 +1,7 @@
 """`Option`: one option of a method, declared once and read by the library, the CLI (whose
 flags are generated from it) and the docs."""
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..errors import VitxError
 
@@ -17,6 +17,11 @@ class Option:
     choices: Optional[Tuple[Any, ...]] = None
     minimum: Optional[float] = None
     maximum: Optional[float] = None
+    aliases: Tuple[str, ...] = ()  # older spellings, still accepted by the library and the CLI
+
+    @property
+    def spellings(self) -> Tuple[str, ...]:
+        return (self.name,) + tuple(self.aliases)
 
     def parse(self, value: Any, method: str) -> Any:
         if value is None:
@@ -36,3 +41,16 @@ class Option:
         if too_low or too_high:
             raise VitxError(f"{method}: option {self.name} must be in [{self.minimum}, {self.maximum}], got {value}")
         return value
+
+
+def canonical_options(options: Sequence[Option], given: Dict[str, Any], method: str) -> Dict[str, Any]:
+    """`given` with every alias replaced by its option's name; an option given under two of its
+    spellings is an error, never a silent choice between them."""
+    names = {spelling: o.name for o in options for spelling in o.spellings}
+    out: Dict[str, Any] = {}
+    for key, value in given.items():
+        name = names.get(key, key)
+        if name in out:
+            raise VitxError(f"{method}: option {name} given twice (also as {key}, an older spelling of it); give one")
+        out[name] = value
+    return out

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..files import atomic_write
 from ..imaging import IMAGE_SUFFIXES, image_files
@@ -127,7 +128,7 @@ def _check_meta(out: Path, meta: dict) -> None:
 
 
 def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "images", target=None,
-                    token: Optional[str] = None, batch_size: int = 16, workers: int = 0, count: Optional[int] = None,
+                    token: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 0, count: Optional[int] = None,
                     options: Optional[dict] = None, progress: bool = True, world=None, model_name: str = "") -> dict:
     """Explain every image of `dataset` ((pixels, label) items, preprocessed for `model`) and
     write the shards and index described above. Returns meta (with `written`: shards this

@@ -30,21 +30,25 @@ Reduce = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 Store = Callable[[int, torch.Tensor], None]
 
 CHUNK_ELEMENTS = 1 << 22  # values per temporary N x N chunk (16 MiB in float32)
+# in the forward of a head-fused recording the chunk lives beside the layer's activations, not
+# after them, so it is kept smaller (4 MiB): about a quarter of a ViT-S batch of 16 at 224 px
+FORWARD_CHUNK_ELEMENTS = 1 << 20
 
 
-def _chunks(batch: int, heads: int, tokens: int):
-    """(image slice, head slice) pairs covering (batch, heads), each at most CHUNK_ELEMENTS
-    values of N x N (but at least one head of one image)."""
+def _chunks(batch: int, heads: int, tokens: int, budget: Optional[int] = None):
+    """(image slice, head slice) pairs covering (batch, heads), each at most `budget` values
+    of N x N (default CHUNK_ELEMENTS; but at least one head of one image)."""
+    budget = CHUNK_ELEMENTS if budget is None else budget
     per_head = tokens * tokens
-    if batch * heads * per_head <= CHUNK_ELEMENTS:
+    if batch * heads * per_head <= budget:
         yield slice(0, batch), slice(0, heads)
         return
-    if heads * per_head <= CHUNK_ELEMENTS:
-        images = max(1, CHUNK_ELEMENTS // (heads * per_head))
+    if heads * per_head <= budget:
+        images = max(1, budget // (heads * per_head))
         for start in range(0, batch, images):
             yield slice(start, min(batch, start + images)), slice(0, heads)
         return
-    group = max(1, CHUNK_ELEMENTS // per_head)
+    group = max(1, budget // per_head)
     for image in range(batch):
         for start in range(0, heads, group):
             yield slice(image, image + 1), slice(start, min(heads, start + group))
@@ -57,6 +61,57 @@ def _mask_chunk(mask, images, heads):
     mask = mask if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     mask = mask[images] if mask.shape[0] > 1 else mask
     return mask[:, heads] if mask.shape[1] > 1 else mask
+
+
+HEAD_REDUCTIONS = ("mean", "max", "min")
+
+
+def _fold_heads(total: Optional[torch.Tensor], chunk: torch.Tensor, how: str) -> torch.Tensor:
+    """Add one chunk's heads (b, h, N, N) to a running head reduction (b, N, N)."""
+    part = chunk.sum(dim=1) if how == "mean" else chunk.amax(dim=1) if how == "max" else chunk.amin(dim=1)
+    if total is None:
+        return part
+    return total + part if how == "mean" else torch.maximum(total, part) if how == "max" else torch.minimum(total, part)
+
+
+def fold_heads(attention: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, h, N, M) -> (B, N, M): the mean / max / min over heads."""
+    total = _fold_heads(None, attention, how)
+    return total / attention.shape[1] if how == "mean" else total
+
+
+def head_fused_attention(q, k, mask, scale, is_causal, how: str) -> torch.Tensor:
+    """(B, N, M) = the mean / max / min over heads of softmax(q k^T scale + mask), float32,
+    computed chunk by chunk, so at most one chunk of per-head attention exists at a time."""
+    batch, heads, tokens = q.shape[0], q.shape[1], q.shape[-2]
+    out = torch.empty(batch, tokens, k.shape[-2], dtype=torch.float32, device=q.device)
+    total, current = None, None
+    for images, group in _chunks(batch, heads, tokens, FORWARD_CHUNK_ELEMENTS):  # one image slice's chunks in a row
+        if current is not None and images != current:
+            out[current], total = total / heads if how == "mean" else total, None
+        current = images
+        attention = attention_scores(q[images, group], k[images, group], scale,
+                                     _mask_chunk(mask, images, group), is_causal).float().softmax(dim=-1)
+        total = _fold_heads(total, attention, how)
+        del attention
+    out[current] = total / heads if how == "mean" else total
+    return out
+
+
+def attention_with_fused_heads(q, k, v, attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                               is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
+                               how: str):
+    """(SDPA's output, the head-fused attention (B, N, M) float32): the forward a method that
+    reads only head-fused attention needs (rollout, no gradient). The output comes from the
+    fused kernel; the per-head probabilities are never all alive at once, which is what
+    keeps rollout within a few percent of a plain forward's memory."""
+    if dropout_p:
+        raise ValueError("attention dropout is active: explain in eval mode")
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                         enable_gqa=enable_gqa)
+    if enable_gqa:
+        k, v = repeat_kv(q, k, v)
+    return out, head_fused_attention(q, k, attn_mask, default_scale(q, scale), is_causal, how)
 
 
 class ReducedAttention(torch.autograd.Function):

@@ -1,11 +1,27 @@
-"""What vitx changes on a model while it explains it, and how it gives it back: one lock per
-model (threads never interleave their changes) and eval mode with every module's own
-training flag restored."""
+"""What vitx keeps on a model and what it changes while it explains it: the preprocessing saved
+with a checkpoint (read back by every adapter), one lock per model (threads never interleave
+their changes) and eval mode with every module's own training flag restored."""
 import threading
 import weakref
 from contextlib import contextmanager
 
 from torch import nn
+
+PREPROCESSING = "vitx_data_config"
+
+
+def remember_preprocessing(model: nn.Module, data_config: dict) -> None:
+    """Keep the preprocessing a model was trained or fine-tuned with on the model itself, so
+    that whichever adapter explains it preprocesses the way training did (a fine-tuned Hugging
+    Face model's processor settings, a timm model's resize and crop), not its family's defaults."""
+    setattr(model, PREPROCESSING, dict(data_config))
+
+
+def saved_preprocessing(model: nn.Module):
+    """The data config `remember_preprocessing` kept on `model`, or None."""
+    saved = getattr(model, PREPROCESSING, None)
+    return dict(saved) if isinstance(saved, dict) else None
+
 
 _locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()

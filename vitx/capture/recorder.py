@@ -16,6 +16,7 @@ from .model_state import model_lock
 from .layout import MEAN_TOKEN, TokenLayout, infer_layout
 from ..unwrap import unwrap
 from .stages import StageLayer
+from .token_states import TokenCapture
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 # (layer, attention, running state or None, layout) -> the new running state, or None to keep the layer instead
@@ -39,7 +40,7 @@ class AttentionRecorder:
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
                  attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
-                 fold: Optional[Fold] = None, states: bool = False):
+                 fold: Optional[Fold] = None, heads: Optional[str] = None, states: bool = False):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
@@ -47,17 +48,17 @@ class AttentionRecorder:
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
         self.record_tokens = tokens or states  # token states after each block (see token_states.py)
         self.record_states = states  # also each block's input and its stream after attention
-        self.block_inputs: List[torch.Tensor] = []
-        self.block_mids: List[torch.Tensor] = []
+        self._tokens: Optional[TokenCapture] = None  # made on entry, once the adapter is known
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
         self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
+        self.heads = heads  # 'mean' / 'max' / 'min': record attention fused over heads (no gradient)
+        self.heads_fused = False  # whether it is, from q and k beside the fused kernel (`_attend_heads`)
         self.folded: Optional[torch.Tensor] = None
         self.fused = False
         self._anchors: List[torch.Tensor] = []
         self._maps: List[Optional[torch.Tensor]] = []
         self.attentions: List[Optional[torch.Tensor]] = []
         self.graph_attentions: List[torch.Tensor] = []
-        self.token_states: List[torch.Tensor] = []  # as the sites returned them (graph tensors)
         self.input_size = None
         self.batch_size = None
         self.num_tokens = None
@@ -77,18 +78,21 @@ class AttentionRecorder:
             handle = self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             stack.callback(handle.remove)
             if self.record_attention:
-                self.fused = self.reduce is not None and self.adapter.can_fuse(self.model)
+                can_fuse = (self.reduce is not None or self.heads is not None) and self.adapter.can_fuse(self.model)
+                self.fused = can_fuse and self.reduce is not None
+                self.heads_fused = can_fuse and not self.fused
                 if self.fused:
                     stack.enter_context(self.adapter.attach_fused(self.model, self._attend, self._record_reduced))
+                elif self.heads_fused:
+                    stack.enter_context(self.adapter.attach_fused(self.model, self._attend_heads, self._record_heads))
                 else:
                     stack.enter_context(self.adapter.attach(self.model, self._record))
             if self.record_tokens:
-                stack.enter_context(self._attach_token_sites())
+                self._tokens = TokenCapture(self.adapter, self.model, states=self.record_states)
+                stack.enter_context(self._tokens.attach())
             if self.record_attention:
                 for conv in (m for m in self.model.modules() if _embeds(m)):
                     stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
-            if self.record_states:
-                stack.enter_context(self._attach_block_states())
         except BaseException:
             stack.close()
             raise
@@ -105,8 +109,8 @@ class AttentionRecorder:
         self.batch_size = x.shape[0] if torch.is_tensor(x) and x.dim() >= 1 else None
         self.attentions = []
         self.graph_attentions = []
-        self.token_states = []
-        self.block_inputs, self.block_mids = [], []
+        if self._tokens is not None:
+            self._tokens.reset(self.batch_size, self.input_size)
         self.num_tokens = None
         self._stages = None
         self.folded = None
@@ -209,60 +213,26 @@ class AttentionRecorder:
             self.graph_attentions.append(attention)
         return attention
 
-    def _attach_token_sites(self):
-        from .token_states import hook_token_sites
-
-        sites = self.adapter.token_sites(self.model)
-        if not sites:
-            raise VitxError(
-                f"cannot find the blocks of {type(self.model).__name__} (no nn.ModuleList / nn.Sequential of "
-                f"blocks): the {self.adapter.name!r} adapter must name its token sites (Adapter.token_sites)"
-            )
-        return hook_token_sites(sites, self._record_tokens)
-
-    def _attach_block_states(self):
-        from .token_states import hook_block_inputs
-
-        stack = ExitStack()
-        stack.enter_context(hook_block_inputs(self.adapter.token_sites(self.model),
-                                              lambda i, x: self.block_inputs.append(x)))
-        stack.enter_context(hook_block_inputs(self.adapter.mid_sites(self.model),
-                                              lambda i, x: self.block_mids.append(x)))
-        return stack
-
+    # token states (vitx.capture.token_states.TokenCapture): what a method reading features gets
     @property
-    def block_states(self):
-        """Per block, (input, residual stream after attention, output), each (B, N, D) detached."""
-        from .token_states import as_sequence
-
-        outputs = self.tokens
-        if not (len(self.block_inputs) == len(self.block_mids) == len(outputs)):
-            raise VitxError(f"recorded {len(self.block_inputs)} block inputs, {len(self.block_mids)} states after "
-                            f"attention and {len(outputs)} outputs: the blocks are not run once each in order")
-        return [tuple(as_sequence(t, self.input_size).detach() for t in triple)
-                for triple in zip(self.block_inputs, self.block_mids, outputs)]
-
-    def _record_tokens(self, site: int, output) -> None:
-        from .token_states import check_state
-
-        self.token_states.append(check_state(output, site, self.batch_size))
+    def token_states(self) -> List[torch.Tensor]:
+        return self._tokens.token_states if self._tokens is not None else []
 
     @property
     def tokens(self) -> List[torch.Tensor]:
         """Token states after each block as (B, N, D) (feature maps flattened row by row)."""
-        from .token_states import as_sequence
+        return self._tokens.tokens if self._tokens is not None else []
 
-        return [as_sequence(s, self.input_size) for s in self.token_states]
+    @property
+    def block_states(self):
+        """Per block, (input, residual stream after attention, output), each (B, N, D) detached."""
+        return self._tokens.block_states
 
     def token_gradients(self, score: torch.Tensor, retain_graph: bool = False) -> List[torch.Tensor]:
-        """d(score)/d(token states) per block, as (B, N, D) like `tokens` (autograd.grad: no .grad touched)."""
-        from .token_states import as_sequence
-
-        if not self.token_states or not all(s.requires_grad for s in self.token_states):
-            raise VitxError("token gradients need a forward with gradients enabled, through every block")
-        grads = torch.autograd.grad(score, self.token_states, allow_unused=True, retain_graph=retain_graph)
-        return [as_sequence(torch.zeros_like(s) if g is None else g, self.input_size)
-                for s, g in zip(self.token_states, grads)]
+        """d(score)/d(token states) per block, as (B, N, D) like `tokens`."""
+        if self._tokens is None:
+            raise VitxError("token gradients need a recording of token states")
+        return self._tokens.gradients(score, retain_graph)
 
     def _attend(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         """Fused mode: one layer's attention, fused forward, reduced in the backward."""
@@ -274,6 +244,32 @@ class AttentionRecorder:
         layer, anchor = self._reduced_layer(_Shape(tuple(q.shape[:-1]) + (k.shape[-2],)), q.device)
         return reduced_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, anchor=anchor,
                                  layer=layer, reduce=self.reduce, store=self._store)
+
+    def _attend_heads(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """Head-fused mode (no gradient): the layer's output from the fused kernel, and its
+        attention recorded already fused over heads, (B, 1, N, N) float32."""
+        from .attention_math import explicit_attention
+        from .fused import FORWARD_CHUNK_ELEMENTS, attention_with_fused_heads
+
+        if q.dim() == 4 and q.shape[-2] != k.shape[-2]:  # cross attention: not recorded, as in the explicit path
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        if q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2] <= FORWARD_CHUNK_ELEMENTS:
+            # a layer smaller than one chunk: its per-head attention costs no more than the
+            # chunked pass, and the explicit product saves the second pass over q and k
+            return explicit_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                      record=self._record_heads)[0]
+        out, fused = attention_with_fused_heads(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                                how=self.heads)
+        self._record(fused[:, None])
+        return out
+
+    def _record_heads(self, probs: torch.Tensor) -> torch.Tensor:
+        """Head-fused mode, for probabilities the model computes itself: recorded fused."""
+        from .fused import fold_heads
+
+        self._record(fold_heads(probs.detach().float(), self.heads)[:, None])
+        return probs
 
     def _record_reduced(self, probs: torch.Tensor) -> torch.Tensor:
         """Fused mode, for attention whose probabilities the model computes itself (a
@@ -374,11 +370,9 @@ class AttentionRecorder:
 
     def _token_layout(self) -> TokenLayout:
         """The layout from the last token state, when no attention was recorded."""
-        from .token_states import layout_from_state
-
-        if not self.token_states:
+        if self._tokens is None:
             raise VitxError(f"no token states were recorded for {type(self.model).__name__}")
-        return layout_from_state(self.adapter, self.model, self.token_states[-1], self.input_size)
+        return self._tokens.layout()
 
     def gradients(self, score: torch.Tensor) -> List[torch.Tensor]:
         """d(score)/d(attention) for every layer, paired with `attentions` by construction.

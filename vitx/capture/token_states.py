@@ -11,7 +11,7 @@ A site's output may be (B, N, D) tokens, or a (B, H, W, C) / (B, C, H, W) featur
 methods always see (B, N, D) (`as_sequence`), and the layout of a feature map is its grid.
 """
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -172,3 +172,65 @@ def layout_from_state(adapter, model, state: torch.Tensor, input_size) -> TokenL
         if grid is not None:
             return infer_layout(num_tokens, grid)
     raise VitxError(f"cannot tell the patch grid of {num_tokens} tokens for an input of {input_size}")
+
+
+class TokenCapture:
+    """The token-state half of a recording: each block's output (and with `states`, its input
+    and its residual stream after attention), from the sites the adapter names. The
+    `AttentionRecorder` owns one when a method reads token states, and delegates to it."""
+
+    def __init__(self, adapter, model: nn.Module, states: bool = False):
+        self.adapter, self.model, self.record_states = adapter, model, states
+        self.reset(None, None)
+
+    def reset(self, batch_size: Optional[int], input_size) -> None:
+        """At every call of the model: forget the last call's states."""
+        self.batch_size, self.input_size = batch_size, input_size
+        self.token_states: List[torch.Tensor] = []  # as the sites returned them (graph tensors)
+        self.block_inputs: List[torch.Tensor] = []
+        self.block_mids: List[torch.Tensor] = []
+
+    def attach(self) -> ExitStack:
+        sites = self.adapter.token_sites(self.model)
+        if not sites:
+            raise VitxError(
+                f"cannot find the blocks of {type(self.model).__name__} (no nn.ModuleList / nn.Sequential of "
+                f"blocks): the {self.adapter.name!r} adapter must name its token sites (Adapter.token_sites)"
+            )
+        stack = ExitStack()
+        stack.enter_context(hook_token_sites(
+            sites, lambda site, output: self.token_states.append(check_state(output, site, self.batch_size))))
+        if self.record_states:
+            stack.enter_context(hook_block_inputs(sites, lambda i, x: self.block_inputs.append(x)))
+            stack.enter_context(hook_block_inputs(self.adapter.mid_sites(self.model),
+                                                  lambda i, x: self.block_mids.append(x)))
+        return stack
+
+    @property
+    def tokens(self) -> List[torch.Tensor]:
+        """Token states after each block as (B, N, D) (feature maps flattened row by row)."""
+        return [as_sequence(s, self.input_size) for s in self.token_states]
+
+    @property
+    def block_states(self):
+        """Per block, (input, residual stream after attention, output), each (B, N, D) detached."""
+        outputs = self.tokens
+        if not (len(self.block_inputs) == len(self.block_mids) == len(outputs)):
+            raise VitxError(f"recorded {len(self.block_inputs)} block inputs, {len(self.block_mids)} states after "
+                            f"attention and {len(outputs)} outputs: the blocks are not run once each in order")
+        return [tuple(as_sequence(t, self.input_size).detach() for t in triple)
+                for triple in zip(self.block_inputs, self.block_mids, outputs)]
+
+    def gradients(self, score: torch.Tensor, retain_graph: bool = False) -> List[torch.Tensor]:
+        """d(score)/d(token states) per block, as (B, N, D) like `tokens` (autograd.grad: no .grad touched)."""
+        if not self.token_states or not all(s.requires_grad for s in self.token_states):
+            raise VitxError("token gradients need a forward with gradients enabled, through every block")
+        grads = torch.autograd.grad(score, self.token_states, allow_unused=True, retain_graph=retain_graph)
+        return [as_sequence(torch.zeros_like(s) if g is None else g, self.input_size)
+                for s, g in zip(self.token_states, grads)]
+
+    def layout(self) -> TokenLayout:
+        """The layout from the last token state, when no attention was recorded."""
+        if not self.token_states:
+            raise VitxError(f"no token states were recorded for {type(self.model).__name__}")
+        return layout_from_state(self.adapter, self.model, self.token_states[-1], self.input_size)

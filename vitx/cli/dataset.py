@@ -53,7 +53,7 @@ def run_dataset_explain(paths, model, checkpoint, pretrained, method, options, t
 
         data, name = load_split(dataset, train=False, data_dir=data_dir, augment=False), dataset
     else:
-        data, name = ImageFiles(paths[0], find_adapter(net).data_config(net)), str(paths[0])
+        data, name = ImageFiles(paths[0], find_adapter(net).preprocessing(net)), str(paths[0])
     result = explain_dataset(net, data, out_dir, method=method, name=name, target=target, token=token,
                              batch_size=batch_size, workers=workers, count=count, options=options, world=world,
                              model_name=str(Path(checkpoint).name if checkpoint else model_name))

@@ -5,6 +5,7 @@ import click
 
 from ..baselines import BASELINES, DEFAULT_BASELINE
 from ..datasets import DATASET_NAMES
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from .checks import model_and_checkpoint, out_folder, positive
 from .method_options import given_options, method_option_flags, per_method
@@ -56,7 +57,7 @@ def _cost(cost) -> str:
               "step; the methods keep their own baselines).")
 @click.option("--bootstrap", default=0, show_default=True,
               help="Resamples of a percentile bootstrap over images: a 95 % interval beside each AUC (0: none).")
-@click.option("--batch-size", default=100, show_default=True)
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
 @click.option("--device", default="auto", show_default=True)
@@ -95,7 +96,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
         raise VitxError(f"--bootstrap must be 0 (none) or a number of resamples, got {bootstrap}")
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
     if masks:
-        from ..evaluate.localisation import localisation_command
+        from .localisation import localisation_command
 
         return localisation_command(model, checkpoint, device, masks, names, count, batch_size, out_folder(out_dir),
                                     options)

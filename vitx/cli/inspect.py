@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from ..batches import DEFAULT_BATCH_SIZE
 from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from ..imaging import IMAGE_SUFFIXES
@@ -54,9 +55,10 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--interactive", is_flag=True, help="Embed the attention explorer (per patch, layer, head, method) "
               "for the --show images.")
 @click.option("--sanity", is_flag=True, help="Add the cascading-randomisation sanity check of every method.")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
 @method_option_flags(reserved=("seed",))
 def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir,
-                    interactive, sanity, **method_flags):
+                    interactive, sanity, batch_size, **method_flags):
     """Write an HTML report (and its PNGs) of what the model(s) learned and where they look."""
     from ..imaging import read_image
     from ..inspect.inspection import inspect_models
@@ -70,6 +72,7 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
     options = per_method(given_options(method_flags), names)
     positive(count, "--limit")
     positive(show, "--show")
+    positive(batch_size, "--batch-size")
     paths = expand_images(images)
     if not paths and not dataset:
         raise VitxError("give image files or folders, or --dataset NAME")
@@ -89,7 +92,7 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
     models = {_label(m): load_model(m, checkpoint=c, device=device) for m, c in pairs}
     inputs = dataset_sample(dataset, count, seed, data_dir) if dataset else paths
     path = inspect_models(models, inputs, out, methods=names, show=show, interactive=interactive, sanity=sanity,
-                          progress=True, options=options)
+                          progress=True, options=options, batch_size=batch_size)
     click.echo(f"report: {path}")
     if failed:
         raise VitxError(f"skipped {len(failed)} unreadable image(s): {failed[0]}"

@@ -9,6 +9,7 @@ import warnings
 
 import click
 
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError, printable
 from .dataset import dataset_options, run_dataset_explain, wants_dataset
 from .method_options import drop_flag, flag_value, given_options, method_option_flags, per_method
@@ -55,7 +56,7 @@ def main():
 @click.option("--token", default=None, help="Token to explain from: cls, dist, mean, reg0... [default: what the head reads].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--use_cuda", "--use-cuda", "use_cuda", is_flag=True, help="Same as --device cuda (vit_explain.py spelling).")
-@click.option("--batch-size", default=16, show_default=True, type=int, help="Images per forward pass.")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
 @click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
@@ -141,7 +142,8 @@ def methods():
             click.echo(f"    paper: {cls.paper}")
         for o in cls.options:
             choices = f" {{{', '.join(map(str, o.choices))}}}" if o.choices else ""
-            click.echo(f"    --{o.name.replace('_', '-')}={o.default}{choices}  {o.help}")
+            was = f" (also --{', --'.join(a.replace('_', '-') for a in o.aliases)})" if o.aliases else ""
+            click.echo(f"    --{o.name.replace('_', '-')}={o.default}{choices}  {o.help}{was}")
     for name, reason in get_registry().failed.items():
         click.echo(f"(plugin {name} failed to load: {reason})")
 

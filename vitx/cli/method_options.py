@@ -41,7 +41,8 @@ def method_option_flags(reserved: Iterable[str] = ()):
                 continue
             types = {d.type for _, d in declarations}
             kind = CLICK_TYPES.get(types.pop()) if len(types) == 1 else None
-            spellings = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+            spellings = [flag for spelling in _spellings(name, declarations)
+                         for flag in [f"--{spelling.replace('_', '-')}"] + ([f"--{spelling}"] if "_" in spelling else [])]
             methods = ", ".join(sorted(m for m, _ in declarations))
             command = click.option(*spellings, PREFIX + name, type=kind or click.STRING, default=None,
                                    help=f"{declarations[0][1].help} ({methods})")(command)
@@ -99,9 +100,24 @@ def per_method(given: Dict[str, object], methods: List[str]) -> Dict[str, dict]:
             who = f"method {chosen[0]!r} has" if len(chosen) == 1 else f"none of the methods {', '.join(chosen)} has"
             raise VitxError(f"{who} no option {name!r}{where} (see `vitx methods`)")
         for target in targets:
-            options[target][name] = value
+            canonical = _declared(get_explainer(target).cls, name).name
+            if canonical in options[target] and str(options[target][canonical]) != str(value):
+                raise VitxError(f"option {canonical} of {target} given twice with different values "
+                                f"({options[target][canonical]} and {value}); give one")
+            options[target][canonical] = value
     return options
 
 
+def _spellings(name: str, declarations) -> List[str]:
+    """The option's name, then every older spelling any method keeps for it (in order)."""
+    aliases = [alias for _, option in declarations for alias in option.aliases]
+    return [name] + [a for i, a in enumerate(aliases) if a not in aliases[:i] and a != name]
+
+
+def _declared(cls, name: str):
+    """The option of `cls` spelt `name` (its name or an older spelling), else None."""
+    return next((o for o in cls.options if name in o.spellings), None)
+
+
 def _declares(cls, name: str) -> bool:
-    return any(o.name == name for o in cls.options)
+    return _declared(cls, name) is not None

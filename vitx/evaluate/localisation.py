@@ -20,19 +20,17 @@ Masks go through the same resize / crop as the image (the model's eval transform
 nearest-neighbour interpolation), so map and mask share the frame of the view.
 """
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 
 POINTING_TOLERANCE = 15
-MASK_SUFFIXES = (".png", ".bmp", ".gif", ".tif", ".tiff")
-IMAGE_SUFFIXES = MASK_SUFFIXES + (".jpg", ".jpeg", ".webp")
 
 
 def normalised_maps(maps: torch.Tensor, size) -> torch.Tensor:
@@ -116,7 +114,7 @@ def mask_transform(config: dict):
 
 
 def evaluate_localisation(model, samples: Iterable[Tuple[object, np.ndarray]], methods: Sequence[str],
-                          batch_size: int = 16, tolerance: float = POINTING_TOLERANCE, progress: bool = False,
+                          batch_size: int = DEFAULT_BATCH_SIZE, tolerance: float = POINTING_TOLERANCE, progress: bool = False,
                           options: Optional[Dict[str, dict]] = None) -> Dict[str, Dict[str, float]]:
     """Localisation scores of each method (and of a random map) on (image, mask) pairs.
 
@@ -155,89 +153,3 @@ def evaluate_localisation(model, samples: Iterable[Tuple[object, np.ndarray]], m
     if meters["random"].labelled == 0:
         raise VitxError("no images with masks to evaluate")
     return {name: meter.result() for name, meter in meters.items()}
-
-
-# ------------------------------------------------------------------------------ loaders
-
-
-def mask_folder(folder) -> List[Tuple[Path, np.ndarray]]:
-    """A folder with `images/` and `masks/`: each image's mask is the file with the same
-    stem in `masks/` (any non-zero pixel = object). Images without a mask are an error."""
-    from ..imaging import read_image
-
-    folder = Path(folder)
-    images, masks = folder / "images", folder / "masks"
-    if not images.is_dir() or not masks.is_dir():
-        raise VitxError(f"{folder} needs an images/ and a masks/ folder (same file stems)")
-    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in MASK_SUFFIXES}
-    pairs = []
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        if path.stem not in by_stem:
-            raise VitxError(f"no mask for {path.name} in {masks} (expected {path.stem}.png)")
-        mask = np.asarray(read_image(by_stem[path.stem]).convert("L")) > 0
-        if mask.shape != read_image(path).size[::-1]:
-            raise VitxError(f"mask {by_stem[path.stem].name} is {mask.shape[1]}x{mask.shape[0]}, "
-                            f"its image {path.name} is {read_image(path).size[0]}x{read_image(path).size[1]}")
-        pairs.append((path, mask))
-    if not pairs:
-        raise VitxError(f"no images in {images}")
-    return pairs
-
-
-def gtsegs_ijcv(path, limit: Optional[int] = None) -> Iterator[Tuple[Image.Image, np.ndarray]]:
-    """(image, mask) pairs of the ImageNet segmentation set `gtsegs_ijcv.mat` (Guillaumin et
-    al. 2014; 4,276 images), as Chefer et al. read it.
-
-    The file is MATLAB v7.3, i.e. HDF5 (needs `h5py`): `value/img` and `value/gt` are (n, 1)
-    arrays of object references; image i is `f[f['value/img'][i, 0]]`, stored (3, W, H)
-    uint8 -> transposed to (H, W, 3); its mask is `f[f[f['value/gt'][i, 0]][0, 0]]`, stored
-    (W, H) -> transposed to (H, W), non-zero = object.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise VitxError(f"segmentation file not found: {path}")
-    try:
-        import h5py
-    except ImportError:
-        raise VitxError("reading gtsegs_ijcv.mat (MATLAB v7.3 = HDF5) needs h5py: pip install h5py") from None
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise VitxError(f"cannot read {path} as a MATLAB v7.3 / HDF5 file: {exc}") from None
-    with handle:
-        try:
-            images, masks = handle["value/img"], handle["value/gt"]
-        except KeyError:
-            raise VitxError(f"{path} has no value/img and value/gt: not the gtsegs_ijcv.mat layout") from None
-        count = images.shape[0] if limit is None else min(limit, images.shape[0])
-        for index in range(count):
-            image = np.array(handle[images[index, 0]]).transpose(2, 1, 0)
-            mask = np.array(handle[handle[masks[index, 0]][0, 0]]).transpose(1, 0)
-            yield Image.fromarray(np.ascontiguousarray(image.astype(np.uint8))), mask > 0
-
-
-def localisation_command(model_name, checkpoint, device, masks, methods, count, batch_size, out_dir, options=None):
-    """`vitx evaluate --masks PATH`: scores to localisation.json / localisation.md and the terminal."""
-    import json
-    from itertools import islice
-
-    import click
-
-    from ..markdown import markdown_table
-    from ..models import load_model
-
-    source = Path(masks)
-    if not source.exists():
-        raise VitxError(f"masks not found: {source}")
-    pairs = gtsegs_ijcv(source, count) if source.is_file() else islice(mask_folder(source), count)
-    model = load_model(model_name, checkpoint=checkpoint, device=device)
-    results = evaluate_localisation(model, pairs, methods, batch_size=batch_size, options=options, progress=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "localisation.json").write_text(json.dumps({"masks": str(source), "results": results}, indent=1))
-    header = ["method", "pixel accuracy", "mIoU", "mAP", "pointing game", "images"]
-    table = markdown_table(header, [[m, f"{r['pixel_accuracy']:.4f}", f"{r['mIoU']:.4f}", f"{r['mAP']:.4f}",
-                                     f"{r['pointing_game']:.4f}", r["count"]] for m, r in results.items()])
-    (out / "localisation.md").write_text(f"Localisation on {source} (maps thresholded at their mean)\n\n{table}\n")
-    click.echo(table)
-    click.echo(f"-> {out / 'localisation.json'}")

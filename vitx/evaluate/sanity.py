@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 
 DEFAULT_THRESHOLD = 0.5
@@ -150,7 +151,7 @@ class SanityResult:
                 "passed": {m: self.passed(m) for m in self.spearman}}
 
 
-def sanity_check(model: nn.Module, images, methods: Sequence[str], seed: int = 0, batch_size: int = 32,
+def sanity_check(model: nn.Module, images, methods: Sequence[str], seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
                  threshold: float = DEFAULT_THRESHOLD, options: Optional[Dict[str, dict]] = None,
                  progress: bool = False) -> SanityResult:
     """Cascading model-parameter randomisation for each method on `images` (anything

@@ -2,7 +2,9 @@
  * Reads the JSON in #vitx-explorer-data (written by vitx/inspect/explorer.py), inflates the
  * arrays with the browser's DecompressionStream and draws one canvas per image and model.
  * Each panel exposes its state on data-* attributes (data-row: the 0..255 values drawn,
- * one per patch), which is what the browser test reads. */
+ * one per patch, or per token of the layer's stage for a hierarchical model), which is what
+ * the browser test reads. A hierarchical model (model.stages) is drawn on its first grid:
+ * every patch takes the value of the stage token that covers it (stages[s].cover). */
 (function () {
   "use strict";
   var root = document.getElementById("vitx-explorer");
@@ -40,11 +42,37 @@
     return [wrap, node];
   }
 
+  function int32(bytes) { return new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4); }
+
+  function headOptions(count) {
+    var heads = [["mean", "mean of heads"], ["max", "max of heads"]];
+    for (var h = 0; h < count; h++) { heads.push([String(h), "head " + h]); }
+    return heads;
+  }
+
+  function fill(node, options) {
+    node.textContent = "";
+    options.forEach(function (o) { node.appendChild(element("option", {value: o[0]}, o[1])); });
+  }
+
+  // Add one stored row (count 4-bit levels from byte `offset`) times `weight` to values[keys[j]]
+  // (keys: the grid token of each key slot, -1 = none; null = the identity).
+  function addRow(values, bytes, offset, count, keys, weight, useMax) {
+    for (var j = 0; j < count; j++) {
+      var key = keys ? keys[j] : j;
+      if (key < 0) { continue; }
+      var byte = bytes[offset + (j >> 1)], level = j & 1 ? byte >> 4 : byte & 15;
+      var value = Math.pow(level / LEVELS, 2) * weight;
+      values[key] = useMax ? Math.max(values[key], value) : values[key] + value;
+    }
+  }
+
   function Panel(name, model, index, parent) {
     var self = this;
     this.name = name; this.model = model; this.index = index; this.item = model.images[index];
     this.patches = model.grid[0] * model.grid[1];
     this.rowBytes = Math.ceil(this.patches / 2);
+    this.staged = !!model.stages;
     this.state = {mode: "attention", layer: model.layers - 1, head: "mean", token: Object.keys(model.prefix)[0] || "patch",
                   patch: Math.floor(this.patches / 2), pinned: false, hover: null};
     var node = this.node = element("div", {"class": "vx-panel", "data-model": name, "data-image": String(index)});
@@ -54,9 +82,8 @@
     node.appendChild(this.canvas);
     var controls = element("div", {"class": "vx-controls"});
     var modes = [["attention", "attention"]].concat(model.methods.map(function (m) { return [m, m]; }));
-    var layers = [], heads = [["mean", "mean of heads"], ["max", "max of heads"]], tokens = [];
-    for (var l = 0; l < model.layers; l++) { layers.push([String(l), String(l)]); }
-    for (var h = 0; h < model.heads; h++) { heads.push([String(h), "head " + h]); }
+    var layers = [], tokens = [], heads = headOptions(this.headCount(this.state.layer));
+    for (var l = 0; l < model.layers; l++) { layers.push([String(l), this.staged ? model.windows[l].label : String(l)]); }
     Object.keys(model.prefix).forEach(function (t) { tokens.push([t, t + " token"]); });
     tokens.push(["patch", "a patch (hover / click)"]);
     var pieces = [select(modes, "vx-mode", "show"), select(layers, "vx-layer", "layer"),
@@ -73,7 +100,18 @@
     parent.appendChild(node);
 
     this.modeSelect.addEventListener("change", function () { self.state.mode = this.value; self.draw(); });
-    this.layerSelect.addEventListener("change", function () { self.state.layer = +this.value; self.draw(); });
+    this.layerSelect.addEventListener("change", function () {
+      var before = self.headCount(self.state.layer);
+      self.state.layer = +this.value;
+      if (self.headCount(self.state.layer) !== before) {  // a stage with other heads: rebuild the list
+        fill(self.headSelect, headOptions(self.headCount(self.state.layer)));
+        if (!(self.state.head in {mean: 1, max: 1}) && +self.state.head >= self.headCount(self.state.layer)) {
+          self.state.head = "mean";
+        }
+        self.headSelect.value = self.state.head;
+      }
+      self.draw();
+    });
     this.headSelect.addEventListener("change", function () { self.state.head = this.value; self.draw(); });
     this.tokenSelect.addEventListener("change", function () {
       self.state.token = this.value; self.state.pinned = false; self.draw();
@@ -100,14 +138,42 @@
     });
   }
 
+  Panel.prototype.headCount = function (layer) {
+    return this.staged ? this.model.windows[layer].heads : this.model.heads;
+  };
+
+  // A hierarchical model's geometry, inflated once per model: each stage's cover and, per
+  // window partition, the grid token of every slot and the slot of every grid token.
+  function geometry(model) {
+    if (!model.stages || model.geometry) { return Promise.resolve(model.geometry); }
+    var jobs = model.stages.map(function (s) { return inflate(s.cover); })
+      .concat(model.indices.map(function (i) { return inflate(i); }));
+    return Promise.all(jobs).then(function (done) {
+      var covers = done.slice(0, model.stages.length).map(int32);
+      var partitions = done.slice(model.stages.length).map(function (bytes, k) {
+        var index = int32(bytes), grid = model.stages[model.windows.filter(function (w) {
+          return w.index === k; })[0].stage].grid, slot = new Int32Array(grid[0] * grid[1]).fill(-1);
+        for (var j = 0; j < index.length; j++) { if (index[j] >= 0) { slot[index[j]] = j; } }
+        return {index: index, slot: slot};
+      });
+      model.geometry = {covers: covers, partitions: partitions};
+      return model.geometry;
+    });
+  }
+
   Panel.prototype.load = function () {
-    var self = this, item = this.item, jobs = [inflate(item.attention), inflate(item.scales)];
+    var self = this, item = this.item, staged = this.staged, parts = [].concat(item.attention, item.scales);
+    var jobs = [geometry(this.model)].concat(parts.map(inflate));
     this.model.methods.forEach(function (m) { jobs.push(inflate(item.methods[m])); });
     var image = new Image();
     jobs.push(new Promise(function (resolve) { image.onload = resolve; image.src = "data:image/png;base64," + item.view; }));
     return Promise.all(jobs).then(function (done) {
-      self.attention = done[0]; self.scales = done[1]; self.maps = {};
-      self.model.methods.forEach(function (m, i) { self.maps[m] = done[2 + i]; });
+      var half = parts.length / 2;
+      self.geometry = done[0];
+      self.attention = staged ? done.slice(1, 1 + half) : done[1];
+      self.scales = staged ? done.slice(1 + half, 1 + parts.length) : done[2];
+      self.maps = {};
+      self.model.methods.forEach(function (m, i) { self.maps[m] = done[1 + parts.length + i]; });
       self.image = image;
       var width = SIZE, height = Math.round(SIZE * image.height / image.width);
       self.canvas.width = width; self.canvas.height = height;
@@ -129,30 +195,44 @@
     return {name: s.token, patch: null};
   };
 
-  Panel.prototype.row = function () {
-    var m = this.model, s = this.state, values = new Float64Array(this.patches), q = this.queryToken();
+  // What the current view reads: the stage token under the query patch (a hierarchical
+  // model's layer), its window's slots, and which token covers each patch of the first grid.
+  Panel.prototype.place = function () {
+    var s = this.state, q = this.queryToken();
+    if (!this.staged || s.mode !== "attention") { return {count: this.patches, cover: null, token: q.patch}; }
+    var layer = this.model.windows[s.layer], part = this.geometry.partitions[layer.index];
+    var cover = this.geometry.covers[layer.stage], grid = this.model.stages[layer.stage].grid;
+    var token = cover[q.patch], slot = part.slot[token], window = Math.floor(slot / layer.n);
+    return {count: grid[0] * grid[1], cover: cover, token: token, layer: layer, slot: slot,
+            keys: part.index.subarray(window * layer.n, (window + 1) * layer.n)};
+  };
+
+  Panel.prototype.row = function (place) {
+    var m = this.model, s = this.state, values = new Float64Array(place.count), q = this.queryToken();
     if (s.mode !== "attention") {
       var map = this.maps[s.mode];
       for (var k = 0; k < this.patches; k++) { values[k] = map[k] / 255; }
       return values;
     }
-    var token = q.patch === null ? m.prefix[q.name] : m.patch_start + q.patch;
     var heads = s.head === "mean" || s.head === "max" ? null : [+s.head];
-    if (heads === null) { heads = []; for (var h = 0; h < m.heads; h++) { heads.push(h); } }
+    if (heads === null) { heads = []; for (var h = 0; h < this.headCount(s.layer); h++) { heads.push(h); } }
     for (var i = 0; i < heads.length; i++) {
-      var site = (s.layer * m.heads + heads[i]) * m.tokens + token;
-      var weight = heads.length > 1 ? Math.exp(-this.scales[site] / SCALE_STEPS) : 1;
-      var offset = site * this.rowBytes;
-      for (var p = 0; p < this.patches; p++) {
-        var byte = this.attention[offset + (p >> 1)], level = p & 1 ? byte >> 4 : byte & 15;
-        var value = Math.pow(level / LEVELS, 2) * weight;
-        if (s.head === "max") { values[p] = Math.max(values[p], value); } else { values[p] += value; }
+      var layer = place.layer, site, scales, bytes, width, count;
+      if (this.staged) {  // the slot's row of its window's block: n keys, scattered to the window's tokens
+        site = (heads[i] * layer.windows + Math.floor(place.slot / layer.n)) * layer.n + place.slot % layer.n;
+        scales = this.scales[s.layer]; bytes = this.attention[s.layer]; width = Math.ceil(layer.n / 2); count = layer.n;
+      } else {
+        var token = q.patch === null ? m.prefix[q.name] : m.patch_start + q.patch;
+        site = (s.layer * m.heads + heads[i]) * m.tokens + token;
+        scales = this.scales; bytes = this.attention; width = this.rowBytes; count = this.patches;
       }
+      var weight = heads.length > 1 ? Math.exp(-scales[site] / SCALE_STEPS) : 1;
+      addRow(values, bytes, site * width, count, this.staged ? place.keys : null, weight, s.head === "max");
     }
     if (heads.length > 1) {
       var peak = 0;
-      for (var j = 0; j < this.patches; j++) { peak = Math.max(peak, values[j]); }
-      for (var k2 = 0; k2 < this.patches && peak > 0; k2++) { values[k2] /= peak; }
+      for (var j = 0; j < values.length; j++) { peak = Math.max(peak, values[j]); }
+      for (var k2 = 0; k2 < values.length && peak > 0; k2++) { values[k2] /= peak; }
     }
     return values;
   };
@@ -161,14 +241,14 @@
     if (!this.image) { return; }
     var s = this.state, m = this.model, ctx = this.canvas.getContext("2d");
     var width = this.canvas.width, height = this.canvas.height, grid = m.grid;
-    var values = this.row(), shown = [], q = this.queryToken();
+    var place = this.place(), values = this.row(place), q = this.queryToken(), cover = place.cover;
+    var shown = Array.prototype.map.call(values, function (v) { return Math.max(0, Math.min(255, Math.round(v * 255))); });
     ctx.imageSmoothingEnabled = false;
     ctx.globalAlpha = 1;
     ctx.drawImage(this.image, 0, 0, width, height);
     ctx.globalAlpha = ALPHA;
     for (var p = 0; p < this.patches; p++) {
-      var v = Math.max(0, Math.min(255, Math.round(values[p] * 255)));
-      shown.push(v);
+      var v = cover ? (cover[p] < 0 ? 0 : shown[cover[p]]) : shown[p];
       var r = Math.floor(p / grid[1]), c = p % grid[1];
       var x0 = Math.round(c * width / grid[1]), x1 = Math.round((c + 1) * width / grid[1]);
       var y0 = Math.round(r * height / grid[0]), y1 = Math.round((r + 1) * height / grid[0]);
@@ -176,10 +256,13 @@
       ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
     }
     ctx.globalAlpha = 1;
-    if (s.mode === "attention" && q.patch !== null) {
-      var pr = Math.floor(q.patch / grid[1]), pc = q.patch % grid[1];
-      ctx.lineWidth = 2; ctx.strokeStyle = "#fff";
-      ctx.strokeRect(pc * width / grid[1] + 1, pr * height / grid[0] + 1, width / grid[1] - 2, height / grid[0] - 2);
+    if (s.mode === "attention" && q.patch !== null && cover) {  // the window (dashed), then the token
+      var inWindow = {};
+      Array.prototype.forEach.call(place.keys, function (key) { inWindow[key] = true; });
+      this.outline(function (p) { return inWindow[cover[p]] === true; }, "#ff0", [4, 3]);
+      this.outline(function (p) { return cover[p] === place.token; }, "#fff", []);
+    } else if (s.mode === "attention" && q.patch !== null) {
+      this.outline(function (p) { return p === q.patch; }, "#fff", []);
     }
     var node = this.node;
     node.setAttribute("data-mode", s.mode);
@@ -187,10 +270,36 @@
     node.setAttribute("data-head", s.head);
     node.setAttribute("data-query", q.patch === null ? q.name : "patch:" + q.patch);
     node.setAttribute("data-row", shown.join(","));
+    if (cover) {
+      node.setAttribute("data-token", String(place.token));
+      node.setAttribute("data-window", Array.prototype.filter.call(place.keys, function (k) { return k >= 0; }).join(","));
+    }
+    var where = this.staged ? m.windows[s.layer].label : "layer " + s.layer;
     this.caption.textContent = s.mode === "attention"
-      ? "attention from " + q.name + (s.pinned ? " (pinned)" : "") + ", layer " + s.layer + ", " +
-        (s.head === "mean" || s.head === "max" ? s.head + " of " + m.heads + " heads" : "head " + s.head)
+      ? "attention from " + q.name + (cover ? " (token " + place.token + " of its stage; its window dashed)" : "") +
+        (s.pinned ? " (pinned)" : "") + ", " + where + ", " +
+        (s.head === "mean" || s.head === "max" ? s.head + " of " + this.headCount(s.layer) + " heads" : "head " + s.head)
       : s.mode + " map for the predicted class";
+  };
+
+  // Outline the set of first-grid cells `inside(p)`: each cell edge whose neighbour is outside
+  // (a shifted window may wrap around the grid: it is drawn as the pieces it has).
+  Panel.prototype.outline = function (inside, colour, dash) {
+    var grid = this.model.grid, ctx = this.canvas.getContext("2d");
+    var sx = this.canvas.width / grid[1], sy = this.canvas.height / grid[0];
+    ctx.lineWidth = 2; ctx.strokeStyle = colour; ctx.setLineDash(dash);
+    ctx.beginPath();
+    for (var p = 0; p < this.patches; p++) {
+      if (!inside(p)) { continue; }
+      var r = Math.floor(p / grid[1]), c = p % grid[1];
+      var edges = [[r > 0 && inside(p - grid[1]), c, r, c + 1, r], [r < grid[0] - 1 && inside(p + grid[1]), c, r + 1, c + 1, r + 1],
+                   [c > 0 && inside(p - 1), c, r, c, r + 1], [c < grid[1] - 1 && inside(p + 1), c + 1, r, c + 1, r + 1]];
+      edges.forEach(function (e) {
+        if (!e[0]) { ctx.moveTo(e[1] * sx, e[2] * sy); ctx.lineTo(e[3] * sx, e[4] * sy); }
+      });
+    }
+    ctx.stroke();
+    ctx.setLineDash([]);
   };
 
   root.textContent = "";

@@ -16,6 +16,15 @@ page inflates them with the browser's own `DecompressionStream("deflate")`. The 
 Layout of `attention` (after inflating): uint8[layers][heads][tokens][ceil(patches / 2)],
 token order as in the model's sequence, patch 2j in the low and 2j + 1 in the high nibble of
 byte j; `scales`: uint8[layers][heads][tokens], max = exp(-s / 32).
+
+A hierarchical model (Swin: window layers over a grid per stage) stores, per layer, its
+window blocks instead: `attention[layer]`: uint8[heads][windows][n][ceil(n / 2)] (a slot's
+row over the n slots of its window), `scales[layer]`: uint8[heads][windows][n]; the model
+carries each layer's window partition (`windows`, `indices`: int32 grid token per slot, -1 =
+padding) and each stage's grid with the stage token covering every first-grid patch
+(`stages`: how a patch clicked on the image becomes the query of every stage). Only the n
+keys a window can reach are stored: a Swin-T stage-1 layer is 64 x 49^2 values per head,
+not 3136^2.
 """
 import base64
 import json
@@ -33,9 +42,12 @@ from ..attribution.targets import as_logits
 from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..models import class_names
-from .views import single_grid
+from ..capture.stages import StageLayer
+from ..capture.windows import Windowed
+from .stages import stages_of
 
 SCRIPT = Path(__file__).with_name("explorer.js")
 
@@ -87,11 +99,60 @@ def _png(rgb: np.ndarray) -> str:
     return base64.b64encode(png_bytes(rgb, "an image for the explorer")).decode("ascii")
 
 
-def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = 8, options=None) -> dict:
-    """Everything the explorer shows for one model on `images` (anything `explain` takes)."""
+def dense_item(attention: torch.Tensor, layout) -> dict:
+    """One image's (L, H, N, N) attention of a single-grid ViT, as the page stores it."""
+    rows, scales = quantise_rows(attention, layout.patch_start, layout.num_patches)
+    return {"attention": _pack(pack_nibbles(rows)), "scales": _pack(scales)}
+
+
+def window_item(layers: Sequence[Windowed], image: int) -> dict:
+    """One image's window layers (hierarchical models), layer by layer: each layer's blocks
+    (heads, windows, n, n), padding slots zeroed, as rows of n keys (`quantise_rows`)."""
+    attention, scales = [], []
+    for layer in layers:
+        blocks = layer.blocks[image] * layer.pairs()
+        rows, logs = quantise_rows(blocks, 0, blocks.shape[-1])
+        attention.append(_pack(pack_nibbles(rows)))
+        scales.append(_pack(logs))
+    return {"attention": attention, "scales": scales}
+
+
+def stage_geometry(layers: Sequence[Windowed]) -> dict:
+    """What the page needs to read window layers by stage: each stage's grid and the stage
+    token covering every first-grid patch (`vitx.inspect.stages`), and per layer its stage,
+    heads, window partition and the grid token of every window slot (shared `indices`)."""
+    stages = stages_of(layers)
+    indices, windows = [], []
+    for number, layer in enumerate(layers):
+        index = _pack(layer.index.cpu().numpy().astype("<i4"))
+        if index not in indices:
+            indices.append(index)
+        heads, count, n = layer.blocks.shape[1], layer.blocks.shape[2], layer.blocks.shape[3]
+        windows.append({"stage": stages.stage[number], "heads": heads, "windows": count, "n": n,
+                        "index": indices.index(index), "label": stages.label(number)})
+    return {"stages": [{"grid": list(grid), "cover": _pack(cover.numpy().astype("<i4"))}
+                       for grid, cover in zip(stages.grids, stages.cover)],
+            "windows": windows, "indices": indices}
+
+
+def window_levels(model: dict, image: int, layer: int):
+    """The inverse of `window_item` for one layer (tests and research code): (levels (heads,
+    windows, n, n) 0..15, log row maxima (heads, windows, n), grid token of each slot (windows, n))."""
+    shape = model["windows"][layer]
+    heads, count, n = shape["heads"], shape["windows"], shape["n"]
+    item = model["images"][image]
+    levels = unpack_nibbles(unpack(item["attention"][layer], np.uint8, (heads, count, n, (n + 1) // 2)), n)
+    scales = unpack(item["scales"][layer], np.uint8, (heads, count, n))
+    return levels, scales, unpack(model["indices"][shape["index"]], "<i4", (count, n))
+
+
+def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
+               options=None) -> dict:
+    """Everything the explorer shows for one model on `images` (anything `explain` takes).
+    A hierarchical model (window layers, Swin) is stored by stage (`stage_geometry`)."""
     adapter, pixels, views, sources = model_inputs(model, images)
     items: List[dict] = []
-    layout = None
+    layout, geometry = None, None
     with evaluation_mode(model), torch.no_grad():
         for start in range(0, pixels.shape[0], batch_size):
             chunk = pixels[start:start + batch_size]
@@ -99,15 +160,19 @@ def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int
                 logits = as_logits(model(chunk)).float()
                 recorder.check_recorded()
             layout = recorder.layout
-            single_grid(recorder.attentions, "the attention explorer")
-            stacked = torch.stack([a.detach().cpu() for a in recorder.attentions], 1)  # (B, L, H, N, N)
+            layers = [a.detach().to("cpu") for a in recorder.attentions]
+            if isinstance(layers[0], StageLayer):  # stage_geometry refuses pooled layers in one line
+                geometry = geometry or stage_geometry(layers)
+                heads, tokens = max(a.blocks.shape[1] for a in layers), layout.num_patches
+                stored = [window_item(layers, i) for i in range(chunk.shape[0])]
+            else:
+                stacked = torch.stack(layers, 1)  # (B, L, H, N, N)
+                heads, tokens = stacked.shape[2], stacked.shape[3]
+                stored = [dense_item(stacked[i], layout) for i in range(chunk.shape[0])]
             probabilities = logits.softmax(-1).cpu()
-            for i in range(chunk.shape[0]):
-                rows, scales = quantise_rows(stacked[i], layout.patch_start, layout.num_patches)
+            for i, item in enumerate(stored):
                 top = int(probabilities[i].argmax())
-                items.append({"attention": _pack(pack_nibbles(rows)), "scales": _pack(scales), "predicted": top,
-                              "probability": round(float(probabilities[i, top]), 4)})
-    layers, heads, tokens = stacked.shape[1], stacked.shape[2], stacked.shape[3]
+                items.append(dict(item, predicted=top, probability=round(float(probabilities[i, top]), 4)))
     names = class_names(model, logits.shape[-1])
     method_maps: Dict[str, list] = {}
     for method in methods:
@@ -124,8 +189,9 @@ def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int
         source = sources[i] if sources and i < len(sources) else None
         item["source"] = Path(source).name if source else f"image {i}"
     prefix = {name: index for name, index in layout.prefix.items()}
-    return {"layers": layers, "heads": heads, "tokens": tokens, "grid": list(layout.grid),
-            "patch_start": layout.patch_start, "prefix": prefix, "methods": list(method_maps), "images": items}
+    return {"layers": len(layers), "heads": heads, "tokens": tokens, "grid": list(layout.grid),
+            "patch_start": layout.patch_start, "prefix": prefix, "methods": list(method_maps), "images": items,
+            **(geometry or {})}
 
 
 def colormap_lut(name: str = "jet") -> str:
@@ -153,15 +219,22 @@ EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, 
                   "patch is outlined in white.")
 
 
-def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None):
+STAGES_TEXT = ("A hierarchical model (Swin) is shown by stage: each layer on its own stage's grid (named in the layer "
+               "list), from the token of that stage that covers the chosen patch; that token's window is dashed.")
+
+
+def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None,
+                         batch_size: int = DEFAULT_BATCH_SIZE):
     section = report.section(title)
     section.text(EXPLAINER_TEXT)
     data = {}
     for name, model in models.items():
         try:
-            data[name] = model_data(model, images, methods, options=options)
+            data[name] = model_data(model, images, methods, batch_size=batch_size, options=options)
         except VitxError as exc:  # a model whose attention vitx cannot record: say why, show the others
             section.text(f"{name}: not shown ({exc})", "note")
+    if any("stages" in d for d in data.values()):
+        section.text(STAGES_TEXT)
     if data:
         section.raw(explorer_html(data))
     return section

@@ -69,14 +69,16 @@ def _upscale(view: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(view, (size, size), interpolation=cv2.INTER_NEAREST if view.shape[0] < size else cv2.INTER_AREA)
 
 
-def attention_grid(maps, view: np.ndarray, cell: int = 72) -> np.ndarray:
-    """(layers, heads, h, w) attention maps as overlays on the view: a row per layer, a
-    column per head; each map scaled to its own maximum (the pattern, not the magnitude)."""
+def attention_grid(maps, view: np.ndarray, cell: int = 72, layer_labels: Optional[Sequence[str]] = None) -> np.ndarray:
+    """(layers, heads, h, w) attention maps as overlays on the view: a row per layer (labelled
+    L0, L1, ... or `layer_labels`), a column per head; each map scaled to its own maximum
+    (the pattern, not the magnitude)."""
     base = _upscale(view, cell)
     rows = []
     for layer in np.asarray(maps):
         rows.append([overlay(base, head / max(head.max(), 1e-12), alpha=0.6) for head in layer])
-    return tile_grid(rows, [f"L{i}" for i in range(len(rows))], [f"head {h}" for h in range(len(rows[0]))])
+    labels = list(layer_labels) if layer_labels is not None else [f"L{i}" for i in range(len(rows))]
+    return tile_grid(rows, labels, [f"head {h}" for h in range(len(rows[0]))])
 
 
 def method_row(view: np.ndarray, maps: Dict[str, np.ndarray], cell: int = 112) -> np.ndarray:

@@ -15,6 +15,7 @@ from . import figures
 
 from . import views
 from ..attribution.api import explain
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..imaging import read_image
 from ..registry import find_adapter, get_registry
@@ -49,7 +50,7 @@ def _overview(report, models, images):
     section.table(["model", "class", "adapter", "parameters", "test accuracy (checkpoint)"], rows)
 
 
-def _method_maps(report, models, images, methods, show, options):
+def _method_maps(report, models, images, methods, show, options, batch_size):
     section = report.section(SECTIONS[1])
     section.text("Each method's map for the predicted class, over the input the model saw "
                  "(bright = relevant; every map scaled to its own maximum).")
@@ -57,14 +58,16 @@ def _method_maps(report, models, images, methods, show, options):
         explanations = {}
         for method in methods:
             try:
-                explanations[method] = explain(model, images[:show], method=method, **options.get(method, {}))
+                explanations[method] = explain(model, images[:show], method=method, batch_size=batch_size,
+                                               **options.get(method, {}))
             except VitxError as exc:
                 _skip(section, f"{name} {method}", exc)
         if not explanations:
             continue
         first = next(iter(explanations.values()))
         if "dist" in first.layout.prefix and "rollout" in methods:
-            explanations["rollout (dist token)"] = explain(model, images[:show], method="rollout", token="dist")
+            explanations["rollout (dist token)"] = explain(model, images[:show], method="rollout", token="dist",
+                                                           batch_size=batch_size)
         section.heading(name)
         for i in range(len(first)):
             top = first.predictions[i][0]
@@ -91,15 +94,34 @@ def _per_model(section, models, figures_of):
 def _attention(report, models, images):
     section = report.section(SECTIONS[2])
     section.text("Attention from each prefix token (cls; dist for a distilled model) to every patch, "
-                 "a row per layer and a column per head, for the first image.")
+                 "a row per layer and a column per head, for the first image; a hierarchical model (Swin) "
+                 "by stage, on each stage's grid.")
 
     def draw(name, model):
-        result = views.attention_maps(model, images[:1])
+        try:
+            result = views.attention_maps(model, images[:1])
+        except views.StagedModel:
+            yield from _stage_figures(name, views.stage_attention(model, images[:1]))
+            return
         for token, maps in result.maps.items():
             yield (figures.attention_grid(maps.numpy(), result.view),
                    f"{name}: attention from the {token} token (layers x heads)", f"{name}-attention-{token}")
 
     _per_model(section, models, draw)
+
+
+def _stage_figures(name, result):
+    """A hierarchical model (Swin), one figure per stage: each layer's heads on the stage's grid,
+    from the mean of the stage's tokens (the pooled token a hierarchical head reads)."""
+    stages = result.stages
+    for stage, grid in enumerate(stages.grids):
+        layers = [number for number, s in enumerate(stages.stage) if s == stage]
+        maps = [result.upsampled(number).numpy() for number in layers]
+        if len({m.shape[0] for m in maps}) != 1:
+            continue  # a stage whose layers differ in heads has no layers x heads grid
+        yield (figures.attention_grid(maps, result.view, layer_labels=[f"L{number}" for number in layers]),
+               f"{name}: stage {stage + 1} ({grid[0]}x{grid[1]} tokens), attention from the mean of its tokens "
+               "(layers x heads)", f"{name}-attention-stage-{stage + 1}")
 
 
 def _filters(report, models):
@@ -146,7 +168,7 @@ def _uniform_line(values):
     return {"uniform": next(iter(values))} if len(values) == 1 else None
 
 
-def _statistics(report, models, images):
+def _statistics(report, models, images, batch_size):
     section = report.section(SECTIONS[6])
     section.text("Mean attention distance: how far, in input pixels, each head looks from a patch "
                  "(attention-weighted distance between patch centres). Entropy: how spread its attention "
@@ -155,7 +177,7 @@ def _statistics(report, models, images):
     uniform_distance, uniform_entropy = set(), set()
     for name, model in models.items():
         try:
-            stats = views.attention_statistics(model, images)
+            stats = views.attention_statistics(model, images, batch_size=batch_size)
         except VitxError as exc:
             _skip(section, name, exc)
             continue
@@ -190,7 +212,7 @@ def _curves(report, models):
         section.text("No model carries a training history (reference checkpoints do).", "note")
 
 
-def _sanity(report, models, images, methods, options):
+def _sanity(report, models, images, methods, options, batch_size):
     """Cascading randomisation (vitx.evaluate.sanity) of every method, per model."""
     from ..evaluate.sanity import sanity_check
 
@@ -200,7 +222,7 @@ def _sanity(report, models, images, methods, options):
                  "model's. A method whose maps do not change with the weights fails.")
     for name, model in models.items():
         try:
-            result = sanity_check(model, images, methods, options=options)
+            result = sanity_check(model, images, methods, batch_size=batch_size, options=options)
         except VitxError as exc:
             _skip(section, name, exc)
             continue
@@ -212,14 +234,15 @@ def _sanity(report, models, images, methods, options):
 
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
                    title: str = "vitx inspect", show: int = 4, extra=None, interactive: bool = False,
-                   sanity: bool = False, progress: bool = False, options: Optional[Dict[str, dict]] = None) -> Path:
+                   sanity: bool = False, progress: bool = False, options: Optional[Dict[str, dict]] = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> Path:
     """Write `out`/report.html (+ PNGs) for `models` (name -> module) on `images` (paths,
     PIL images, arrays or a preprocessed tensor). `show`: images with per-image figures;
     the statistics use all of them. `extra(report)` may add sections (the study does).
     `interactive`: add the attention explorer for the first `show` images (JavaScript).
     `sanity`: add the cascading-randomisation sanity check of every method (on all images).
     `progress`: a progress bar per section on stderr (the CLI's). `options`: {method: its
-    options}, as `vitx.explain` takes them."""
+    options}, as `vitx.explain` takes them. `batch_size`: images per forward pass."""
     if not models:
         raise VitxError("no model to inspect")
     if len(images) == 0:
@@ -240,18 +263,18 @@ def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods:
         from .explorer import add_explorer_section
 
         steps.append(("explorer", lambda: add_explorer_section(report, models, images[:show], methods,
-                                                                      options=options)))
+                                                                      options=options, batch_size=batch_size)))
     steps += [
-        ("method maps", lambda: _method_maps(report, models, images, methods, show, options)),
+        ("method maps", lambda: _method_maps(report, models, images, methods, show, options, batch_size)),
         ("attention", lambda: _attention(report, models, images)),
         ("filters", lambda: _filters(report, models)),
         ("activations", lambda: _activations(report, models, images)),
         ("positions", lambda: _positions(report, models)),
-        ("statistics", lambda: _statistics(report, models, images)),
+        ("statistics", lambda: _statistics(report, models, images, batch_size)),
         ("curves", lambda: _curves(report, models)),
     ]
     if sanity:
-        steps.append(("sanity check", lambda: _sanity(report, models, images, methods, options)))
+        steps.append(("sanity check", lambda: _sanity(report, models, images, methods, options, batch_size)))
     _run_steps(steps, progress)
     return report.write(out)
 

@@ -3,7 +3,9 @@
 Every view works on any model vitx can record (through its adapter), and returns tensors,
 not pictures, so research code can test and compare them; `vitx.figures` draws them.
 
-- `attention_maps`: every layer x head attention from a token to the patches, one image.
+- `attention_maps`: every layer x head attention from a token to the patches, one image;
+  `stage_attention` (vitx.inspect.stages): the same for a hierarchical model (Swin), each
+  layer on its own stage's grid.
 - `patch_filters` / `patch_activations`: principal components of the patch projection
   (as in the ViT paper, Fig. 7 left) and its output on an image.
 - `position_embedding` / `position_similarity`: cosine similarity of each patch position's
@@ -26,9 +28,11 @@ from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..unwrap import unwrap
 from ..capture.stages import StageLayer
+from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
 from ..registry import find_adapter
+from .stages import StageAttention, stage_attention  # noqa: F401  (vitx.views.stage_attention)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -44,15 +48,21 @@ class AttentionMaps:
     logits: torch.Tensor
 
 
+class StagedModel(VitxError):
+    """A view over one token grid was asked of a hierarchical model (a grid per stage)."""
+
+
 def single_grid(attentions, what: str) -> None:
-    """Refuse, in one line, stage layers of a hierarchical model (a grid per stage, vitx.capture.stages)
-    in a view that lays every layer over one token grid."""
+    """Refuse, in one line, stage layers of a hierarchical model (a grid per stage,
+    vitx.capture.stages) in a view that lays every layer over one token grid
+    (`stage_attention` shows window layers by stage)."""
     if any(isinstance(a, StageLayer) for a in attentions):
         from ..capture.support import window_methods
 
-        raise VitxError(f"{what} lays every layer over one token grid, but this model's window or pooled layers run "
-                        f"on a grid per stage (Swin, PiT, PVTv2, MViTv2): explain it with {', '.join(window_methods())} "
-                        "instead, whose maps lie on its first stage's grid")
+        raise StagedModel(f"{what} lays every layer over one token grid, but this model's window or pooled layers "
+                          "run on a grid per stage (Swin, PiT, PVTv2, MViTv2): see vitx.views.stage_attention (Swin: "
+                          f"each layer on its stage's grid), or explain it with {', '.join(window_methods())}, whose "
+                          "maps lie on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
@@ -122,7 +132,7 @@ class AttentionStatistics:
         return float(np.log(self.num_tokens))
 
 
-def attention_statistics(model: nn.Module, images, batch_size: int = 32, adapter=None) -> AttentionStatistics:
+def attention_statistics(model: nn.Module, images, batch_size: int = DEFAULT_BATCH_SIZE, adapter=None) -> AttentionStatistics:
     """Mean attention distance and entropy per layer and head over a set of images.
 
     Each layer is reduced as it is recorded, so memory stays at one layer's attention.
@@ -207,7 +217,7 @@ def position_embedding(model: nn.Module, adapter=None) -> Tuple[torch.Tensor, Tu
     dropped. The grid is the model's native one, from its input size and patch stride.
     """
     adapter = adapter or find_adapter(model)
-    size = adapter.data_config(model)["input_size"][-2:]
+    size = adapter.preprocessing(model)["input_size"][-2:]
     stride = patch_embedding(model).stride
     grid = (size[0] // stride[0], size[1] // stride[1])
     patches = grid[0] * grid[1]

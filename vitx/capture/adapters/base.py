@@ -94,6 +94,18 @@ class Adapter:
             return lambda tokens: forward_head(norm(tokens))
         return None
 
+    def preprocessing(self, model: nn.Module) -> dict:
+        """How to preprocess images for `model`: the data config saved with it when it was
+        trained or fine-tuned (vitx.capture.model_state.remember_preprocessing), else the
+        adapter's own `data_config`. Callers ask this, never `data_config` directly."""
+        from ..model_state import saved_preprocessing
+
+        saved = saved_preprocessing(model)
+        if saved is None:
+            return self.data_config(model)
+        saved["input_size"] = tuple(saved["input_size"])
+        return saved
+
     def data_config(self, model: nn.Module) -> dict:
         """timm-style data config (input_size, mean, std, interpolation, crop_pct)."""
         from timm.data import resolve_data_config

@@ -41,7 +41,7 @@ class PreprocessingWrapperAdapter(Adapter):
 
     def data_config(self, model):
         front, inner, adapter = self._inner(model)
-        config = dict(adapter.data_config(inner))
+        config = dict(adapter.preprocessing(inner))
         if any(_normalises(m) for m in front):
             channels = config["input_size"][0]
             config["mean"], config["std"] = (0.0,) * channels, (1.0,) * channels
