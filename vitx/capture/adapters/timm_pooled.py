@@ -115,7 +115,7 @@ def _pvt_stage(model, stage, chain, record):
 
         def on_attention(probs):
             grid = seen["grid"]
-            keys = key_merge(grid, attn.pool, attn.sr if attn.pool is None else None, probs.device)
+            keys = key_merge(grid, attn.pool, attn.sr, probs.device)
             return record(Pooled(probs, grid, chain.enter(grid, merge), keys=keys)).blocks
 
         return attn.register_forward_pre_hook(grab), explicit_probs(attn, on_attention)
