@@ -28,6 +28,8 @@ WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patc
 # pooled pyramids (vitx.capture.stages)
 PIT_NOTES = ("full attention per stage over [cls, grid], the stride-2 depthwise pooling as a mixing matrix "
              "(equal weights over its kernel); maps on the first stage's grid")
+TWINS_NOTES = ("locally-grouped windows as block-diagonal attention, sub-sampled attention times its key pooling, "
+               "patch embeddings as mixing matrices; maps on the first stage's grid")
 MVIT_NOTES = ("pooling attention times its key pooling, the pooled shortcut as a mixing matrix (equal weights over "
               "its max-pool window); maps on the first stage's grid")
 PVT_NOTES = ("spatial-reduction attention times its key pooling, overlapping patch embeddings as mixing matrices "
@@ -256,6 +258,10 @@ ROWS = [
     Row("pvt_v2", "timm", "PVTv2", timm_name("pvt_v2_b0"),
         loud(timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))),
         size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
+    Row("twins", "timm", "Twins", timm_name("twins_svt_small"),
+        loud(timm_model("twins_svt_small", img_size=64, depths=(2, 1, 1, 1), embed_dims=(16, 16, 16, 16),
+                        num_heads=(1, 1, 1, 1), wss=(4, 4, 2, 2))),
+        size=(64, 64), oracle="windows", layers=5, notes=TWINS_NOTES),
     Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"), lambda: _mvit(), size=(64, 64), oracle="windows",
         layers=2, notes=MVIT_NOTES),
     Row("hf_pvt_v2", "transformers", "PVTv2", "`--model hf:DIR` (PvtV2ForImageClassification)",
@@ -263,10 +269,6 @@ ROWS = [
     Row("hiera", "timm", "Hiera", timm_name("hiera_tiny_224"),
         timm_model("hiera_tiny_224", img_size=64, embed_dim=24, num_heads=1, stages=(1, 1, 1, 1)), size=(64, 64),
         methods=(), refusal=r"Hiera: .* mask-unit \(windowed\) attention", notes="mask-unit attention, pooling"),
-    Row("twins", "timm", "Twins", timm_name("twins_svt_small"),
-        timm_model("twins_pcpvt_small", img_size=32, depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16),
-                   num_heads=(1, 1, 1, 1)),
-        methods=(), refusal=r"Twins: .* locally-grouped \(windowed\) attention", notes="windowed + sub-sampled"),
     Row("maxvit", "timm", "MaxViT / CoAtNet", timm_name("maxvit_tiny_tf_224"),
         timm_model("maxvit_tiny_tf_224", img_size=64, embed_dim=(32, 32, 32, 32), depths=(1, 1, 1, 1),
                    stem_width=16),

@@ -1,5 +1,5 @@
-"""Attention flow through pooled hierarchical ViTs (PiT, PVTv2: timm, Hugging Face; MViTv2)
-against a dense reference.
+"""Attention flow through pooled hierarchical ViTs (PiT, PVTv2: timm, Hugging Face; Twins, whose
+window and sub-sampled layers alternate; MViTv2) against a dense reference.
 
 vitx records each layer as attention from its queries to its (pooled) keys
 (vitx.capture.stages.Pooled) and chains the stages through the pooling between them;
@@ -16,6 +16,7 @@ import window_reference as ref
 from compat_rows import _sharpen, loud_head, timm_model
 from helpers import images_for
 from test_windows import CASES, TARGETS, correlation
+from vitx.capture.windows import Windowed
 from vitx.errors import VitxError
 
 # odd grids (PiT: 15x23 -> 8x12 -> 4x6, border tokens pooled from fewer sources; PVTv2: 2x3
@@ -71,6 +72,25 @@ def mvit(cls_token=False, **kwargs):
     return build
 
 
+TWINS = dict(img_size=(64, 128), depths=(2, 1, 2, 1), embed_dims=(16, 16, 24, 24), num_heads=(1, 2, 2, 2),
+             sr_ratios=(4, 2, 2, 1))
+
+
+def twins(name, **kwargs):
+    """A tiny Twins (grids 16x32 -> 8x16 -> 4x8 -> 2x4, whole windows); its sub-sampled keys
+    (half of `kv`) sharpened too. (PCPVT, sub-sampled layers only, is PVTv2's case; its
+    gradient maps at this size are too flat for a check that can fail.)"""
+    def build():
+        model = timm_model(name, **TWINS, **kwargs)()
+        with torch.no_grad():
+            for block in (b for blocks in model.blocks for b in blocks):
+                if hasattr(block.attn, "kv"):
+                    block.attn.kv.weight[:block.attn.dim].mul_(6.0)
+        return loud_head(model)
+
+    return build
+
+
 MODELS = {
     "timm_pit": (lambda: loud_head(timm_model("pit_ti_224", **PIT)()), (32, 48), (15, 23)),
     "timm_pit_distilled": (lambda: loud_head(timm_model("pit_ti_distilled_224", **PIT)()), (32, 48), (15, 23)),
@@ -78,6 +98,7 @@ MODELS = {
     "timm_pvt_v2_linear": (pvt("pvt_v2_b2_li"), (64, 96), (16, 24)),
     "hf_pvt_v2": (hf_pvt(), (64, 96), (16, 24)),
     "hf_pvt_v2_linear": (hf_pvt(linear=True), (64, 96), (16, 24)),
+    "timm_twins_svt": (twins("twins_svt_small", wss=(4, 4, 2, 2)), (64, 128), (16, 32)),
     "timm_mvitv2": (mvit(), (64, 64), (16, 16)),
     "timm_mvitv2_cls": (mvit(cls_token=True), (64, 64), (16, 16)),
 }
@@ -114,7 +135,8 @@ def test_recorded_layers_are_the_dense_attention(setup):
     for layer, recorded in enumerate(rec.attentions):
         for i in range(2):
             r = references[i]
-            torch.testing.assert_close(recorded.blocks[i], r.attentions[layer], atol=5e-4, rtol=1e-3)
+            values = recorded.dense() if isinstance(recorded, Windowed) else recorded.blocks  # Twins: windows too
+            torch.testing.assert_close(values[i], r.attentions[layer], atol=5e-4, rtol=1e-3)
             torch.testing.assert_close(recorded.dense()[i].mean(0), r.flow(layer, r.attentions[layer].mean(0)),
                                        atol=5e-4, rtol=1e-3)
 
@@ -175,7 +197,8 @@ def test_a_class_token_the_head_does_not_read_is_not_explained():
 
 
 @pytest.mark.parametrize("name,family", [("timm_pit", "PiT"), ("timm_pvt_v2", "PVTv2"),
-                                         ("hf_pvt_v2", r"PVTv2 \(Hugging Face\)"), ("timm_mvitv2", "MViTv2")])
+                                         ("hf_pvt_v2", r"PVTv2 \(Hugging Face\)"), ("timm_mvitv2", "MViTv2"),
+                                         ("timm_twins_svt", "Twins")])
 def test_methods_that_cannot_read_stage_layers_refuse_before_any_forward(name, family):
     model = MODELS[name][0]()
     calls = []

@@ -1,4 +1,4 @@
-"""Dense reference for hierarchical ViTs (Swin, SwinV2, PiT, PVTv2, MViTv2): nothing here uses vitx.
+"""Dense reference for hierarchical ViTs (Swin, SwinV2, PiT, PVTv2, Twins, MViTv2): nothing here uses vitx.
 
 A forward hook on every Swin block recomputes the block from its input and its own weights
 with FULL (tokens x tokens) attention over the stage's grid: q, k from the block's projections,
@@ -222,6 +222,8 @@ def blocks_of(model, padded=False):
         return [(blk, timm_pit) for stage in model.transformers for blk in stage.blocks]
     if kind == "timm.models.pvt_v2":
         return [(blk, timm_pvt_v2) for stage in model.stages for blk in stage.blocks]
+    if kind == "timm.models.twins":
+        return [(blk, timm_twins) for blocks in model.blocks for blk in blocks]
     if kind == "timm.models.mvitv2":
         return [(blk, timm_mvit) for stage in model.stages for blk in stage.blocks]
     if kind.startswith("transformers.models.pvt_v2"):
@@ -298,6 +300,29 @@ def timm_pvt_v2(block, args, kwargs, output):
     out = x + attn.proj(_merge_heads(probs @ v))
     out = out + block.mlp(block.norm2(out), (h, w))
     return out, probs, torch.ones(probs.shape[-2:], dtype=torch.bool), (h, w), {"keys": keys}
+
+
+def timm_twins(block, args, kwargs, output):
+    """A Twins block: locally-grouped attention (a softmax over the whole grid with every pair of
+    different ws x ws windows excluded; grids that are whole windows) or global sub-sampled
+    attention (keys and values from the strided convolution of the grid, as PVTv2)."""
+    x, (h, w) = args[0], tuple(int(g) for g in args[1])
+    attn = block.attn
+    tokens = block.norm1(x)
+    if hasattr(attn, "ws"):
+        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(tokens).chunk(3, dim=-1))
+        pairs = geometry(h, w, (attn.ws, attn.ws), (0, 0))[0]
+        probs = ((q * attn.scale) @ k.transpose(-2, -1)).masked_fill(~pairs, float("-inf")).softmax(dim=-1)
+        keys = None
+    else:
+        reduced, keys = _spatial_reduction(tokens, h, w, None, attn.sr, attn.norm)
+        q = _heads(attn.q(tokens), attn.num_heads)
+        k, v = (_heads(t, attn.num_heads) for t in attn.kv(reduced).chunk(2, dim=-1))
+        probs, pairs = _attend(q, k, attn.scale), None
+    out = x + attn.proj(_merge_heads(probs @ v))
+    out = out + block.mlp(block.norm2(out))
+    pairs = torch.ones(probs.shape[-2:], dtype=torch.bool) if pairs is None else pairs
+    return out, probs, pairs, (h, w), {"keys": keys}
 
 
 def hf_pvt_v2(layer, args, kwargs, output):
@@ -338,6 +363,8 @@ def blocks_of(model, padded=False):
         return [(blk, timm_pit) for stage in model.transformers for blk in stage.blocks]
     if kind == "timm.models.pvt_v2":
         return [(blk, timm_pvt_v2) for stage in model.stages for blk in stage.blocks]
+    if kind == "timm.models.twins":
+        return [(blk, timm_twins) for blocks in model.blocks for blk in blocks]
     if kind == "timm.models.mvitv2":
         return [(blk, timm_mvit) for stage in model.stages for blk in stage.blocks]
     if kind.startswith("transformers.models.pvt_v2"):
@@ -414,6 +441,29 @@ def timm_pvt_v2(block, args, kwargs, output):
     out = x + attn.proj(_merge_heads(probs @ v))
     out = out + block.mlp(block.norm2(out), (h, w))
     return out, probs, torch.ones(probs.shape[-2:], dtype=torch.bool), (h, w), {"keys": keys}
+
+
+def timm_twins(block, args, kwargs, output):
+    """A Twins block: locally-grouped attention (a softmax over the whole grid with every pair of
+    different ws x ws windows excluded; grids that are whole windows) or global sub-sampled
+    attention (keys and values from the strided convolution of the grid, as PVTv2)."""
+    x, (h, w) = args[0], tuple(int(g) for g in args[1])
+    attn = block.attn
+    tokens = block.norm1(x)
+    if hasattr(attn, "ws"):
+        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(tokens).chunk(3, dim=-1))
+        pairs = geometry(h, w, (attn.ws, attn.ws), (0, 0))[0]
+        probs = ((q * attn.scale) @ k.transpose(-2, -1)).masked_fill(~pairs, float("-inf")).softmax(dim=-1)
+        keys = None
+    else:
+        reduced, keys = _spatial_reduction(tokens, h, w, None, attn.sr, attn.norm)
+        q = _heads(attn.q(tokens), attn.num_heads)
+        k, v = (_heads(t, attn.num_heads) for t in attn.kv(reduced).chunk(2, dim=-1))
+        probs, pairs = _attend(q, k, attn.scale), None
+    out = x + attn.proj(_merge_heads(probs @ v))
+    out = out + block.mlp(block.norm2(out))
+    pairs = torch.ones(probs.shape[-2:], dtype=torch.bool) if pairs is None else pairs
+    return out, probs, pairs, (h, w), {"keys": keys}
 
 
 def hf_pvt_v2(layer, args, kwargs, output):
@@ -551,6 +601,15 @@ def _stage_hooks(model):
         return state, [stage.register_forward_pre_hook(pit(stage)) for stage in model.transformers]
     if kind == "timm.models.pvt_v2":
         return state, [stage.register_forward_pre_hook(pvt(stage)) for stage in model.stages]
+    def twins(embed):
+        def run(module, args):
+            conv = embed.proj
+            state["merge"] = pool_matrix(tuple(args[0].shape[-2:]), tuple(conv(args[0]).shape[-2:]),
+                                         conv.kernel_size[0], conv.stride[0], conv.padding[0])
+        return run
+
+    if kind == "timm.models.twins":  # the first embedding reads the image
+        return state, [embed.register_forward_pre_hook(twins(embed)) for embed in model.patch_embeds[1:]]
     if kind == "timm.models.mvitv2":
         return state, []  # no merges outside the blocks: the pooled residual is each block's `skip`
     if kind.startswith("transformers.models.pvt_v2"):

@@ -22,15 +22,22 @@ from contextlib import ExitStack, contextmanager
 
 from ..stages import Pooled, adaptive_merge, conv_merge, pair
 from .pyramid import PyramidAdapter, explicit_probs
+from .swin import record_windows
 
 PIT = "timm.models.pit.PoolingVisionTransformer"
 PVT_V2 = "timm.models.pvt_v2.PyramidVisionTransformerV2"
+TWINS = "timm.models.twins.Twins"
 PIT_WHY = ("its stages attend over different token sets (a strided depthwise convolution pools the grid between "
            "them), so it is explained by attention-flow methods only (each stage's attention chained through the "
            "pooling, written as equal weights over each pooled token's sources)")
 PVT_WHY = ("spatial-reduction attention reads keys pooled from the grid and the grid shrinks between stages, so it "
            "is explained by attention-flow methods only (each layer's attention times its key pooling, chained "
            "through the patch embeddings between stages)")
+
+TWINS_WHY = ("locally-grouped (window) attention alternates with attention to a sub-sampled grid and the grid "
+             "shrinks between stages, so it is explained by attention-flow methods only (window layers as "
+             "block-diagonal attention, sub-sampled layers times their key pooling, chained through the patch "
+             "embeddings between stages)")
 
 
 def conv_params(conv):
@@ -62,16 +69,19 @@ class TimmPooledAdapter(PyramidAdapter):
 
     name = "timm_pooled"
     priority = 1100  # before the table of refused families
-    families = {PIT: ("PiT", PIT_WHY), PVT_V2: ("PVTv2", PVT_WHY)}
+    families = {PIT: ("PiT", PIT_WHY), PVT_V2: ("PVTv2", PVT_WHY), TWINS: ("Twins", TWINS_WHY)}
 
     @contextmanager
     def attach(self, model, record):
+        family = self.family(model)[0]
         with ExitStack() as stack:
             chain = stack.enter_context(self.chained(model))
-            attach = _pit_stage if self.family(model)[0] == "PiT" else _pvt_stage
-            stages = model.transformers if self.family(model)[0] == "PiT" else model.stages
-            for stage in stages:
-                stack.enter_context(attach(model, stage, chain, record))
+            if family == "Twins":
+                for embed, blocks in zip(model.patch_embeds, model.blocks):
+                    for block in blocks:
+                        stack.enter_context(_spatial_block(block.attn, embed.proj, chain, record))
+            for stage in model.transformers if family == "PiT" else model.stages if family == "PVTv2" else ():
+                stack.enter_context((_pit_stage if family == "PiT" else _pvt_stage)(model, stage, chain, record))
             yield
 
 
@@ -103,27 +113,38 @@ def _pit_stage(model, stage, chain, record):
 @contextmanager
 def _pvt_stage(model, stage, chain, record):
     """A PVTv2 stage: each block's spatial-reduction attention a `Pooled` with its key pooling;
-    the first carries the overlapping patch embedding's merge."""
-    def merge(before, after):
-        return conv_merge_of(stage.downsample.proj, before, after)
-
-    def attach(block):
-        attn, seen = block.attn, {}
-
-        def grab(module, args):
-            seen["grid"] = tuple(int(g) for g in args[1])
-
-        def on_attention(probs):
-            grid = seen["grid"]
-            keys = key_merge(grid, attn.pool, attn.sr, probs.device)
-            return record(Pooled(probs, grid, chain.enter(grid, merge), keys=keys)).blocks
-
-        return attn.register_forward_pre_hook(grab), explicit_probs(attn, on_attention)
-
+    the first carries the overlapping patch embedding's merge (none for the first stage)."""
     with ExitStack() as stack:
         for block in stage.blocks:
-            handle, probs = attach(block)
-            stack.callback(handle.remove)
-            stack.enter_context(probs)
+            stack.enter_context(_spatial_block(block.attn, getattr(stage.downsample, "proj", None), chain, record))
         yield
 
+
+@contextmanager
+def _spatial_block(attn, embedding, chain, record):
+    """One attention of a PVTv2 / Twins block, called with the grid (attn(x, (h, w))): Twins'
+    locally-grouped attention (`ws`: windows of the grid padded at its end, folded as
+    (B, windows, heads, n, n)) as a `Windowed`, else spatial-reduction attention as a `Pooled`
+    with its key pooling; the first layer after `embedding` (a convolution) carries its merge."""
+    seen = {}
+
+    def grab(module, args):
+        seen["grid"] = tuple(int(g) for g in args[1])
+
+    def on_attention(probs):
+        grid = seen["grid"]
+        entry = chain.enter(grid, lambda before, after: conv_merge_of(embedding, before, after))
+        if hasattr(attn, "ws"):
+            batch, windows, heads, n = probs.shape[:4]
+            out = record_windows(record, probs.reshape(batch * windows, heads, n, n), batch, heads, grid,
+                                 (attn.ws, attn.ws), (0, 0), entry)
+            return out.reshape(probs.shape)
+        keys = key_merge(grid, getattr(attn, "pool", None), attn.sr, probs.device)
+        return record(Pooled(probs, grid, entry, keys=keys)).blocks
+
+    handle = attn.register_forward_pre_hook(grab)
+    try:
+        with explicit_probs(attn, on_attention):
+            yield
+    finally:
+        handle.remove()
