@@ -60,9 +60,9 @@ def single_grid(attentions, what: str) -> None:
         from ..capture.support import window_methods
 
         raise StagedModel(f"{what} lays every layer over one token grid, but this model's window or pooled layers "
-                          "run on a grid per stage (Swin, PiT, PVTv2, MViTv2): see vitx.views.stage_attention (Swin: "
-                          f"each layer on its stage's grid), or explain it with {', '.join(window_methods())}, whose "
-                          "maps lie on its first stage's grid")
+                          "run on a grid per stage (Swin, PiT, PVTv2, Twins, MViTv2): see vitx.views.stage_attention "
+                          f"(Swin: each layer on its stage's grid), or explain it with {', '.join(window_methods())}, "
+                          "whose maps lie on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
