@@ -77,7 +77,7 @@ TWINS = dict(img_size=(64, 128), depths=(2, 1, 2, 1), embed_dims=(16, 16, 24, 24
 
 
 def twins(name, **kwargs):
-    """A tiny Twins (grids 16x32 -> 8x16 -> 4x8 -> 2x4, whole windows); its sub-sampled keys
+    """A tiny Twins (grids 16x32 -> 8x16 -> 4x8 -> 2x4; 3x3 windows pad every grid); its sub-sampled keys
     (half of `kv`) sharpened too. (PCPVT, sub-sampled layers only, is PVTv2's case; its
     gradient maps at this size are too flat for a check that can fail.)"""
     def build():
@@ -99,6 +99,7 @@ MODELS = {
     "hf_pvt_v2": (hf_pvt(), (64, 96), (16, 24)),
     "hf_pvt_v2_linear": (hf_pvt(linear=True), (64, 96), (16, 24)),
     "timm_twins_svt": (twins("twins_svt_small", wss=(4, 4, 2, 2)), (64, 128), (16, 32)),
+    "timm_twins_svt_padded": (twins("twins_svt_small", wss=(3, 3, 3, 3)), (64, 128), (16, 32)),
     "timm_mvitv2": (mvit(), (64, 64), (16, 16)),
     "timm_mvitv2_cls": (mvit(cls_token=True), (64, 64), (16, 16)),
 }

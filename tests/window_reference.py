@@ -303,17 +303,24 @@ def timm_pvt_v2(block, args, kwargs, output):
 
 
 def timm_twins(block, args, kwargs, output):
-    """A Twins block: locally-grouped attention (a softmax over the whole grid with every pair of
-    different ws x ws windows excluded; grids that are whole windows) or global sub-sampled
-    attention (keys and values from the strided convolution of the grid, as PVTv2)."""
+    """A Twins block: locally-grouped attention (a softmax over the grid, padded with zero tokens
+    at its end to whole ws x ws windows as the model does, with every pair of different windows
+    excluded; the padding's rows and columns dropped afterwards) or global sub-sampled attention
+    (keys and values from the strided convolution of the grid, as PVTv2)."""
     x, (h, w) = args[0], tuple(int(g) for g in args[1])
     attn = block.attn
     tokens = block.norm1(x)
-    if hasattr(attn, "ws"):
-        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(tokens).chunk(3, dim=-1))
-        pairs = geometry(h, w, (attn.ws, attn.ws), (0, 0))[0]
+    if hasattr(attn, "ws"):  # over the grid padded (zeros at its end) to whole windows, padding dropped after
+        ws, b, c = attn.ws, x.shape[0], x.shape[-1]
+        hp, wp = h + (-h) % ws, w + (-w) % ws
+        frame = F.pad(tokens.reshape(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h)).reshape(b, hp * wp, c)
+        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(frame).chunk(3, dim=-1))
+        pairs = geometry(hp, wp, (ws, ws), (0, 0))[0]
         probs = ((q * attn.scale) @ k.transpose(-2, -1)).masked_fill(~pairs, float("-inf")).softmax(dim=-1)
-        keys = None
+        real = (torch.arange(h)[:, None] * wp + torch.arange(w)[None, :]).flatten()
+        out = x + attn.proj(_merge_heads((probs @ v)[:, :, real]))
+        out = out + block.mlp(block.norm2(out))
+        return out, (probs, lambda a: a[..., real, :][..., real]), pairs[real][:, real], (h, w), {"keys": None}
     else:
         reduced, keys = _spatial_reduction(tokens, h, w, None, attn.sr, attn.norm)
         q = _heads(attn.q(tokens), attn.num_heads)
@@ -444,17 +451,24 @@ def timm_pvt_v2(block, args, kwargs, output):
 
 
 def timm_twins(block, args, kwargs, output):
-    """A Twins block: locally-grouped attention (a softmax over the whole grid with every pair of
-    different ws x ws windows excluded; grids that are whole windows) or global sub-sampled
-    attention (keys and values from the strided convolution of the grid, as PVTv2)."""
+    """A Twins block: locally-grouped attention (a softmax over the grid, padded with zero tokens
+    at its end to whole ws x ws windows as the model does, with every pair of different windows
+    excluded; the padding's rows and columns dropped afterwards) or global sub-sampled attention
+    (keys and values from the strided convolution of the grid, as PVTv2)."""
     x, (h, w) = args[0], tuple(int(g) for g in args[1])
     attn = block.attn
     tokens = block.norm1(x)
-    if hasattr(attn, "ws"):
-        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(tokens).chunk(3, dim=-1))
-        pairs = geometry(h, w, (attn.ws, attn.ws), (0, 0))[0]
+    if hasattr(attn, "ws"):  # over the grid padded (zeros at its end) to whole windows, padding dropped after
+        ws, b, c = attn.ws, x.shape[0], x.shape[-1]
+        hp, wp = h + (-h) % ws, w + (-w) % ws
+        frame = F.pad(tokens.reshape(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h)).reshape(b, hp * wp, c)
+        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(frame).chunk(3, dim=-1))
+        pairs = geometry(hp, wp, (ws, ws), (0, 0))[0]
         probs = ((q * attn.scale) @ k.transpose(-2, -1)).masked_fill(~pairs, float("-inf")).softmax(dim=-1)
-        keys = None
+        real = (torch.arange(h)[:, None] * wp + torch.arange(w)[None, :]).flatten()
+        out = x + attn.proj(_merge_heads((probs @ v)[:, :, real]))
+        out = out + block.mlp(block.norm2(out))
+        return out, (probs, lambda a: a[..., real, :][..., real]), pairs[real][:, real], (h, w), {"keys": None}
     else:
         reduced, keys = _spatial_reduction(tokens, h, w, None, attn.sr, attn.norm)
         q = _heads(attn.q(tokens), attn.num_heads)
