@@ -6,7 +6,7 @@ import torch
 
 import vitx
 from framework_models import hf_model
-from helpers import images_for, tiny_sdpa, tiny_timm, tiny_torchvision
+from helpers import fingerprint, images_for, tiny_sdpa, tiny_timm, tiny_torchvision
 
 TARGET = 3
 
@@ -154,7 +154,9 @@ def test_value_transforms_equal_w_o_v_from_the_weights(factory):
     from vitx.registry import find_adapter
 
     model, x = factory(), images_for((32, 32))
+    before = fingerprint(model)
     inputs, transformed = value_transforms(model, find_adapter(model), x)
+    assert fingerprint(model) == before  # hooks and flags restored
     expected = transformed_values_from_weights(model, x)
     assert len(inputs) == len(expected) > 1
     for z, y, (z_ref, y_ref) in zip(inputs, transformed, expected):
