@@ -18,16 +18,14 @@ import torch.nn.functional as F
 
 import vitx
 from vitx.attribution.explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, Explainer
-from vitx.attribution.ops import rollout_row
+from vitx.attribution.ops import norm_ratio, rollout_row
 from vitx.errors import VitxError
-
-EPSILON = 1e-8
 
 
 def transformation_weights(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """(B, N): length ratio times the token-softmax of the cosine between the two states."""
     coherence = F.cosine_similarity(before, after, dim=-1).softmax(dim=-1)
-    return after.norm(dim=-1) / (before.norm(dim=-1) + EPSILON) * coherence
+    return norm_ratio(before, after) * coherence
 
 
 class TokenTM(Explainer):

@@ -92,6 +92,15 @@ class Evidence:
             score = self._target_for(pixels.shape[0]).score(output).sum()
             return [g.detach() for g in recorder.gradients(score)]
 
+    def value_transforms(self):
+        """Per block, (its input tokens z, W_o v: each token's value through the attention's
+        output projection), (B, N, D) each, for the explained images: one forward of three
+        stacked copies, no gradient (vitx.capture.value_transforms)."""
+        from ..capture.value_transforms import value_transforms
+
+        with self.rules():
+            return value_transforms(self.model, self.adapter, self.pixels)
+
     def pixels_to_tokens(self, relevance: torch.Tensor) -> torch.Tensor:
         """Pixel relevance (B, C, H, W) or (B, H, W) -> (B, N) token relevance: the sum over
         channels and over each patch's pixels; prefix tokens get 0."""

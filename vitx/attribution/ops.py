@@ -117,3 +117,12 @@ def rollout_row(layers: Sequence[torch.Tensor], query: torch.Tensor, transform=N
         matrix = layers[index].to(dtype)
         row = vecmat(row, matrix if transform is None else transform(index, matrix))
     return row
+
+
+NORM_EPSILON = 1e-8
+
+
+def norm_ratio(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) x 2 -> (B, N): |after_j| / |before_j|, how much a transformation scales each
+    token (TokenTM's length change, Beyond Intuition's token-wise |W_o v_j| / |z_j|)."""
+    return after.norm(dim=-1) / (before.norm(dim=-1) + NORM_EPSILON)
