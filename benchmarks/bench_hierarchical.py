@@ -1,5 +1,7 @@
 """Memory and time of the attention-flow methods on Swin-T at 224 px, against plain inference
-(raw_attention, rollout) and a forward + backward (grad_rollout, chefer2021).
+(raw_attention, rollout) and a forward + backward (grad_rollout, chefer2021). The pooled
+families (vitx.capture.stages) run the same way with --configs, e.g.
+pit_s_224:224:1,pvt_v2_b2:224:1,mvitv2_tiny:224:1.
 
 Window layers are kept compact (vitx.capture.windows: per layer 3 x 64 x 49^2 values for a
 Swin-T stage-1 layer rather than 3 x 3136^2), so the target is within 1.3x of the forward

@@ -50,7 +50,10 @@ def child(model_name, size, batch, mode, device_name, repeats, dtype_name):
     device = torch.device(device_name)
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, img_size=size, num_classes=1000)
+    try:
+        model = timm.create_model(model_name, pretrained=False, img_size=size, num_classes=1000)
+    except TypeError:  # a model built for any input size (PVTv2) takes no img_size
+        model = timm.create_model(model_name, pretrained=False, num_classes=1000)
     model = model.eval().to(device=device, dtype=dtype)
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
 

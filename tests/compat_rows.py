@@ -25,6 +25,15 @@ ALL = ATTENTION_METHODS
 # windowed pyramids (vitx.capture.windows): what the README says is recorded
 WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patch merging as a mixing matrix; "
                 "maps on the first stage's grid")
+# pooled pyramids (vitx.capture.stages)
+PIT_NOTES = ("full attention per stage over [cls, grid], the stride-2 depthwise pooling as a mixing matrix "
+             "(equal weights over its kernel); maps on the first stage's grid")
+TWINS_NOTES = ("locally-grouped windows as block-diagonal attention, sub-sampled attention times its key pooling, "
+               "patch embeddings as mixing matrices; maps on the first stage's grid")
+MVIT_NOTES = ("pooling attention times its key pooling, the pooled shortcut as a mixing matrix (equal weights over "
+              "its max-pool window); maps on the first stage's grid")
+PVT_NOTES = ("spatial-reduction attention times its key pooling, overlapping patch embeddings as mixing matrices "
+             "(equal weights over each kernel); maps on the first stage's grid")
 
 
 
@@ -80,7 +89,8 @@ def loud_head(model):
     with torch.no_grad():
         head = (model.get_classifier() if hasattr(model, "get_classifier")
                 else getattr(model, "classifier", None) or model.head)
-        head.weight.mul_(300.0)
+        for layer in head if isinstance(head, tuple) else (head,):  # a distilled model: both heads
+            layer.weight.mul_(300.0)
     return model
 
 
@@ -122,6 +132,18 @@ def hf_swin(kind, patch=2, depths=(2, 2, 2)):
         return model
 
     return build
+
+
+def hf_pvt_v2():
+    """A random-init transformers PvtV2ForImageClassification at toy width."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.PvtV2Config(depths=[1, 1, 1, 1], hidden_sizes=[16, 16, 16, 16],
+                                      num_attention_heads=[1, 1, 1, 1], num_labels=5)
+    model = transformers.PvtV2ForImageClassification(config).eval()
+    _sharpen(model)
+    return model
 
 
 def cls_module(path, **kwargs):
@@ -218,10 +240,6 @@ ROWS = [
                    num_heads=(2, 2), mlp_ratio=(2, 2, 1)),
         size=(64, 64), methods=(), refusal=r"CrossViT: .* two branches with different patch grids",
         notes="two token sets"),
-    Row("pit", "timm", "PiT", timm_name("pit_s_224"),
-        timm_model("pit_ti_224", img_size=64, patch_size=8, stride=4, depth=(1, 1, 1), heads=(2, 2, 2),
-                   base_dims=(12, 12, 12)),
-        size=(64, 64), methods=(), refusal=r"PiT: .* pooling layers .* shrink the token grid", notes="token pooling"),
     # --- refused: hierarchical and windowed
     # --- windowed pyramids: window layers as block-diagonal attention over each stage's grid
     Row("swin", "timm", "Swin", timm_name("swin_tiny_patch4_window7_224"),
@@ -232,18 +250,25 @@ ROWS = [
         loud(timm_model("swinv2_tiny_window8_256", img_size=(32, 64), patch_size=4, window_size=4, depths=(2, 2),
                         embed_dim=24, num_heads=(2, 2))),
         size=(32, 64), oracle="windows", layers=4, notes=WINDOW_NOTES),
-    Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"),
-        lambda: _mvit(), size=(64, 64), methods=(), refusal=r"MViTv2: .* pooling attention", notes="pooling attention"),
+    # --- pooled pyramids (vitx.capture.stages): attention per stage chained through the pooling
+    Row("pit", "timm", "PiT", timm_name("pit_s_224"),
+        timm_model("pit_ti_224", img_size=64, patch_size=8, stride=4, depth=(1, 1, 1), heads=(2, 2, 2),
+                   base_dims=(12, 12, 12)),
+        size=(64, 64), prefix=["cls"], oracle="windows", layers=3, notes=PIT_NOTES),
+    Row("pvt_v2", "timm", "PVTv2", timm_name("pvt_v2_b0"),
+        loud(timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))),
+        size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
+    Row("twins", "timm", "Twins", timm_name("twins_svt_small"),
+        loud(timm_model("twins_svt_small", img_size=64, depths=(2, 1, 1, 1), embed_dims=(16, 16, 16, 16),
+                        num_heads=(1, 1, 1, 1), wss=(4, 4, 2, 2))),
+        size=(64, 64), oracle="windows", layers=5, notes=TWINS_NOTES),
+    Row("mvitv2", "timm", "MViTv2", timm_name("mvitv2_tiny"), lambda: _mvit(), size=(64, 64), oracle="windows",
+        layers=2, notes=MVIT_NOTES),
+    Row("hf_pvt_v2", "transformers", "PVTv2", "`--model hf:DIR` (PvtV2ForImageClassification)",
+        loud(hf_pvt_v2), size=(64, 64), oracle="windows", layers=4, notes=PVT_NOTES),
     Row("hiera", "timm", "Hiera", timm_name("hiera_tiny_224"),
         timm_model("hiera_tiny_224", img_size=64, embed_dim=24, num_heads=1, stages=(1, 1, 1, 1)), size=(64, 64),
         methods=(), refusal=r"Hiera: .* mask-unit \(windowed\) attention", notes="mask-unit attention, pooling"),
-    Row("pvt_v2", "timm", "PVTv2", timm_name("pvt_v2_b0"),
-        timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1)),
-        methods=(), refusal=r"PVTv2: .* spatial-reduction attention", notes="spatial-reduction attention"),
-    Row("twins", "timm", "Twins", timm_name("twins_svt_small"),
-        timm_model("twins_pcpvt_small", img_size=32, depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16),
-                   num_heads=(1, 1, 1, 1)),
-        methods=(), refusal=r"Twins: .* locally-grouped \(windowed\) attention", notes="windowed + sub-sampled"),
     Row("maxvit", "timm", "MaxViT / CoAtNet", timm_name("maxvit_tiny_tf_224"),
         timm_model("maxvit_tiny_tf_224", img_size=64, embed_dim=(32, 32, 32, 32), depths=(1, 1, 1, 1),
                    stem_width=16),
@@ -294,8 +319,10 @@ def _mvit():
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
     torch.manual_seed(0)
-    return MultiScaleVit(MultiScaleVitCfg(depths=(1, 1), embed_dim=(24, 48), num_heads=(1, 2)), img_size=(64, 64),
-                         num_classes=5).eval()
+    model = MultiScaleVit(MultiScaleVitCfg(depths=(1, 1), embed_dim=(24, 48), num_heads=(1, 2)), img_size=(64, 64),
+                          num_classes=5).eval()
+    _sharpen(model)
+    return model
 
 
 def refused_methods(row: Row):

@@ -57,13 +57,14 @@ def test_xcit_raw_attention_reads_its_class_attention_and_flow_is_refused():
 
 
 def test_refusal_names_cause_and_installed_methods():
-    model = timm_model("pvt_v2_b0", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))()
+    model = timm_model("davit_tiny", depths=(1, 1, 1, 1), embed_dims=(16, 16, 16, 16), num_heads=(1, 1, 1, 1))()
     adapter = find_adapter(model)
     assert adapter.name == "hierarchical"
     with pytest.raises(VitxError) as info:
         check_method(adapter, model, get_explainer("chefer2021").cls())
     message = str(info.value)
-    assert message.startswith("PVTv2: method 'chefer2021' cannot explain this model: spatial-reduction attention")
+    assert message.startswith("DaViT: method 'chefer2021' cannot explain this model: window attention alternates "
+                              "with channel attention")
     for name in methods_without_attention():
         assert name in message.split("methods that apply:")[1]
     assert "rollout" in message.split("methods that apply:")[0]

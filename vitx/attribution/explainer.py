@@ -35,8 +35,8 @@ class Explainer:
     paper: ClassVar[str] = ""
     needs_grad: ClassVar[bool] = False
     requires: ClassVar[Tuple[str, ...]] = ()
-    # True: `attribute` also handles window layers of hierarchical models (vitx.capture.windows:
-    # compact block-diagonal layers chained by stage merges, through vitx.attribution.ops);
+    # True: `attribute` also handles the stage layers of hierarchical models (vitx.capture.stages:
+    # compact window or pooled attention chained by stage merges, through vitx.attribution.ops);
     # attention methods without it are refused on those models before any forward
     windows: ClassVar[bool] = False
     options: ClassVar[Sequence[Option]] = ()
@@ -108,9 +108,9 @@ class Explainer:
         heads and keeps only that mean, in the model's dtype. `attribute` then receives those
         per-layer means as `attentions`, with `gradients=None`. Not overriding it keeps the
         full per-head attention and gradients (memory grows with heads x layers x N^2).
-        On a window layer (`windows` methods, vitx.capture.windows) it receives the blocks,
-        (B, h, windows, n, n): heads stay on dim 1, so an elementwise term summed over dim 1
-        serves both.
+        On a stage layer (`windows` methods, vitx.capture.stages) it receives the blocks,
+        (B, h, windows, n, n) or (B, h, Nq, Nk): heads stay on dim 1, so an elementwise term
+        summed over dim 1 serves all.
         """
         raise NotImplementedError
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..capture.windows import Windowed
+from ..capture.stages import StageLayer, lowest  # noqa: F401 (lowest: shared with the stage layers)
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -23,18 +23,6 @@ def fuse_heads(attention: torch.Tensor, how: str = "mean") -> torch.Tensor:
     raise ValueError(f"unknown head fusion {how!r}; use one of {HEAD_FUSIONS}")
 
 
-def lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, M) -> bool mask of each row's k smallest entries (ties broken by position).
-
-    By selection (kthvalue, O(M)) rather than a partial sort (topk, ~6x slower at 1370
-    tokens): entries below the k-th value, then as many entries equal to it as make k."""
-    threshold = flat.kthvalue(k, dim=-1, keepdim=True).values
-    drop = flat < threshold
-    ties = flat == threshold
-    missing = k - drop.sum(dim=-1, keepdim=True)
-    return drop | (ties & (ties.cumsum(dim=-1) <= missing))
-
-
 def discard_lowest(fused, ratio: float, query: torch.Tensor):
     """Zero the lowest `ratio` of each image's N x N attention entries.
 
@@ -42,15 +30,13 @@ def discard_lowest(fused, ratio: float, query: torch.Tensor):
     and the explained token's own path (diagonal entries of the tokens in `query`'s
     support) is never removed. Returns a new tensor.
 
-    A window layer (`Windowed`) chooses among the entries it can have, those between two real
-    tokens of one window (k = int(count * ratio)), and keeps every token's diagonal entry:
-    the query lives on the last stage's tokens, and the default one (the mean) reaches every
-    token of every stage.
+    A layer of a hierarchical model (`StageLayer`, vitx.capture.stages) chooses among the
+    entries it can have, as its kind defines (`StageLayer.discard_lowest`).
     """
     if ratio <= 0:
         return fused
-    if isinstance(fused, Windowed):
-        return _discard_in_windows(fused, ratio)
+    if isinstance(fused, StageLayer):
+        return fused.discard_lowest(ratio)
     batch, n, _ = fused.shape
     flat = fused.reshape(batch, n * n)
     k = int(flat.shape[-1] * ratio)
@@ -62,73 +48,56 @@ def discard_lowest(fused, ratio: float, query: torch.Tensor):
     return flat.masked_fill(drop, 0.0).reshape(batch, n, n)
 
 
-def _discard_in_windows(fused: Windowed, ratio: float) -> Windowed:
-    pairs = fused.pairs()
-    k = int(int(pairs.sum()) * ratio)
-    if k == 0:
-        return fused
-    batch = fused.blocks.shape[0]
-    candidates = fused.blocks.masked_fill(~pairs, float("inf")).reshape(batch, -1)
-    drop = lowest(candidates, k).reshape(fused.blocks.shape)
-    eye = torch.eye(pairs.shape[-1], dtype=torch.bool, device=pairs.device)
-    return fused.like(fused.blocks.masked_fill(drop & ~eye, 0.0))
-
-
 def add_identity(fused):
-    """A + I (a window layer's identity lies inside its diagonal blocks; padding slots get none)."""
-    if isinstance(fused, Windowed):
-        eye = torch.diag_embed(fused.valid.to(fused.dtype))
-        return fused.like(fused.blocks + eye)
+    """A + I (a stage layer's own identity: its residual path, `StageLayer.add_identity`)."""
+    if isinstance(fused, StageLayer):
+        return fused.add_identity()
     return fused + torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
 
 
 def with_residual(fused):
     """(A + I) / 2, rows renormalised to sum to 1: the residual path of each block."""
-    if isinstance(fused, Windowed):  # per window: the entries to padding slots are dropped first
-        mixed = add_identity(fused.like(fused.blocks * fused.pairs())).blocks / 2
-        return fused.like(mixed / mixed.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(mixed.dtype).tiny))
+    if isinstance(fused, StageLayer):
+        return fused.with_residual()
     mixed = add_identity(fused) / 2
     return mixed / mixed.sum(dim=-1, keepdim=True)
 
 
 def skip(attention):
-    """What a method keeps of a layer it does not read: nothing, or a window layer's place in
-    the chain of stages (its merge), so that later maps can still reach the first grid."""
-    return attention.skeleton() if isinstance(attention, Windowed) else None
+    """What a method keeps of a layer it does not read: nothing, or a stage layer's place in
+    the chain of stages (its merges), so that later maps can still reach the first grid."""
+    return attention.skeleton() if isinstance(attention, StageLayer) else None
 
 
 def vecmat(row: torch.Tensor, layer) -> torch.Tensor:
-    """(B, N) row @ one layer, then through the merge that feeds a window layer."""
-    if isinstance(layer, Windowed):
-        row = layer.vecmat(row)
-        return row if layer.entry is None else layer.entry.pull(row)
+    """(B, N) row @ one layer, then through the merge that feeds a stage layer."""
+    if isinstance(layer, StageLayer):
+        return layer.enter(layer.vecmat(row))
     return torch.bmm(row.unsqueeze(1), layer).squeeze(1)
 
 
 def pull_down(row: torch.Tensor, layers: Sequence, start: int, stop: int) -> torch.Tensor:
-    """Carry a row through the stage merges of layers[stop..start-1] only (no attention): from
-    the token set after layer start - 1 ... back to the token set before layer `stop`."""
+    """Carry a row through the stage merges and residual paths of layers[stop..start-1] only
+    (no attention): from the token set after layer start - 1 back to the one before `stop`."""
     for index in reversed(range(stop, start)):
-        layer = layers[index]
-        if isinstance(layer, Windowed) and layer.entry is not None:
-            row = layer.entry.pull(row)
+        if isinstance(layers[index], StageLayer):
+            row = layers[index].carry(row)
     return row
 
 
 def layer_row(layers: Sequence, index: int, query: torch.Tensor) -> torch.Tensor:
     """The explained token's row of one layer, over the first stage's tokens.
 
-    Dense layers: query @ A. Window layers (hierarchical models): the query (over the last
+    Dense layers: query @ A. Stage layers (hierarchical models): the query (over the last
     stage's tokens) is carried down to the layer's stage through the merges after it (the mean
     query stays the mean), multiplied by the layer, then carried down to the first stage."""
     layer = layers[index]
-    if not isinstance(layer, Windowed):
+    if not isinstance(layer, StageLayer):
         return query.to(layer.dtype) @ layer
     index = index % len(layers)
     row = pull_down(query.expand(layer.shape[0], -1).to(torch.promote_types(layer.dtype, torch.float32)),
                     layers, len(layers), index + 1)
-    row = layer.vecmat(row)
-    return pull_down(row, layers, index + 1, 0)
+    return pull_down(layer.enter(layer.vecmat(row)), layers, index, 0)
 
 
 def rollout_row(layers: Sequence[torch.Tensor], query: torch.Tensor, transform=None) -> torch.Tensor:
@@ -136,7 +105,7 @@ def rollout_row(layers: Sequence[torch.Tensor], query: torch.Tensor, transform=N
 
     Equal to the explained token's row of the full rollout matrix A_L ... A_1, at O(L N^2)
     instead of O(L N^3). `layers` are (B, N, N) in forward order, or window layers of a
-    hierarchical model (`Windowed`, each carrying the merge into its stage: the row starts on
+    hierarchical model (`StageLayer`, each carrying the merge into its stage: the row starts on
     the last stage's tokens and ends on the first's); returns (B, N), in float32
     at least (half-precision layers are promoted one at a time). `transform(layer, matrix)`,
     when given, turns each stored layer into its rollout factor just before it is used, so

@@ -28,9 +28,11 @@ class TokenLayout:
     grid: Tuple[int, int]
     default_token: str = "cls"
     patch_start: int = field(default=-1)
-    # hierarchical models (Swin): the explained token lives on the LAST stage's tokens (this
-    # many), while relevance and maps are over the first stage's grid; 0: the same tokens
+    # hierarchical models (Swin, PiT, PVTv2): the explained token lives on the LAST stage's
+    # tokens (this many, led by `query_prefix`, e.g. PiT's class token), while relevance and
+    # maps are over the first stage's tokens; 0: the same tokens
     query_tokens: int = 0
+    query_prefix: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.patch_start < 0:
@@ -72,14 +74,19 @@ class TokenLayout:
         return q
 
     def _last_stage_query(self, token, device) -> torch.Tensor:
-        """'mean' (what a global-average-pool head reads) or a token index of the last stage."""
+        """A prefix token of the last stage by name, 'mean' (its patch tokens: what a
+        global-average-pool head reads) or a token index of the last stage."""
         q = torch.zeros(self.query_tokens, device=device)
+        start = len(self.query_prefix)
         if token == MEAN_TOKEN:
-            q[:] = 1.0 / self.query_tokens
+            q[start:] = 1.0 / (self.query_tokens - start)
+        elif token in self.query_prefix:
+            q[self.query_prefix.index(token)] = 1.0
         elif isinstance(token, int) and 0 <= token < self.query_tokens:
             q[token] = 1.0
         else:
-            raise VitxError(f"this model has no token {token!r}; valid tokens: 'mean', or an index of its "
+            names = "".join(f"'{name}', " for name in self.query_prefix)
+            raise VitxError(f"this model has no token {token!r}; valid tokens: {names}'mean', or an index of its "
                             f"last stage's {self.query_tokens} tokens")
         return q
 

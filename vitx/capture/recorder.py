@@ -15,8 +15,8 @@ from .fused import Reduce
 from .model_state import model_lock
 from .layout import MEAN_TOKEN, TokenLayout, infer_layout
 from ..unwrap import unwrap
+from .stages import StageLayer
 from .token_states import TokenCapture
-from .windows import Windowed
 
 Keep = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
 # (layer, attention, running state or None, layout) -> the new running state, or None to keep the layer instead
@@ -62,7 +62,7 @@ class AttentionRecorder:
         self.input_size = None
         self.batch_size = None
         self.num_tokens = None
-        self._stages = None  # window layers: (grid of the first, tokens of the last)
+        self._stages = None  # stage layers (hierarchical models): (the first, the last)
         self._stack: Optional[ExitStack] = None
         self._pixels = None  # (C, H, W) of the model call's image batch
         self._stem_calls: List[nn.Module] = []  # convolutions over the image in this call (see _on_conv)
@@ -145,8 +145,8 @@ class AttentionRecorder:
         this batch: such a tensor in the list would make every method silently wrong.
         `attention`: the tensor, or anything with its `shape` and `dim()`."""
         where = f"{self.adapter.name!r} adapter, layer {len(self.attentions)}"
-        if isinstance(attention, Windowed) or self._stages is not None:
-            return self._check_windowed(attention, where)
+        if isinstance(attention, StageLayer) or self._stages is not None:
+            return self._check_stages(attention, where)
         if attention.dim() != 4:
             raise VitxError(
                 f"recorded attention of shape {tuple(attention.shape)} ({where}): expected (batch, heads, tokens, "
@@ -172,31 +172,34 @@ class AttentionRecorder:
                 "attention cannot be rolled out. Use a method that reads token states or gradients"
             )
 
-    def _check_windowed(self, attention, where) -> None:
-        """Window layers (vitx.capture.windows) chain: each starts on the grid the previous one
-        ended on, or carries the merge from it. Mixed with dense layers: no single chain."""
-        if not isinstance(attention, Windowed) or (self.attentions and self._stages is None):
-            raise VitxError(f"recorded window and full-grid attention in one model ({where}): the adapter must "
-                            "record every layer as window attention over the stage's grid")
+    def _check_stages(self, attention, where) -> None:
+        """Stage layers (vitx.capture.stages: window or pooled attention of a hierarchical
+        model) chain: each starts on the tokens the previous one ended on, or carries the merge
+        from them. Mixed with dense layers: no single chain."""
+        if not isinstance(attention, StageLayer) or (self.attentions and self._stages is None):
+            raise VitxError(f"recorded stage and full-grid attention in one model ({where}): the adapter must "
+                            "record every layer as window or pooled attention over the stage's tokens")
         if attention.dim() != 4 or (self.batch_size is not None and attention.shape[0] != self.batch_size):
-            raise VitxError(f"recorded window attention of shape {attention.shape} ({where}): expected "
+            raise VitxError(f"recorded stage attention of shape {attention.shape} ({where}): expected "
                             f"(batch {self.batch_size}, heads, tokens, tokens)")
         if self._stages is None:
+            if attention.reads != attention.num_tokens:
+                raise VitxError(f"the first stage layer reads {attention.reads} tokens but writes "
+                                f"{attention.num_tokens} ({where}): the maps need one token set to lie on")
             return
-        before = attention.num_tokens if attention.entry is None else attention.entry.num_tokens
-        if before != self._stages[1]:
-            raise VitxError(f"window layer over {before} tokens follows a layer over {self._stages[1]} ({where}): "
-                            "the adapter recorded no merge between these stages")
+        if attention.reads != self._stages[1].num_tokens:
+            raise VitxError(f"stage layer over {attention.reads} tokens follows a layer over "
+                            f"{self._stages[1].num_tokens} ({where}): the adapter recorded no merge between them")
 
     def _record(self, attention: torch.Tensor) -> torch.Tensor:
         self._check(attention)
-        if isinstance(attention, Windowed):  # num_tokens: the first stage's grid, which the maps cover
-            first = self._stages[0] if self._stages else attention.grid
-            self._stages = (first, attention.num_tokens)
-            self.num_tokens = first[0] * first[1]
+        if isinstance(attention, StageLayer):  # num_tokens: the first stage's, which the maps cover
+            first = self._stages[0] if self._stages else attention.skeleton()
+            self._stages = (first, attention.skeleton())
+            self.num_tokens = first.num_tokens
         else:
             self.num_tokens = attention.shape[-1]
-        if self.fold is not None and self._stages is None:  # window layers are kept per layer (compact)
+        if self.fold is not None and self._stages is None:  # stage layers are kept per layer (compact)
             running = self.fold(len(self.attentions), attention, self.folded, self._attention_layout())
             if running is not None:  # folded into the running state: nothing of the layer is kept
                 self.folded = running
@@ -305,10 +308,10 @@ class AttentionRecorder:
             gradients = self.gradients(score)
             maps = []
             for layer, (attention, gradient) in enumerate(zip(self.graph_attentions, gradients)):
-                values, grads = _values(attention), _values(gradient)  # a window layer: its blocks
+                values, grads = _values(attention), _values(gradient)  # a stage layer: its blocks
                 term = self.reduce(layer, values.detach().float(), grads.float()).float()
                 term = (term / values.shape[1]).to(values.dtype)
-                maps.append(attention.like(term) if isinstance(attention, Windowed) else term)
+                maps.append(attention.like(term) if isinstance(attention, StageLayer) else term)
             return maps
         torch.autograd.grad(score, self._anchors, allow_unused=True)
         known = next((m for m in self._maps if m is not None), None)
@@ -342,8 +345,11 @@ class AttentionRecorder:
             if self.layout_override is not None:
                 raise VitxError("a windowed hierarchical model's layout comes from its stages (maps on the first "
                                 "stage's grid): leave out layout= / --layout")
-            return TokenLayout(prefix={}, num_prefix=0, grid=self._stages[0], default_token=MEAN_TOKEN,
-                               query_tokens=self._stages[1])
+            first, last = self._stages
+            default = self.adapter.head_token(self.model) or (last.prefix or (MEAN_TOKEN,))[0]
+            return TokenLayout(prefix={name: i for i, name in enumerate(first.prefix)}, num_prefix=len(first.prefix),
+                               grid=first.grid, default_token=default, query_tokens=last.num_tokens,
+                               query_prefix=last.prefix)
         return self._attention_layout()
 
     def _attention_layout(self) -> TokenLayout:
@@ -386,12 +392,12 @@ class AttentionRecorder:
 
 
 def _values(attention):
-    """The tensor autograd sees: a window layer's blocks, or the attention itself."""
-    return attention.blocks if isinstance(attention, Windowed) else attention
+    """The tensor autograd sees: a stage layer's blocks, or the attention itself."""
+    return attention.blocks if isinstance(attention, StageLayer) else attention
 
 
 def _like(attention, values):
-    return attention.like(values) if isinstance(attention, Windowed) else values
+    return attention.like(values) if isinstance(attention, StageLayer) else values
 
 
 def _embeds(module: nn.Module) -> bool:

@@ -30,7 +30,8 @@ def attention_methods() -> List[str]:
 
 
 def window_methods() -> List[str]:
-    """Attention methods that also explain windowed hierarchical models (`Explainer.windows`)."""
+    """Attention methods that also explain hierarchical models recorded as stage layers
+    (window or pooled attention, `Explainer.windows`)."""
     return sorted(name for name, e in _registered().items() if needs_attention(e.cls) and e.cls.windows)
 
 

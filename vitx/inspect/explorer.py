@@ -45,6 +45,7 @@ from ..capture.recorder import AttentionRecorder
 from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..models import class_names
+from ..capture.stages import StageLayer
 from ..capture.windows import Windowed
 from .stages import stages_of
 
@@ -160,7 +161,7 @@ def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int
                 recorder.check_recorded()
             layout = recorder.layout
             layers = [a.detach().to("cpu") for a in recorder.attentions]
-            if isinstance(layers[0], Windowed):
+            if isinstance(layers[0], StageLayer):  # stage_geometry refuses pooled layers in one line
                 geometry = geometry or stage_geometry(layers)
                 heads, tokens = max(a.blocks.shape[1] for a in layers), layout.num_patches
                 stored = [window_item(layers, i) for i in range(chunk.shape[0])]

@@ -27,7 +27,7 @@ from ..capture.model_state import evaluation_mode
 from ..inputs import model_inputs
 from ..capture.recorder import AttentionRecorder
 from ..unwrap import unwrap
-from ..capture.windows import Windowed
+from ..capture.stages import StageLayer
 from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..capture.layout import TokenLayout
@@ -53,14 +53,16 @@ class StagedModel(VitxError):
 
 
 def single_grid(attentions, what: str) -> None:
-    """Refuse, in one line, window layers of a hierarchical model (a grid per stage, vitx.capture.windows)
-    in a view that lays every layer over one token grid (`stage_attention` shows them by stage)."""
-    if any(isinstance(a, Windowed) for a in attentions):
+    """Refuse, in one line, stage layers of a hierarchical model (a grid per stage,
+    vitx.capture.stages) in a view that lays every layer over one token grid
+    (`stage_attention` shows window layers by stage)."""
+    if any(isinstance(a, StageLayer) for a in attentions):
         from ..capture.support import window_methods
 
-        raise StagedModel(f"{what} lays every layer over one token grid, but this model's window layers run on a "
-                          "grid per stage (Swin): see vitx.views.stage_attention (each layer on its stage's grid), "
-                          f"or explain it with {', '.join(window_methods())}, whose maps lie on its first stage's grid")
+        raise StagedModel(f"{what} lays every layer over one token grid, but this model's window or pooled layers "
+                          "run on a grid per stage (Swin, PiT, PVTv2, Twins, MViTv2): see vitx.views.stage_attention "
+                          f"(Swin: each layer on its stage's grid), or explain it with {', '.join(window_methods())}, "
+                          "whose maps lie on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:

@@ -9,7 +9,10 @@ from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, in
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
 from .swin import TimmSwinAdapter
+from .timm_pooled import TimmPooledAdapter
+from .timm_mvit import TimmMvitAdapter
 from .hf_swin import HFSwinAdapter
+from .hf_pvt_v2 import HFPvtV2Adapter
 from .torchvision_swin import TorchvisionSwinAdapter
 from .hierarchical import HierarchicalAdapter
 from .timm import TimmAdapter
@@ -21,9 +24,9 @@ from .transformers import TransformersAdapter
 from .wrappers import PreprocessingWrapperAdapter
 
 __all__ = [
-    "Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
+    "Adapter", "HFPvtV2Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
+    "TimmMvitAdapter", "TimmPooledAdapter", "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -32,12 +35,15 @@ __all__ = [
 def vitx_register_adapters(register):
     register(SamAdapter())
     register(TimmSwinAdapter())
+    register(TimmPooledAdapter())
+    register(TimmMvitAdapter())
     register(TorchvisionSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())
     register(TimmAdapter())
     register(TimmNaFlexAdapter())
     register(HFSwinAdapter())
+    register(HFPvtV2Adapter())
     register(TransformersAdapter())
     register(OpenClipAdapter())
     register(MultiheadAttentionAdapter())

@@ -62,6 +62,12 @@ class Adapter:
     def layout(self, model: nn.Module, input_size: Optional[Tuple[int, int]], num_tokens: int) -> TokenLayout:
         raise NotImplementedError
 
+    def head_token(self, model: nn.Module) -> Optional[str]:
+        """Hierarchical models recorded as stage layers (vitx.capture.stages): the token of the
+        last stage the head reads ('mean' or a prefix name); None: its first prefix token, or
+        the mean when it has none."""
+        return None
+
     def token_sites(self, model: nn.Module) -> List[nn.Module]:
         """Modules whose outputs are the token states after each block, in order: (B, N, D)
         tokens, or (B, H, W, C) feature maps for hierarchical stages. Default: found by

@@ -12,7 +12,9 @@ would only see "batch 128" or "different token counts") are never the user's exp
 A family that becomes explainable gets its own adapter and leaves this table: Swin and SwinV2
 (timm, torchvision, Hugging Face) did, with their window layers written as block-diagonal
 attention per stage and the patch merging as a mixing matrix (vitx.capture.windows, adapters
-swin / torchvision_swin / hf_swin).
+swin / torchvision_swin / hf_swin), and so did PiT, PVTv2, Twins and MViTv2 (timm, PvtV2 in
+Hugging Face), their attention chained through the pooling between stages (vitx.capture.stages,
+adapters timm_pooled, hf_pvt_v2, timm_mvit).
 """
 from contextlib import contextmanager
 
@@ -31,21 +33,12 @@ FAMILIES = {
     "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": (
         "SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID + "; vitx writes the window layers of timm's "
         "SwinTransformer / SwinTransformerV2 as block-diagonal attention per stage, not yet those of this variant"),
-    "timm.models.mvitv2.MultiScaleVit": (
-        "MViTv2", "pooling attention: keys and values (and the queries at each stage change) are pooled to a "
-        "coarser grid, so queries and keys are different token sets and the grid shrinks between stages"),
     "timm.models.hiera.Hiera": (
         "Hiera", "mask-unit (windowed) attention in its first stages and token pooling between stages, so "
         "the token set changes from stage to stage"),
     "timm.models.hieradet_sam2.HieraDet": (
         "Hiera (SAM2)", "windowed attention and query pooling between stages, so the token set changes "
         "from stage to stage"),
-    "timm.models.pvt_v2.PyramidVisionTransformerV2": (
-        "PVTv2", "spatial-reduction attention: keys and values come from a downsampled grid (queries and "
-        "keys are different token sets) in a four-stage pyramid"),
-    "timm.models.twins.Twins": (
-        "Twins", "locally-grouped (windowed) attention alternates with attention to a sub-sampled grid, in "
-        "a four-stage pyramid"),
     "timm.models.maxxvit.MaxxVit": (
         "MaxViT / CoAtNet", "convolution (MBConv) stages and stride-2 downsampling sit between the attention "
         "layers, and MaxViT's attention runs inside blocks and dilated grids, never over all tokens"),
@@ -81,9 +74,6 @@ FAMILIES = {
     "timm.models.crossvit.CrossVit": (
         "CrossViT", "two branches with different patch grids exchange information only through their "
         "class tokens (cross-attention), so there is no single token set to chain attention over"),
-    "timm.models.pit.PoolingVisionTransformer": (
-        "PiT", "pooling layers (stride-2 depthwise convolution) between stages shrink the token grid, so the "
-        "attention of different stages covers different token sets"),
 }
 
 # Hugging Face config model_type -> (family, why): the same families in transformers, which are

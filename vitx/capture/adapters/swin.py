@@ -12,9 +12,9 @@ Other attention methods are refused before any forward, with the family's reason
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 
-from ..support import needs_attention, refusal, window_methods
 from ..windows import Windowed, patch_merge, window_index
-from .hierarchical import HierarchicalAdapter, class_path
+from .hierarchical import class_path
+from .pyramid import PyramidAdapter, explicit_probs
 
 TIMM_SWIN = ("timm.models.swin_transformer.SwinTransformer", "timm.models.swin_transformer_v2.SwinTransformerV2")
 FAMILY = {TIMM_SWIN[0]: "Swin", TIMM_SWIN[1]: "SwinV2"}
@@ -25,23 +25,6 @@ WHY = ("its windowed stages are explained by attention-flow methods only (window
 @lru_cache(maxsize=64)
 def _index(grid, window, shift, pad_first):
     return window_index(grid, window, shift, pad_first)
-
-
-class StageChain:
-    """Per forward: the grid each window layer runs on, and the merge where the grid changes."""
-
-    def __init__(self):
-        self.grid = None
-
-    def reset(self, *args, **kwargs):
-        self.grid = None
-
-    def enter(self, grid):
-        """The merge into `grid` from the previous layer's grid (None within a stage)."""
-        grid = tuple(int(g) for g in grid)
-        entry = None if self.grid is None or self.grid == grid else patch_merge(self.grid, grid)
-        self.grid = grid
-        return entry
 
 
 def record_windows(record, out, batch, heads, grid, window, shift, entry, pad_first=False):
@@ -55,34 +38,28 @@ def record_windows(record, out, batch, heads, grid, window, shift, entry, pad_fi
     return recorded.blocks.transpose(1, 2).reshape(out.shape)
 
 
-class WindowedPyramidAdapter(HierarchicalAdapter):
-    """Shared by the Swin adapters: the refusal of non-flow attention methods, the chain of
-    stages, and the non-attention behaviour of `HierarchicalAdapter` (data config, layout from
-    the last token state for gradient and perturbation methods)."""
+class WindowedPyramidAdapter(PyramidAdapter):
+    """Shared by the Swin adapters: the family's reason, and 2x2 patch merging between stages."""
 
-    supports_fused = False  # window attention is recorded explicitly
+    reads = "window attention"
 
     def family(self, model):
         return FAMILY.get(class_path(model), type(model).__name__), WHY
 
-    def refuse(self, model, explainer):
-        if not needs_attention(explainer) or getattr(explainer, "windows", False):
-            return None
-        family, why = self.family(model)
-        return refusal(family, why, explainer.name, allowed={m: "window attention" for m in window_methods()})
-
-    def attention_refusal(self, model):
-        return None  # window attention is recorded: an empty record is the recorder's generic case
-
     @contextmanager
     def chained(self, model):
-        """A StageChain reset at every call of the model."""
-        chain = StageChain()
-        handle = model.register_forward_pre_hook(chain.reset)
-        try:
-            yield chain
-        finally:
-            handle.remove()
+        with super().chained(model) as chain:
+            yield _Merging(chain)
+
+
+class _Merging:
+    """A StageChain whose stages are joined by Swin's 2x2 patch merging."""
+
+    def __init__(self, chain):
+        self.chain = chain
+
+    def enter(self, grid):
+        return self.chain.enter(grid, patch_merge)
 
 
 class TimmSwinAdapter(WindowedPyramidAdapter):
@@ -106,24 +83,19 @@ class TimmSwinAdapter(WindowedPyramidAdapter):
 
 @contextmanager
 def _timm_block(block, chain, record):
-    attn, seen = block.attn, {}
-    fused = getattr(attn, "fused_attn", None)
+    seen = {}
 
     def grab(module, args):
         batch, height, width = args[0].shape[:3]
         seen.update(batch=batch, grid=(height, width), entry=chain.enter((height, width)))
 
-    def on_attention(module, inputs, out):
-        return record_windows(record, out, seen["batch"], attn.num_heads, seen["grid"], block.window_size,
+    def on_attention(out):
+        return record_windows(record, out, seen["batch"], block.attn.num_heads, seen["grid"], block.window_size,
                               block.shift_size, seen["entry"])
 
-    handles = [block.register_forward_pre_hook(grab), attn.attn_drop.register_forward_hook(on_attention)]
-    if fused is not None:
-        attn.fused_attn = False
+    handle = block.register_forward_pre_hook(grab)
     try:
-        yield
+        with explicit_probs(block.attn, on_attention):
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
-        if fused is not None:
-            attn.fused_attn = fused
+        handle.remove()
