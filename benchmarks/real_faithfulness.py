@@ -165,6 +165,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--protocols", default="mean,blur,road", help="comma-separated subset of mean, blur, road")
+    parser.add_argument("--out", default="real_faithfulness", help="results file stem in benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -231,8 +232,8 @@ def main():
               + ("\n\nSkipped (do not apply): " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else "") + "\n")
     print("\n" + report)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "real_faithfulness.md").write_text(report)
-    (RESULTS / "real_faithfulness.json").write_text(json.dumps(
+    (RESULTS / f"{args.out}.md").write_text(report)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(
         {"n": len(pixels_all), "images": names, "batch": args.batch, "seed": args.seed, "max_abs_diff_vs_onnx": diff,
          "protocols": report_json, "agreement": agree, "cost_vs_forward": costs,
          "seconds_per_image": {k: v / len(pixels_all) for k, v in seconds.items()}, "skipped": skipped,
