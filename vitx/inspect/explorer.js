@@ -302,7 +302,7 @@
     var where = this.staged ? m.windows[s.layer].label : "layer " + s.layer;
     this.caption.textContent = s.mode === "attention"
       ? "attention from " + q.name + (cover && q.patch !== null ? " (token " + place.token + " of its stage" +
-        (place.keys ? "; its window dashed)" : "; its keys pooled)") : "") +
+        (place.keys ? "; its window dashed)" : ")") : "") +
         (place.query < 0 ? " (not in this layer)" : "") +
         (s.pinned ? " (pinned)" : "") + ", " + where + ", " +
         (s.head === "mean" || s.head === "max" ? s.head + " of " + this.headCount(s.layer) + " heads" : "head " + s.head)
