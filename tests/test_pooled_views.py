@@ -33,6 +33,10 @@ EXPECTED = {  # per layer: (query token, key token)
     # Twins 16x32 -> 8x16 -> 4x8 -> 2x4, local (window) and sub-sampled (sr 4, 2, 2, 1) layers alternating
     "timm_twins_svt": [(5 * 32 + 7, 5 * 32 + 7), (5 * 32 + 7, 1 * 8 + 1), (2 * 16 + 3,) * 2, (1 * 8 + 1,) * 2,
                        (9, 0), (0, 0)],
+    # MViTv2 with a class token, 16x16 -> 8x8 -> 4x4 through the pooled shortcut (3x3 max pool, stride 2,
+    # padding 1: row 5 lies first under row 2, row 7 under 3); keys pooled 3x3 at stride 4 (rows
+    # [4i - 1, 4i + 1]: row 5 under 1, column 7 under 2), then stride 2 (as the shortcut), then not at all
+    "timm_mvitv2_cls": [(87, 6), (87, 6), (19, 19), (5, 19)],
 }
 
 
@@ -47,21 +51,24 @@ def test_query_and_key_cover_through_an_overlapping_merge():
     residual (MViTv2's shortcut, 3x3 stride 2 padding 1) into 2x2 queries over unpooled keys.
     By hand, first-grid row r lies under row [0, 0, 1, 1, 2][r] of 3x3 (rows 1 and 3 are taken
     by two windows: the first), key row [0, 0, 0, 0, 1][r] of 2x2, query row [0, 0, 0, 0, 1][r]
-    of 2x2; columns alike."""
+    of 2x2; columns alike. Last, keys pooled 3x3 at stride 1 (padding 1), each key's window
+    centred on its own token: every token lies under the key centred on it, not the first
+    window that takes it."""
     layers = [skeleton((5, 5), ("cls",)),
               skeleton((3, 3), ("cls",), entry=conv_merge((5, 5), (3, 3), 3, 2, 1, prefix=1),
                        keys=conv_merge((3, 3), (2, 2), 2, 2, 0, prefix=1)),
-              skeleton((2, 2), ("cls",), skip=conv_merge((3, 3), (2, 2), 3, 2, 1, prefix=1))]
+              skeleton((2, 2), ("cls",), skip=conv_merge((3, 3), (2, 2), 3, 2, 1, prefix=1)),
+              skeleton((2, 2), ("cls",), keys=conv_merge((2, 2), (2, 2), 3, 1, 1, prefix=1))]
     stages = stages_of(layers)
-    assert stages.stage == (0, 1, 2) and stages.grids == ((5, 5), (3, 3), (2, 2)) and stages.first == (5, 5)
-    assert stages.keys == ((5, 5), (2, 2), (3, 3))
+    assert stages.stage == (0, 1, 2, 2) and stages.grids == ((5, 5), (3, 3), (2, 2)) and stages.first == (5, 5)
+    assert stages.keys == ((5, 5), (2, 2), (3, 3), (2, 2))
 
     def table(rows, side):
         return [rows[r] * side + rows[c] for r in range(5) for c in range(5)]
 
     to3, to2 = [0, 0, 1, 1, 2], [0, 0, 0, 0, 1]
     assert stages.cover.tolist() == [list(range(25)), table(to3, 3), table(to2, 2)]
-    assert stages.key_cover.tolist() == [list(range(25)), table(to2, 2), table(to3, 3)]
+    assert stages.key_cover.tolist() == [list(range(25)), table(to2, 2), table(to3, 3), table(to2, 2)]
     assert [stages.label(n) for n in range(3)] == ["stage 1 · layer 0 · 5x5", "stage 2 · layer 1 · 3x3 queries → 2x2 keys",
                                                    "stage 3 · layer 2 · 2x2 queries → 3x3 keys"]
 
@@ -101,7 +108,7 @@ def test_stage_attention_is_each_layers_dense_row(setup):
         a = dense.attentions[number]
         want = a[:, own:, a.shape[-1] - item.keys[0] * item.keys[1]:].mean(1)
         torch.testing.assert_close(item.maps.flatten(1), want, atol=5e-5, rtol=1e-3)
-    if prefix:  # PiT: the class token's rows
+    if prefix:  # PiT, MViTv2: the class token's rows
         cls = stage_attention(model, x[:1], token="cls")
         for number, item in enumerate(cls.layers):
             torch.testing.assert_close(item.maps.flatten(1), reference_row(dense, number, 0, item.maps[0].numel()),
@@ -147,7 +154,7 @@ def test_explorer_data_is_each_layers_dense_row(setup):
                 expected = np.round(LEVELS * np.sqrt((want / peak).numpy()))
                 assert np.abs(levels - expected).max() <= 1 and (levels == expected).mean() > 0.9
                 assert np.allclose(maxima, peak[:, 0].numpy(), rtol=0.02)
-    assert prefix == (1 if name == "timm_pit" else 0)
+    assert prefix == (1 if name in ("timm_pit", "timm_mvitv2_cls") else 0)
 
 
 def test_inspect_cli_on_a_hugging_face_pvt_v2_folder(tmp_path):

@@ -59,24 +59,31 @@ class Stages:
         return f"stage {self.stage[layer] + 1} · layer {layer} · {shape}"
 
 
-def owners(sources: torch.Tensor, num_tokens: int) -> torch.Tensor:
+def owners(sources: torch.Tensor, num_tokens: int, kernel: Optional[Grid] = None) -> torch.Tensor:
     """(N_next, k) merge sources -> (N,) the next-stage token each previous token goes into
-    (the first one, should overlapping windows of a pooling merge take it twice; -1 for a
-    token no next token takes)."""
+    (-1 for a token no next token takes). Should overlapping windows of a pooling take it
+    twice: the window it lies nearest the centre of, given the `kernel` (kh, kw) its row-major
+    sources fill (a 3x3 stride-1 pooling maps each token to the one it is centred on), then the
+    first."""
     sources = sources.long().cpu()
     none = sources.shape[0]
     rows = torch.arange(none)[:, None].expand_as(sources)
+    rank = torch.zeros(sources.shape[1], dtype=torch.long)
+    if kernel is not None and kernel[0] * kernel[1] == sources.shape[1]:
+        slot = torch.arange(sources.shape[1])  # squared offsets from the centre, times 4: integers
+        rank = (2 * (slot // kernel[1]) - kernel[0] + 1) ** 2 + (2 * (slot % kernel[1]) - kernel[1] + 1) ** 2
     keep = sources >= 0
-    owner = torch.full((num_tokens,), none, dtype=torch.long)
-    owner.scatter_reduce_(0, sources[keep], rows[keep], reduce="amin")
-    return owner.masked_fill(owner == none, -1)
+    order = rank[None, :] * (none + 1) + rows  # nearest the centre first, then the first window
+    best = torch.full((num_tokens,), int(order.max()) + 1, dtype=torch.long)
+    best.scatter_reduce_(0, sources[keep], order[keep], reduce="amin")
+    return torch.where(best <= order.max(), best % (none + 1), torch.full_like(best, -1))
 
 
 def follow(merge: Optional[Merge], tokens: torch.Tensor) -> torch.Tensor:
     """The token of `merge`'s output each of `tokens` (indices of its input, -1 = none) goes into."""
     if merge is None:
         return tokens
-    owner = owners(merge.sources, merge.num_tokens)
+    owner = owners(merge.sources, merge.num_tokens, merge.kernel)
     return torch.where(tokens >= 0, owner[tokens.clamp(min=0)], tokens)
 
 
