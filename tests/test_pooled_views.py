@@ -69,7 +69,8 @@ def test_query_and_key_cover_through_an_overlapping_merge():
     to3, to2 = [0, 0, 1, 1, 2], [0, 0, 0, 0, 1]
     assert stages.cover.tolist() == [list(range(25)), table(to3, 3), table(to2, 2)]
     assert stages.key_cover.tolist() == [list(range(25)), table(to2, 2), table(to3, 3), table(to2, 2)]
-    assert [stages.label(n) for n in range(3)] == ["stage 1 · layer 0 · 5x5", "stage 2 · layer 1 · 3x3 queries → 2x2 keys",
+    assert [stages.label(n) for n in range(3)] == ["stage 1 · layer 0 · 5x5",
+                                                   "stage 2 · layer 1 · 3x3 queries → 2x2 keys",
                                                    "stage 3 · layer 2 · 2x2 queries → 3x3 keys"]
 
 

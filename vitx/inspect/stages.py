@@ -182,7 +182,8 @@ def pooled_rows(layer: Pooled, query: Union[int, str, None]) -> torch.Tensor:
         return keys[:, :, prefix:].mean(2)
     if isinstance(query, str):
         if query not in layer.prefix:
-            raise VitxError(f"no token {query!r} in this layer (its prefix tokens: {', '.join(layer.prefix) or 'none'})")
+            named = ", ".join(layer.prefix) or "none"
+            raise VitxError(f"no token {query!r} in this layer (its prefix tokens: {named})")
         return keys[:, :, layer.prefix.index(query)]
     return keys[:, :, prefix + query]
 
