@@ -232,3 +232,64 @@ def test_swin_explorer_by_stage_in_a_headless_browser(swin_report):
         finally:
             chrome.close()
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def pooled_report(tmp_path_factory):
+    """A tiny timm PVTv2 (first grid 8x12, keys pooled to 2x3) and PiT (15x23 with a class token)."""
+    from test_pooled_stages import MODELS
+
+    models = {"pvt": MODELS["timm_pvt_v2"][0](), "pit": MODELS["timm_pit"][0]()}
+    return inspect_models(models, images_for((32, 48), batch=1), tmp_path_factory.mktemp("pooled"),
+                          methods=["rollout"], show=1, interactive=True)
+
+
+@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
+def test_pooled_explorer_by_stage_in_a_headless_browser(pooled_report):
+    """PVTv2: clicking patch (5, 7) of the 8x12 first grid shows, per layer, the row of the stage
+    token covering it over the layer's pooled keys (the embedded row); PiT: the class token's row
+    per layer, then a patch's."""
+    from playwright.sync_api import sync_playwright
+
+    from vitx.inspect.explorer import pooled_levels
+
+    models = embedded(pooled_report.read_text())["models"]
+    pvt, pit = models["pvt"], models["pit"]
+    covers = [unpack(s["cover"], "<i4", (96,)) for s in pvt["stages"]]
+    errors = []
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
+        try:
+            page = chrome.new_page(viewport={"width": 1200, "height": 900})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(pooled_report.resolve().as_uri())
+            page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
+            panel = page.locator(".vx-panel[data-model='pvt'][data-image='0']")
+            labels = panel.locator("select.vx-layer option").all_text_contents()
+            assert labels[0] == "stage 1 · layer 0 · 8x12 queries → 2x3 keys"
+            box = panel.locator("canvas").bounding_box()
+            panel.locator("canvas").click(position={"x": 7.5 * box["width"] / 12, "y": 5.5 * box["height"] / 8})
+            assert panel.get_attribute("data-query") == "patch:67"
+            for layer in reversed(range(pvt["layers"])):
+                shape = pvt["windows"][layer]
+                panel.locator("select.vx-layer").select_option(str(layer))
+                panel.locator("select.vx-head").select_option(str(shape["heads"] - 1))
+                token = int(covers[shape["stage"]][67])
+                assert panel.get_attribute("data-token") == str(token)
+                levels, _, _ = pooled_levels(pvt, 0, layer)
+                assert np.array_equal(row(panel), displayed(levels[shape["heads"] - 1, token])), layer
+                assert panel.get_attribute("data-window") is None
+                assert f"token {token} of its stage" in panel.locator(".vx-caption").text_content()
+            panel = page.locator(".vx-panel[data-model='pit'][data-image='0']")
+            assert panel.get_attribute("data-query") == "cls"
+            panel.locator("select.vx-head").select_option("0")
+            for layer in (pit["layers"] - 1, 0):
+                panel.locator("select.vx-layer").select_option(str(layer))
+                levels, _, _ = pooled_levels(pit, 0, layer)
+                assert np.array_equal(row(panel), displayed(levels[0, 0])), layer
+            panel.locator("canvas").click(position={"x": 5, "y": 5})  # patch 0: token 0 of stage 1, query 1
+            assert panel.get_attribute("data-query") == "patch:0"
+            assert np.array_equal(row(panel), displayed(pooled_levels(pit, 0, 0)[0][0, 1]))
+        finally:
+            chrome.close()
+    assert not errors, errors

@@ -37,12 +37,19 @@ class Merge:
     """A stage transition as an (N_next x N) mixing matrix: next token i = mean of its sources.
 
     `sources`: (N_next, k) token indices of each next token's sources in the previous token
-    set, -1 for a padding source (dropped).
+    set, -1 for a padding source (dropped). `before`, `grid`: the two token sets' grids where
+    the merge knows them (a pooling's key grid is what the views draw a pooled layer's keys on);
+    `kernel`: the (kh, kw) footprint the k = kh * kw sources of a row lie in, row-major (which
+    of two overlapping windows a token lies nearer the centre of).
     """
 
-    def __init__(self, sources: torch.Tensor, num_tokens: int):
+    def __init__(self, sources: torch.Tensor, num_tokens: int, grid: Optional[Tuple[int, int]] = None,
+                 before: Optional[Tuple[int, int]] = None, kernel: Optional[Tuple[int, int]] = None):
         self.sources = sources
         self.num_tokens = num_tokens  # N of the previous token set
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        self.before = None if before is None else tuple(int(g) for g in before)
+        self.kernel = None if kernel is None else tuple(int(k) for k in kernel)
 
     @property
     def num_outputs(self) -> int:
@@ -99,7 +106,7 @@ def conv_merge(before: Tuple[int, int], after: Tuple[int, int], kernel, stride, 
     rows = _axis(before[0], after[0], kernel[0], stride[0], padding[0])
     cols = _axis(before[1], after[1], kernel[1], stride[1], padding[1])
     sources = _with_prefix(_grid_sources(rows, cols, before[1]), prefix)
-    return Merge(sources.to(device), prefix + before[0] * before[1])
+    return Merge(sources.to(device), prefix + before[0] * before[1], after, before, kernel)
 
 
 def adaptive_merge(before: Tuple[int, int], after: Tuple[int, int], device=None) -> Merge:
@@ -113,7 +120,7 @@ def adaptive_merge(before: Tuple[int, int], after: Tuple[int, int], device=None)
         return torch.where(pos < torch.tensor(stop)[:, None], pos, torch.full_like(pos, -1))
 
     sources = _grid_sources(axis(before[0], after[0]), axis(before[1], after[1]), before[1])
-    return Merge(sources.to(device), before[0] * before[1])
+    return Merge(sources.to(device), before[0] * before[1], after, before)
 
 
 def pair(value) -> Tuple[int, int]:

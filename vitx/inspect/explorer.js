@@ -4,7 +4,8 @@
  * Each panel exposes its state on data-* attributes (data-row: the 0..255 values drawn,
  * one per patch, or per token of the layer's stage for a hierarchical model), which is what
  * the browser test reads. A hierarchical model (model.stages) is drawn on its first grid:
- * every patch takes the value of the stage token that covers it (stages[s].cover). */
+ * every patch takes the value of the stage token that covers it (stages[s].cover), or for a
+ * pooled layer (windows[l].pooled) of the pooled key that covers it (key_covers). */
 (function () {
   "use strict";
   var root = document.getElementById("vitx-explorer");
@@ -142,21 +143,25 @@
     return this.staged ? this.model.windows[layer].heads : this.model.heads;
   };
 
-  // A hierarchical model's geometry, inflated once per model: each stage's cover and, per
-  // window partition, the grid token of every slot and the slot of every grid token.
+  // A hierarchical model's geometry, inflated once per model: each stage's cover, each pooled
+  // key grid's cover and, per window partition, the grid token of every slot and the slot of
+  // every grid token.
   function geometry(model) {
     if (!model.stages || model.geometry) { return Promise.resolve(model.geometry); }
+    var keyCovers = model.key_covers || [], stages = model.stages.length, keys = keyCovers.length;
     var jobs = model.stages.map(function (s) { return inflate(s.cover); })
+      .concat(keyCovers.map(function (c) { return inflate(c); }))
       .concat(model.indices.map(function (i) { return inflate(i); }));
     return Promise.all(jobs).then(function (done) {
-      var covers = done.slice(0, model.stages.length).map(int32);
-      var partitions = done.slice(model.stages.length).map(function (bytes, k) {
+      var covers = done.slice(0, stages).map(int32);
+      var pooledCovers = done.slice(stages, stages + keys).map(int32);
+      var partitions = done.slice(stages + keys).map(function (bytes, k) {
         var index = int32(bytes), grid = model.stages[model.windows.filter(function (w) {
           return w.index === k; })[0].stage].grid, slot = new Int32Array(grid[0] * grid[1]).fill(-1);
         for (var j = 0; j < index.length; j++) { if (index[j] >= 0) { slot[index[j]] = j; } }
         return {index: index, slot: slot};
       });
-      model.geometry = {covers: covers, partitions: partitions};
+      model.geometry = {covers: covers, keyCovers: pooledCovers, partitions: partitions};
       return model.geometry;
     });
   }
@@ -195,16 +200,25 @@
     return {name: s.token, patch: null};
   };
 
-  // What the current view reads: the stage token under the query patch (a hierarchical
-  // model's layer), its window's slots, and which token covers each patch of the first grid.
+  // What the current view reads (a hierarchical model's layer): the stage token under the
+  // query patch (`own`: which stage token covers each first-grid patch) or the prefix token;
+  // a window layer's slot and window keys; a pooled layer's query row (prefix first, -1: the
+  // layer has no such token); and which key covers each patch of the first grid (`cover`).
   Panel.prototype.place = function () {
     var s = this.state, q = this.queryToken();
     if (!this.staged || s.mode !== "attention") { return {count: this.patches, cover: null, token: q.patch}; }
-    var layer = this.model.windows[s.layer], part = this.geometry.partitions[layer.index];
-    var cover = this.geometry.covers[layer.stage], grid = this.model.stages[layer.stage].grid;
-    var token = cover[q.patch], slot = part.slot[token], window = Math.floor(slot / layer.n);
-    return {count: grid[0] * grid[1], cover: cover, token: token, layer: layer, slot: slot,
-            keys: part.index.subarray(window * layer.n, (window + 1) * layer.n)};
+    var layer = this.model.windows[s.layer], own = this.geometry.covers[layer.stage];
+    var token = q.patch === null ? q.name : own[q.patch];
+    if (layer.pooled) {
+      var prefix = q.patch === null ? this.model.prefix[q.name] : -1;
+      return {count: layer.keys[0] * layer.keys[1], cover: this.geometry.keyCovers[layer.key_cover], own: own,
+              token: token, layer: layer, keys: null,
+              query: q.patch === null ? (prefix < layer.prefix ? prefix : -1) : layer.prefix + token};
+    }
+    var part = this.geometry.partitions[layer.index], grid = this.model.stages[layer.stage].grid;
+    var slot = q.patch === null ? -1 : part.slot[token], window = Math.floor(slot / layer.n);
+    return {count: grid[0] * grid[1], cover: own, own: own, token: token, layer: layer, slot: slot, query: slot,
+            keys: slot < 0 ? new Int32Array(0) : part.index.subarray(window * layer.n, (window + 1) * layer.n)};
   };
 
   Panel.prototype.row = function (place) {
@@ -214,11 +228,16 @@
       for (var k = 0; k < this.patches; k++) { values[k] = map[k] / 255; }
       return values;
     }
+    if (this.staged && place.query < 0) { return values; }  // a prefix token this layer does not have
     var heads = s.head === "mean" || s.head === "max" ? null : [+s.head];
     if (heads === null) { heads = []; for (var h = 0; h < this.headCount(s.layer); h++) { heads.push(h); } }
     for (var i = 0; i < heads.length; i++) {
       var layer = place.layer, site, scales, bytes, width, count;
-      if (this.staged) {  // the slot's row of its window's block: n keys, scattered to the window's tokens
+      if (this.staged && layer.pooled) {  // the query's row over the key grid
+        site = heads[i] * layer.queries + place.query;
+        count = layer.keys[0] * layer.keys[1]; width = Math.ceil(count / 2);
+        scales = this.scales[s.layer]; bytes = this.attention[s.layer];
+      } else if (this.staged) {  // the slot's row of its window's block: n keys, scattered to the window's tokens
         site = (heads[i] * layer.windows + Math.floor(place.slot / layer.n)) * layer.n + place.slot % layer.n;
         scales = this.scales[s.layer]; bytes = this.attention[s.layer]; width = Math.ceil(layer.n / 2); count = layer.n;
       } else {
@@ -257,10 +276,12 @@
     }
     ctx.globalAlpha = 1;
     if (s.mode === "attention" && q.patch !== null && cover) {  // the window (dashed), then the token
-      var inWindow = {};
-      Array.prototype.forEach.call(place.keys, function (key) { inWindow[key] = true; });
-      this.outline(function (p) { return inWindow[cover[p]] === true; }, "#ff0", [4, 3]);
-      this.outline(function (p) { return cover[p] === place.token; }, "#fff", []);
+      var inWindow = {}, own = place.own;
+      if (place.keys) {
+        Array.prototype.forEach.call(place.keys, function (key) { inWindow[key] = true; });
+        this.outline(function (p) { return inWindow[own[p]] === true; }, "#ff0", [4, 3]);
+      }
+      this.outline(function (p) { return own[p] === place.token; }, "#fff", []);
     } else if (s.mode === "attention" && q.patch !== null) {
       this.outline(function (p) { return p === q.patch; }, "#fff", []);
     }
@@ -272,11 +293,17 @@
     node.setAttribute("data-row", shown.join(","));
     if (cover) {
       node.setAttribute("data-token", String(place.token));
-      node.setAttribute("data-window", Array.prototype.filter.call(place.keys, function (k) { return k >= 0; }).join(","));
+      if (place.keys) {
+        node.setAttribute("data-window", Array.prototype.filter.call(place.keys, function (k) { return k >= 0; }).join(","));
+      } else {
+        node.removeAttribute("data-window");
+      }
     }
     var where = this.staged ? m.windows[s.layer].label : "layer " + s.layer;
     this.caption.textContent = s.mode === "attention"
-      ? "attention from " + q.name + (cover ? " (token " + place.token + " of its stage; its window dashed)" : "") +
+      ? "attention from " + q.name + (cover && q.patch !== null ? " (token " + place.token + " of its stage" +
+        (place.keys ? "; its window dashed)" : ")") : "") +
+        (place.query < 0 ? " (not in this layer)" : "") +
         (s.pinned ? " (pinned)" : "") + ", " + where + ", " +
         (s.head === "mean" || s.head === "max" ? s.head + " of " + this.headCount(s.layer) + " heads" : "head " + s.head)
       : s.mode + " map for the predicted class";

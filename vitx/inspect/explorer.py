@@ -24,7 +24,13 @@ carries each layer's window partition (`windows`, `indices`: int32 grid token pe
 padding) and each stage's grid with the stage token covering every first-grid patch
 (`stages`: how a patch clicked on the image becomes the query of every stage). Only the n
 keys a window can reach are stored: a Swin-T stage-1 layer is 64 x 49^2 values per head,
-not 3136^2.
+not 3136^2. A pooled layer (PiT, PVTv2, Twins' sub-sampled layers, MViTv2: queries attend to
+keys pooled from the stage's tokens) stores its rows over its key grid instead:
+`attention[layer]`: uint8[heads][queries][ceil(K / 2)] (every query token, prefix first, over
+the K keys of the key grid, prefix keys left out), `scales[layer]`: uint8[heads][queries]; the
+layer's entry in `windows` says `pooled`, its query and prefix counts, its key grid and which
+of the shared `key_covers` (int32, the key covering each first-grid patch) draws its keys on
+the image. A PVTv2-B0 stage-1 layer is 3136 x 49 values per head.
 """
 import base64
 import json
@@ -47,7 +53,7 @@ from ..errors import VitxError
 from ..models import class_names
 from ..capture.stages import StageLayer
 from ..capture.windows import Windowed
-from .stages import stages_of
+from .stages import key_grid, stages_of
 
 SCRIPT = Path(__file__).with_name("explorer.js")
 
@@ -105,39 +111,57 @@ def dense_item(attention: torch.Tensor, layout) -> dict:
     return {"attention": _pack(pack_nibbles(rows)), "scales": _pack(scales)}
 
 
-def window_item(layers: Sequence[Windowed], image: int) -> dict:
-    """One image's window layers (hierarchical models), layer by layer: each layer's blocks
-    (heads, windows, n, n), padding slots zeroed, as rows of n keys (`quantise_rows`)."""
+def stage_item(layers: Sequence, image: int) -> dict:
+    """One image's stage layers (hierarchical models), layer by layer: a window layer's blocks
+    (heads, windows, n, n), padding slots zeroed, as rows of n keys; a pooled layer's rows
+    (heads, queries, K) of every query token (prefix first) over the K keys of its key grid,
+    the prefix keys left out (`quantise_rows`)."""
     attention, scales = [], []
     for layer in layers:
-        blocks = layer.blocks[image] * layer.pairs()
-        rows, logs = quantise_rows(blocks, 0, blocks.shape[-1])
+        if isinstance(layer, Windowed):
+            rows, logs = quantise_rows(layer.blocks[image] * layer.pairs(), 0, layer.blocks.shape[-1])
+        else:
+            grid = key_grid(layer)
+            count = grid[0] * grid[1]
+            rows, logs = quantise_rows(layer.blocks[image], layer.blocks.shape[-1] - count, count)
         attention.append(_pack(pack_nibbles(rows)))
         scales.append(_pack(logs))
     return {"attention": attention, "scales": scales}
 
 
-def stage_geometry(layers: Sequence[Windowed]) -> dict:
-    """What the page needs to read window layers by stage: each stage's grid and the stage
-    token covering every first-grid patch (`vitx.inspect.stages`), and per layer its stage,
-    heads, window partition and the grid token of every window slot (shared `indices`)."""
+def _shared(table: List[str], array: torch.Tensor) -> int:
+    """The position of `array` (int32, packed) in `table`, added once (layers share partitions and covers)."""
+    packed = _pack(array.cpu().numpy().astype("<i4"))
+    if packed not in table:
+        table.append(packed)
+    return table.index(packed)
+
+
+def stage_geometry(layers: Sequence[StageLayer]) -> dict:
+    """What the page needs to read stage layers: each stage's grid and the stage token
+    covering every first-grid patch (`vitx.inspect.stages`), and per layer its stage, heads and
+    label; a window layer its window partition (the grid token of every window slot, shared
+    `indices`); a pooled layer its query count (prefix first), prefix count, key grid and the
+    key covering every first-grid patch (shared `key_covers`)."""
     stages = stages_of(layers)
-    indices, windows = [], []
+    indices, key_covers, shapes = [], [], []
     for number, layer in enumerate(layers):
-        index = _pack(layer.index.cpu().numpy().astype("<i4"))
-        if index not in indices:
-            indices.append(index)
-        heads, count, n = layer.blocks.shape[1], layer.blocks.shape[2], layer.blocks.shape[3]
-        windows.append({"stage": stages.stage[number], "heads": heads, "windows": count, "n": n,
-                        "index": indices.index(index), "label": stages.label(number)})
+        shape = {"stage": stages.stage[number], "heads": layer.blocks.shape[1], "label": stages.label(number)}
+        if isinstance(layer, Windowed):
+            shape.update(windows=layer.blocks.shape[2], n=layer.blocks.shape[3], index=_shared(indices, layer.index))
+        else:
+            keys = stages.keys[number]
+            shape.update(pooled=True, queries=layer.blocks.shape[2], prefix=len(layer.prefix), keys=list(keys),
+                         key_cover=_shared(key_covers, stages.key_cover[number]))
+        shapes.append(shape)
     return {"stages": [{"grid": list(grid), "cover": _pack(cover.numpy().astype("<i4"))}
                        for grid, cover in zip(stages.grids, stages.cover)],
-            "windows": windows, "indices": indices}
+            "windows": shapes, "indices": indices, "key_covers": key_covers}
 
 
 def window_levels(model: dict, image: int, layer: int):
-    """The inverse of `window_item` for one layer (tests and research code): (levels (heads,
-    windows, n, n) 0..15, log row maxima (heads, windows, n), grid token of each slot (windows, n))."""
+    """The inverse of `stage_item` for one window layer (tests and research code): (levels
+    (heads, windows, n, n) 0..15, log row maxima (heads, windows, n), grid token of each slot (windows, n))."""
     shape = model["windows"][layer]
     heads, count, n = shape["heads"], shape["windows"], shape["n"]
     item = model["images"][image]
@@ -146,10 +170,21 @@ def window_levels(model: dict, image: int, layer: int):
     return levels, scales, unpack(model["indices"][shape["index"]], "<i4", (count, n))
 
 
+def pooled_levels(model: dict, image: int, layer: int):
+    """The inverse of `stage_item` for one pooled layer: (levels (heads, queries, K) 0..15 over
+    the key grid, log row maxima (heads, queries), the key covering each first-grid patch (P,))."""
+    shape = model["windows"][layer]
+    heads, queries, count = shape["heads"], shape["queries"], shape["keys"][0] * shape["keys"][1]
+    item = model["images"][image]
+    levels = unpack_nibbles(unpack(item["attention"][layer], np.uint8, (heads, queries, (count + 1) // 2)), count)
+    scales = unpack(item["scales"][layer], np.uint8, (heads, queries))
+    return levels, scales, unpack(model["key_covers"][shape["key_cover"]], "<i4", (-1,))
+
+
 def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
                options=None) -> dict:
     """Everything the explorer shows for one model on `images` (anything `explain` takes).
-    A hierarchical model (window layers, Swin) is stored by stage (`stage_geometry`)."""
+    A hierarchical model (window or pooled layers) is stored by stage (`stage_geometry`)."""
     adapter, pixels, views, sources = model_inputs(model, images)
     items: List[dict] = []
     layout, geometry = None, None
@@ -161,10 +196,10 @@ def model_data(model: nn.Module, images, methods: Sequence[str], batch_size: int
                 recorder.check_recorded()
             layout = recorder.layout
             layers = [a.detach().to("cpu") for a in recorder.attentions]
-            if isinstance(layers[0], StageLayer):  # stage_geometry refuses pooled layers in one line
+            if isinstance(layers[0], StageLayer):
                 geometry = geometry or stage_geometry(layers)
                 heads, tokens = max(a.blocks.shape[1] for a in layers), layout.num_patches
-                stored = [window_item(layers, i) for i in range(chunk.shape[0])]
+                stored = [stage_item(layers, i) for i in range(chunk.shape[0])]
             else:
                 stacked = torch.stack(layers, 1)  # (B, L, H, N, N)
                 heads, tokens = stacked.shape[2], stacked.shape[3]
@@ -219,8 +254,10 @@ EXPLAINER_TEXT = ("Hover over a patch to see where it attends (click to pin it, 
                   "patch is outlined in white.")
 
 
-STAGES_TEXT = ("A hierarchical model (Swin) is shown by stage: each layer on its own stage's grid (named in the layer "
-               "list), from the token of that stage that covers the chosen patch; that token's window is dashed.")
+STAGES_TEXT = ("A hierarchical model (Swin, PiT, PVTv2, Twins, MViTv2) is shown by stage: each layer from the token of "
+               "its stage that covers the chosen patch (outlined), over its keys (named in the layer list): a window "
+               "layer's keys are its stage's grid, the token's window dashed; a pooled layer's keys are pooled from "
+               "the stage's tokens, each key drawn over the patches it covers.")
 
 
 def add_explorer_section(report, models, images, methods, title: str = "Interactive explorer", options=None,

@@ -94,8 +94,8 @@ def _per_model(section, models, figures_of):
 def _attention(report, models, images):
     section = report.section(SECTIONS[2])
     section.text("Attention from each prefix token (cls; dist for a distilled model) to every patch, "
-                 "a row per layer and a column per head, for the first image; a hierarchical model (Swin) "
-                 "by stage, on each stage's grid.")
+                 "a row per layer and a column per head, for the first image; a hierarchical model (Swin, PiT, "
+                 "PVTv2, ...) by stage, each layer over its keys (its stage's grid, or its pooled keys).")
 
     def draw(name, model):
         try:
@@ -111,8 +111,9 @@ def _attention(report, models, images):
 
 
 def _stage_figures(name, result):
-    """A hierarchical model (Swin), one figure per stage: each layer's heads on the stage's grid,
-    from the mean of the stage's tokens (the pooled token a hierarchical head reads)."""
+    """A hierarchical model (Swin, PiT, PVTv2, ...), one figure per stage: each layer's heads on
+    its keys' grid (the stage's, or its pooled keys'), carried to the first grid, from the mean
+    of the stage's tokens (the pooled token a hierarchical head reads)."""
     stages = result.stages
     for stage, grid in enumerate(stages.grids):
         layers = [number for number, s in enumerate(stages.stage) if s == stage]

@@ -4,8 +4,8 @@ Every view works on any model vitx can record (through its adapter), and returns
 not pictures, so research code can test and compare them; `vitx.figures` draws them.
 
 - `attention_maps`: every layer x head attention from a token to the patches, one image;
-  `stage_attention` (vitx.inspect.stages): the same for a hierarchical model (Swin), each
-  layer on its own stage's grid.
+  `stage_attention` (vitx.inspect.stages): the same for a hierarchical model (Swin, PiT,
+  PVTv2, Twins, MViTv2), each layer on its own stage's grid or its pooled keys' grid.
 - `patch_filters` / `patch_activations`: principal components of the patch projection
   (as in the ViT paper, Fig. 7 left) and its output on an image.
 - `position_embedding` / `position_similarity`: cosine similarity of each patch position's
@@ -55,14 +55,14 @@ class StagedModel(VitxError):
 def single_grid(attentions, what: str) -> None:
     """Refuse, in one line, stage layers of a hierarchical model (a grid per stage,
     vitx.capture.stages) in a view that lays every layer over one token grid
-    (`stage_attention` shows window layers by stage)."""
+    (`stage_attention` shows them by stage)."""
     if any(isinstance(a, StageLayer) for a in attentions):
         from ..capture.support import window_methods
 
         raise StagedModel(f"{what} lays every layer over one token grid, but this model's window or pooled layers "
                           "run on a grid per stage (Swin, PiT, PVTv2, Twins, MViTv2): see vitx.views.stage_attention "
-                          f"(Swin: each layer on its stage's grid), or explain it with {', '.join(window_methods())}, "
-                          "whose maps lie on its first stage's grid")
+                          "(each layer on its stage's grid or its pooled keys' grid), or explain it with "
+                          f"{', '.join(window_methods())}, whose maps lie on its first stage's grid")
 
 
 def attention_maps(model: nn.Module, image, tokens=None, adapter=None) -> AttentionMaps:
