@@ -27,13 +27,13 @@ WINDOW_NOTES = ("shifted windows as block-diagonal attention per stage, 2x2 patc
                 "maps on the first stage's grid")
 # pooled pyramids (vitx.capture.stages)
 PIT_NOTES = ("full attention per stage over [cls, grid], the stride-2 depthwise pooling as a mixing matrix "
-             "(equal weights over its kernel); maps on the first stage's grid")
+             "(tent weights over its kernel); maps on the first stage's grid")
 TWINS_NOTES = ("locally-grouped windows as block-diagonal attention, sub-sampled attention times its key pooling, "
                "patch embeddings as mixing matrices; maps on the first stage's grid")
-MVIT_NOTES = ("pooling attention times its key pooling, the pooled shortcut as a mixing matrix (equal weights over "
+MVIT_NOTES = ("pooling attention times its key pooling, the pooled shortcut as a mixing matrix (tent weights over "
               "its max-pool window); maps on the first stage's grid")
 PVT_NOTES = ("spatial-reduction attention times its key pooling, overlapping patch embeddings as mixing matrices "
-             "(equal weights over each kernel); maps on the first stage's grid")
+             "(tent weights over each kernel); maps on the first stage's grid")
 
 
 

@@ -222,3 +222,25 @@ def test_views_over_one_grid_refuse_pooled_layers_in_one_line():
         with pytest.raises(VitxError, match="grid per stage") as info:
             view()
         assert "\n" not in str(info.value)
+
+
+def test_an_overlapping_merge_spreads_like_a_tent_and_keeps_a_uniform_row_uniform():
+    """A 3x3 stride-2 footprint (PVTv2's patch embedding between stages, PiT's pooling, MViTv2's
+    shortcut): an interior token's row is the bilinear tent, 1/4 at the centre, 1/8 on the
+    edges, 1/16 at the corners (hand-computed: a source read by c windows gives each 1/c of
+    itself); and the mean over the new tokens, pulled back, is uniform over the interior of
+    the old grid. Equal weights over the footprint would give 1/9 everywhere and print the
+    overlap counts (1, 2, 4) on a uniform row as a checkerboard."""
+    from vitx.capture.stages import conv_merge
+
+    merge = conv_merge((9, 9), (5, 5), kernel=3, stride=2, padding=1)
+    dense = merge.dense()
+    centre = dense[2 * 5 + 2].reshape(9, 9)  # new token (2, 2): old rows / columns 3, 4, 5
+    expected = torch.zeros(9, 9)
+    expected[3:6, 3:6] = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+    torch.testing.assert_close(centre, expected)
+    torch.testing.assert_close(dense.sum(1), torch.ones(25))  # every row still sums to 1
+    uniform = merge.pull(torch.full((1, 25), 1.0 / 25)).reshape(9, 9)
+    interior = uniform[2:7, 2:7]  # away from the padded border rows, whose rows renormalise
+    assert float(interior.max() - interior.min()) < 1e-7
+    torch.testing.assert_close(merge.pull(torch.eye(25)), dense)  # pull is the row product

@@ -13,10 +13,11 @@ attention over [cls, grid]; PVTv2: queries from the grid, keys and values from i
 convolution or 7x7 adaptive pooling, then the norm). A layer whose keys are pooled is the
 (N x M) attention times the (M x N) matrix that averages each key's sources (`keys`); the
 pooling between stages (PiT's depthwise stride-2 convolution, PVTv2's overlapping patch
-embedding) is the plain matrix with equal weights over each token's real kernel footprint,
-class tokens mapped to themselves (`pool_matrix`). MViTv2 pools its queries and keys from each
+embedding) is the plain matrix over each token's real kernel footprint, a source read by c
+windows giving each 1/c, rows renormalised (`tent`), class tokens mapped to themselves
+(`pool_matrix`). MViTv2 pools its queries and keys from each
 block's input tokens and pools the block's shortcut (a max pool) where the stage changes: its
-residual path is that shortcut's equal-weight matrix (`skip`) instead of the identity.
+residual path is that shortcut's matrix (`skip`) instead of the identity.
 
 Rollout, gradient rollout, Chefer et al. and raw attention are then plain matrix products of
 these dense matrices. `padded=True` (Swin v1, timm or torchvision) handles grids that are not
@@ -231,10 +232,19 @@ def blocks_of(model, padded=False):
     raise TypeError(kind)
 
 
+def tent(m):
+    """Rows over each new token's real sources, each source sharing itself equally among the
+    rows that read it (1 / coverage), rows renormalised: the stage matrix for overlapping
+    footprints, the plain mean without overlap."""
+    reads = (m > 0).to(m.dtype)
+    shared = reads / reads.sum(0, keepdim=True).clamp(min=1)
+    return shared / shared.sum(1, keepdim=True).clamp(min=1e-30)
+
+
 def pool_matrix(before, after, kernel=2, stride=2, padding=0, prefix=0):
-    """(prefix + N_next, prefix + N): each next grid token the mean of the real tokens of its
-    kernel footprint (rows stride * i - padding + [0, kernel)), each prefix token itself.
-    The default is Swin's 2x2 patch merging (an odd side padded: fewer sources)."""
+    """(prefix + N_next, prefix + N): each next grid token spread over the real tokens of its
+    kernel footprint (rows stride * i - padding + [0, kernel)) by `tent`, each prefix token
+    itself. The default is Swin's 2x2 patch merging (an odd side padded: fewer sources)."""
     (h, w), (h2, w2) = before, after
     m = torch.zeros(prefix + h2 * w2, prefix + h * w)
     m[range(prefix), range(prefix)] = 1.0
@@ -242,168 +252,21 @@ def pool_matrix(before, after, kernel=2, stride=2, padding=0, prefix=0):
         for j in range(w2):
             sources = [prefix + r * w + c for r in range(stride * i - padding, stride * i - padding + kernel)
                        for c in range(stride * j - padding, stride * j - padding + kernel) if 0 <= r < h and 0 <= c < w]
-            m[prefix + i * w2 + j, sources] = 1.0 / len(sources)
-    return m
+            m[prefix + i * w2 + j, sources] = 1.0
+    return tent(m)
 
 
 def adaptive_matrix(before, after):
-    """(N_next, N) of adaptive average pooling: bins floor(i * h / h2) .. ceil((i + 1) * h / h2)."""
+    """(N_next, N) of adaptive average pooling: bins floor(i * h / h2) .. ceil((i + 1) * h / h2),
+    by `tent` (bins overlap where the sides do not divide)."""
     (h, w), (h2, w2) = before, after
     m = torch.zeros(h2 * w2, h * w)
     for i in range(h2):
         for j in range(w2):
             rows = range(i * h // h2, math.ceil((i + 1) * h / h2))
             cols = range(j * w // w2, math.ceil((j + 1) * w / w2))
-            m[i * w2 + j, [r * w + c for r in rows for c in cols]] = 1.0 / (len(rows) * len(cols))
-    return m
-
-
-def _attend(q, k, scale):
-    return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-
-
-def timm_pit(block, args, kwargs, output):
-    """A PiT block (timm's ViT Block) over [prefix, grid]: full attention."""
-    x = args[0]
-    attn = block.attn
-    q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(block.norm1(x)).chunk(3, dim=-1))
-    probs = _attend(q, k, attn.scale)
-    out = x + block.ls1(attn.proj(_merge_heads(probs @ v)))
-    out = out + block.ls2(block.mlp(block.norm2(out)))
-    return out, probs, torch.ones(probs.shape[-2:], dtype=torch.bool), None, {}
-
-
-def _spatial_reduction(tokens, h, w, pool, conv, norm, act=None):
-    """PVTv2's key/value tokens: (adaptive pooling to 7x7 and) a convolution of the grid, then
-    the norm (and GELU); with the matrix that averages each key's sources."""
-    b, n, c = tokens.shape
-    grid = tokens.transpose(1, 2).reshape(b, c, h, w)
-    if pool is not None:
-        size = (pool.output_size,) * 2 if isinstance(pool.output_size, int) else pool.output_size
-        return act(norm(conv(F.adaptive_avg_pool2d(grid, size)).flatten(2).transpose(1, 2))), \
-            adaptive_matrix((h, w), size)
-    if conv is not None:
-        r = conv.stride[0]
-        return norm(conv(grid).flatten(2).transpose(1, 2)), pool_matrix((h, w), (h // r, w // r), r, r, 0)
-    return tokens, None
-
-
-def timm_pvt_v2(block, args, kwargs, output):
-    """A PVTv2 block: queries from the grid, keys and values from its spatial reduction."""
-    x, (h, w) = args[0], tuple(int(g) for g in args[1])
-    attn = block.attn
-    tokens = block.norm1(x)
-    reduced, keys = _spatial_reduction(tokens, h, w, attn.pool, attn.sr, attn.norm, attn.act)
-    q = _heads(attn.q(tokens), attn.num_heads)
-    k, v = (_heads(t, attn.num_heads) for t in attn.kv(reduced).chunk(2, dim=-1))
-    probs = _attend(q, k, attn.scale)
-    out = x + attn.proj(_merge_heads(probs @ v))
-    out = out + block.mlp(block.norm2(out), (h, w))
-    return out, probs, torch.ones(probs.shape[-2:], dtype=torch.bool), (h, w), {"keys": keys}
-
-
-def timm_twins(block, args, kwargs, output):
-    """A Twins block: locally-grouped attention (a softmax over the grid, padded with zero tokens
-    at its end to whole ws x ws windows as the model does, with every pair of different windows
-    excluded; the padding's rows and columns dropped afterwards) or global sub-sampled attention
-    (keys and values from the strided convolution of the grid, as PVTv2)."""
-    x, (h, w) = args[0], tuple(int(g) for g in args[1])
-    attn = block.attn
-    tokens = block.norm1(x)
-    if hasattr(attn, "ws"):  # over the grid padded (zeros at its end) to whole windows, padding dropped after
-        ws, b, c = attn.ws, x.shape[0], x.shape[-1]
-        hp, wp = h + (-h) % ws, w + (-w) % ws
-        frame = F.pad(tokens.reshape(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h)).reshape(b, hp * wp, c)
-        q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(frame).chunk(3, dim=-1))
-        pairs = geometry(hp, wp, (ws, ws), (0, 0))[0]
-        probs = ((q * attn.scale) @ k.transpose(-2, -1)).masked_fill(~pairs, float("-inf")).softmax(dim=-1)
-        real = (torch.arange(h)[:, None] * wp + torch.arange(w)[None, :]).flatten()
-        out = x + attn.proj(_merge_heads((probs @ v)[:, :, real]))
-        out = out + block.mlp(block.norm2(out))
-        return out, (probs, lambda a: a[..., real, :][..., real]), pairs[real][:, real], (h, w), {"keys": None}
-    else:
-        reduced, keys = _spatial_reduction(tokens, h, w, None, attn.sr, attn.norm)
-        q = _heads(attn.q(tokens), attn.num_heads)
-        k, v = (_heads(t, attn.num_heads) for t in attn.kv(reduced).chunk(2, dim=-1))
-        probs, pairs = _attend(q, k, attn.scale), None
-    out = x + attn.proj(_merge_heads(probs @ v))
-    out = out + block.mlp(block.norm2(out))
-    pairs = torch.ones(probs.shape[-2:], dtype=torch.bool) if pairs is None else pairs
-    return out, probs, pairs, (h, w), {"keys": keys}
-
-
-def hf_pvt_v2(layer, args, kwargs, output):
-    """A transformers PvtV2BlockLayer, as timm_pvt_v2."""
-    names = ("hidden_states", "height", "width")
-    values = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
-    x, h, w = values["hidden_states"], int(values["height"]), int(values["width"])
-    attn = layer.attention
-    tokens = layer.layer_norm_1(x)
-    linear = attn.linear_attention
-    conv = attn.spatial_reduction if linear or attn.spatial_reduction_ratio > 1 else None
-    reduced, keys = _spatial_reduction(tokens, h, w, attn.pool if linear else None, conv,
-                                       getattr(attn, "layer_norm", None), getattr(attn, "act", None))
-    q = _heads(attn.query(tokens), attn.num_attention_heads)
-    k, v = (_heads(proj(reduced), attn.num_attention_heads) for proj in (attn.key, attn.value))
-    probs = _attend(q, k, attn.attention_head_size ** -0.5)
-    out = x + attn.proj(_merge_heads(probs @ v))
-    out = out + layer.mlp(layer.layer_norm_2(out), h, w)
-    return (out,) + tuple(output[1:]), probs, torch.ones(probs.shape[-2:], dtype=torch.bool), (h, w), {"keys": keys}
-
-
-def blocks_of(model, padded=False):
-    """Swin blocks in order, with the function that recomputes them."""
-    kind = type(model).__module__
-    if padded:
-        return [(blk, padded_swin) for blk in model.modules() if hasattr(blk, "attn") and hasattr(blk, "norm1")]
-    if kind == "timm.models.swin_transformer":
-        return [(blk, timm_swin) for stage in model.layers for blk in stage.blocks]
-    if kind == "timm.models.swin_transformer_v2":
-        return [(blk, timm_swinv2) for stage in model.layers for blk in stage.blocks]
-    if kind == "torchvision.models.swin_transformer":
-        return [(blk, torchvision_swin) for blk in model.modules() if hasattr(blk, "attn") and hasattr(blk, "norm1")]
-    if kind.startswith("transformers.models.swin"):
-        fn = hf_swinv2 if kind.endswith("swinv2") else hf_swin
-        return [(layer, fn) for layer in model.modules() if hasattr(layer, "layernorm_before")
-                and hasattr(layer, "shift_size")]
-    if kind == "timm.models.pit":
-        return [(blk, timm_pit) for stage in model.transformers for blk in stage.blocks]
-    if kind == "timm.models.pvt_v2":
-        return [(blk, timm_pvt_v2) for stage in model.stages for blk in stage.blocks]
-    if kind == "timm.models.twins":
-        return [(blk, timm_twins) for blocks in model.blocks for blk in blocks]
-    if kind == "timm.models.mvitv2":
-        return [(blk, timm_mvit) for stage in model.stages for blk in stage.blocks]
-    if kind.startswith("transformers.models.pvt_v2"):
-        return [(blk, hf_pvt_v2) for stage in model.pvt_v2.encoder.layers for blk in stage.blocks]
-    raise TypeError(kind)
-
-
-def pool_matrix(before, after, kernel=2, stride=2, padding=0, prefix=0):
-    """(prefix + N_next, prefix + N): each next grid token the mean of the real tokens of its
-    kernel footprint (rows stride * i - padding + [0, kernel)), each prefix token itself.
-    The default is Swin's 2x2 patch merging (an odd side padded: fewer sources)."""
-    (h, w), (h2, w2) = before, after
-    m = torch.zeros(prefix + h2 * w2, prefix + h * w)
-    m[range(prefix), range(prefix)] = 1.0
-    for i in range(h2):
-        for j in range(w2):
-            sources = [prefix + r * w + c for r in range(stride * i - padding, stride * i - padding + kernel)
-                       for c in range(stride * j - padding, stride * j - padding + kernel) if 0 <= r < h and 0 <= c < w]
-            m[prefix + i * w2 + j, sources] = 1.0 / len(sources)
-    return m
-
-
-def adaptive_matrix(before, after):
-    """(N_next, N) of adaptive average pooling: bins floor(i * h / h2) .. ceil((i + 1) * h / h2)."""
-    (h, w), (h2, w2) = before, after
-    m = torch.zeros(h2 * w2, h * w)
-    for i in range(h2):
-        for j in range(w2):
-            rows = range(i * h // h2, math.ceil((i + 1) * h / h2))
-            cols = range(j * w // w2, math.ceil((j + 1) * w / w2))
-            m[i * w2 + j, [r * w + c for r in rows for c in cols]] = 1.0 / (len(rows) * len(cols))
-    return m
+            m[i * w2 + j, [r * w + c for r in rows for c in cols]] = 1.0
+    return tent(m)
 
 
 def _attend(q, k, scale):
@@ -532,7 +395,7 @@ def _pool_tokens(t, grid, prefix, pool):
 
 
 def _footprint(module, before, after, prefix):
-    """The equal-weight matrix of a pooling module (convolution or max / average pool)."""
+    """The stage matrix of a pooling module (convolution or max / average pool)."""
     k, s, p = (_pair(getattr(module, name))[0] for name in ("kernel_size", "stride", "padding"))
     return pool_matrix(before, after, k, s, p, prefix)
 

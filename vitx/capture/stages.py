@@ -8,11 +8,15 @@ first, as row-vector products that never build a dense (N x N) matrix:
 
 - `Merge`: a token set built from another by a local operator (2x2 patch merging, a strided
   or depthwise convolution, average or max pooling), written as an (N_next x N) mixing matrix
-  with EQUAL weights over each new token's real sources. The operator's own weights mix
-  channels, not tokens, and differ per channel; the equal weight is what rollout's residual
-  identity gives to what it cannot attribute. Padding sources are dropped (a border token
-  takes 1/count of each real source); prefix tokens (a class token) map to their own
-  prefix token.
+  that spreads each new token over its real sources by no learned weight: the operator's own
+  weights mix channels, not tokens, and differ per channel, so no source is preferred, as
+  rollout's residual identity prefers none. Where footprints overlap (a 3x3 stride-2
+  convolution or pooling), a source read by c windows gives each of them 1/c of itself, and
+  each row is normalised to 1: a bilinear "tent" (1/4 centre, 1/8 edges, 1/16 corners for
+  3x3 stride 2), so a uniform row over the new tokens stays uniform over the old ones instead
+  of printing the overlap count as a checkerboard. Without overlap (2x2 patch merging) that is
+  the plain mean. Padding sources are dropped (a border token takes its real sources only);
+  prefix tokens (a class token) map to their own prefix token.
 - `StageLayer`: the protocol every such layer follows, and what vitx.attribution.ops asks of
   it: head reductions and elementwise products over its stored `blocks`, `vecmat` (a row
   times the layer), `discard_lowest`, `add_identity` (Chefer's A + I), `with_residual`
@@ -56,8 +60,12 @@ class Merge:
         return self.sources.shape[0]
 
     def weights(self, dtype) -> torch.Tensor:
-        valid = (self.sources >= 0).to(dtype)
-        return valid / valid.sum(dim=1, keepdim=True).clamp(min=1)
+        """(N_next, k): each real source weighted by 1 / (windows that read it), rows summing to 1."""
+        valid = self.sources >= 0
+        coverage = torch.bincount(self.sources[valid], minlength=self.num_tokens).to(dtype)
+        share = torch.where(valid, 1.0 / coverage[self.sources.clamp(min=0)].clamp(min=1),
+                            torch.zeros((), dtype=dtype))
+        return share / share.sum(dim=1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
 
     def pull(self, row: torch.Tensor) -> torch.Tensor:
         """(B, N_next) -> (B, N): row @ M."""

@@ -5,9 +5,10 @@ Each block attends from its queries to its keys, both pooled from the block's in
 `avg` modes); the class token is never pooled. The first block of a later stage pools its
 queries with stride 2, so its output is a coarser grid, and its residual path pools the input
 the same way (`shortcut_pool_attn`, a max pool). As a token flow the block is A @ P_keys with
-the residual S, where P_keys and S give each pooled token equal weights over its real kernel
-footprint: for S, the max pool, that is the equal weight rollout's residual identity gives to
-what it cannot attribute (which input wins the max differs per channel). Left out of the flow,
+the residual S, where P_keys and S spread each pooled token over its real kernel footprint by
+no learned weight (vitx.capture.stages.Merge: tent weights where footprints overlap): for S,
+the max pool, that is what rollout's residual identity gives to what it cannot attribute
+(which input wins the max differs per channel). Left out of the flow,
 as every MLP and projection is: the "residual pooling" that adds the pooled queries to the
 attention output (on by default in MViTv2), a further linear path of the same footprint.
 The patch embedding is the only merge outside the blocks and comes before the first. The

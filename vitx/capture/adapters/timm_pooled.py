@@ -3,8 +3,9 @@ between stages (vitx.capture.stages).
 
 PiT (`PoolingVisionTransformer`): each stage is ordinary full attention over [cls (, dist),
 grid]; between stages a depthwise stride-2 convolution shrinks the grid and a Linear maps the
-class tokens. As a token flow the pooling is a `Merge` with equal weights over each new
-token's real kernel footprint (padding dropped), each prefix token mapped to its own. The
+class tokens. As a token flow the pooling is a `Merge` over each new token's real kernel
+footprint (tent weights where footprints overlap, padding dropped), each prefix token mapped
+to its own. The
 explained token is the class token of the last stage (what the head reads); maps lie on the
 first stage's grid.
 
@@ -12,7 +13,7 @@ PVTv2 (`PyramidVisionTransformerV2`): spatial-reduction attention. The queries a
 tokens; keys and values come from a strided convolution (kernel = stride = sr_ratio) of the
 grid, or (the `linear` variant) from adaptive average pooling to 7x7, each followed by a
 norm. The attention A is (N x M); as a token flow it is A @ P, P the (M x N) pooling of the
-keys with equal weights over each key's sources. The overlapping patch embedding between
+keys over each key's sources (vitx.capture.stages.Merge). The overlapping patch embedding between
 stages (kernel 3, stride 2, padding 1) is a `Merge` over its kernel footprint. The depthwise
 3x3 convolution inside each block's MLP also mixes neighbouring tokens; like every MLP in
 rollout it is left out of the flow (the residual identity stands for it). No class token:
@@ -29,7 +30,7 @@ PVT_V2 = "timm.models.pvt_v2.PyramidVisionTransformerV2"
 TWINS = "timm.models.twins.Twins"
 PIT_WHY = ("its stages attend over different token sets (a strided depthwise convolution pools the grid between "
            "them), so it is explained by attention-flow methods only (each stage's attention chained through the "
-           "pooling, written as equal weights over each pooled token's sources)")
+           "pooling, written as a Merge over each pooled token's sources)")
 PVT_WHY = ("spatial-reduction attention reads keys pooled from the grid and the grid shrinks between stages, so it "
            "is explained by attention-flow methods only (each layer's attention times its key pooling, chained "
            "through the patch embeddings between stages)")
@@ -50,7 +51,7 @@ def conv_output(grid, kernel, stride, padding):
 
 
 def conv_merge_of(conv, before, after, prefix=0, device=None):
-    """The merge of a convolution over the grid (its kernel footprint, equal weights)."""
+    """The merge of a convolution over the grid (its kernel footprint, tent weights)."""
     return conv_merge(before, after, *conv_params(conv), prefix=prefix, device=device)
 
 
