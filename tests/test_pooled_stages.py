@@ -16,6 +16,7 @@ import window_reference as ref
 from compat_rows import _sharpen, loud_head, timm_model
 from helpers import images_for
 from test_windows import CASES, TARGETS, correlation
+from vitx.capture.pooled_windows import PooledWindows
 from vitx.capture.windows import Windowed
 from vitx.errors import VitxError
 
@@ -135,7 +136,7 @@ def test_recorded_layers_are_the_dense_attention(setup):
     for layer, recorded in enumerate(rec.attentions):
         for i in range(2):
             r = references[i]
-            values = recorded.dense() if isinstance(recorded, Windowed) else recorded.blocks  # Twins: windows too
+            values = recorded.dense() if isinstance(recorded, (Windowed, PooledWindows)) else recorded.blocks  # windows
             torch.testing.assert_close(values[i], r.attentions[layer], atol=5e-4, rtol=1e-3)
             torch.testing.assert_close(recorded.dense()[i].mean(0), r.flow(layer, r.attentions[layer].mean(0)),
                                        atol=5e-4, rtol=1e-3)

@@ -1,0 +1,92 @@
+"""Hiera (timm) explained by the attention-flow methods, against a dense reference.
+
+vitx records mask-unit attention as window layers over each stage's grid (slots mapped through
+Hiera's unrolled token order) and the pooled-query blocks as pooled window layers whose
+residual is the max pool (vitx.capture.adapters.timm_hiera); tests/hiera_reference.py
+recomputes every block on the grid in plain row-major order (timm's own Reroll undoes the
+token order), with full attention masked to mask units, and the methods are plain dense
+products of those matrices. Shared checks come from test_pooled_stages.
+"""
+import pytest
+import torch
+
+import vitx
+import window_reference as ref
+from compat_rows import loud_head, timm_model
+from helpers import images_for
+from test_pooled_stages import (test_batch_equals_single, test_methods_equal_the_dense_reference,  # noqa: F401
+                                test_recorded_layers_are_the_dense_attention, test_reference_is_the_model)
+from test_windows import TARGETS
+from vitx.capture.pooled_windows import PooledWindows
+from vitx.capture.windows import Windowed
+from vitx.errors import VitxError
+
+# 64 x 96 px -> grids 16x24, 8x12, 4x6, 2x3; 2 x 3 mask units of 8x8, 4x4, 2x2 tokens. Blocks:
+# mask units (2), pooled mask units, mask units, pooled mask units, global, pooled global
+HIERA = dict(img_size=(64, 96), embed_dim=16, num_heads=2, head_mul=1.0, dim_mul=1.5, stages=(2, 2, 2, 1))
+
+
+def hiera(**kwargs):
+    """A tiny Hiera (qkv sharpened); timm zero-initialises its classifier, so it gets weights."""
+    def build():
+        model = timm_model("hiera_tiny_224", **{**HIERA, **kwargs})()
+        with torch.no_grad():
+            model.head.fc.weight.normal_(std=0.02)
+        return loud_head(model)
+
+    return build
+
+
+MODELS = {
+    "timm_hiera": (hiera(), (64, 96), (16, 24)),
+    # two poolings only: the last stage's tokens stay partly unrolled (global attention over them)
+    "timm_hiera_q_pool_2": (hiera(q_pool=2), (64, 96), (16, 24)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def setup(request):
+    build, size, grid = MODELS[request.param]
+    model = build()
+    x = images_for(size, batch=2)
+    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+    return model, x, references, grid
+
+
+def test_layers_are_windows_and_pooled_windows():
+    model = MODELS["timm_hiera"][0]()
+    with torch.no_grad(), vitx.record_attention(model) as rec:
+        model(images_for((64, 96), batch=1))
+    kinds = [(type(a).__name__, a.grid, a.blocks.shape[2]) for a in rec.attentions]
+    assert kinds == [("Windowed", (16, 24), 6)] * 2 + [("PooledWindows", (8, 12), 6), ("Windowed", (8, 12), 6),
+                                                       ("PooledWindows", (4, 6), 6), ("Windowed", (4, 6), 1),
+                                                       ("PooledWindows", (2, 3), 1)]
+    # every window of the first layer is one 8x8 block of the grid
+    index = rec.attentions[0].index
+    rows, cols = index // 24, index % 24
+    assert ((rows // 8)[:, :1] == rows // 8).all() and ((cols // 8)[:, :1] == cols // 8).all()
+    assert sorted(index.flatten().tolist()) == list(range(16 * 24))
+    assert isinstance(rec.attentions[0], Windowed) and isinstance(rec.attentions[2], PooledWindows)
+
+
+def test_recording_leaves_the_output_unchanged():
+    model, x = MODELS["timm_hiera"][0](), images_for((64, 96), batch=2)
+    fused = [block.attn.fused_attn for block in model.blocks]
+    with torch.no_grad():
+        expected = model(x)
+        with vitx.record_attention(model):
+            got = model(x)
+    torch.testing.assert_close(got, expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
+    assert [block.attn.fused_attn for block in model.blocks] == fused
+
+
+def test_methods_that_cannot_read_stage_layers_refuse_before_any_forward():
+    model = MODELS["timm_hiera"][0]()
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    for method in ("transformer_attribution", "legrad"):
+        with pytest.raises(VitxError, match=r"^Hiera: method '\w+' cannot explain this model: .*rollout \(stage") \
+                as info:
+            vitx.explain(model, images_for((64, 96), batch=1), method=method)
+        assert "\n" not in str(info.value)
+    assert not calls
