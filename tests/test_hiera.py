@@ -12,7 +12,7 @@ import torch
 
 import vitx
 import window_reference as ref
-from compat_rows import loud_head, timm_model
+from compat_rows import hiera_model
 from helpers import images_for
 from test_pooled_stages import (test_batch_equals_single, test_methods_equal_the_dense_reference,  # noqa: F401
                                 test_recorded_layers_are_the_dense_attention, test_reference_is_the_model)
@@ -23,18 +23,11 @@ from vitx.errors import VitxError
 
 # 64 x 96 px -> grids 16x24, 8x12, 4x6, 2x3; 2 x 3 mask units of 8x8, 4x4, 2x2 tokens. Blocks:
 # mask units (2), pooled mask units, mask units, pooled mask units, global, pooled global
-HIERA = dict(img_size=(64, 96), embed_dim=16, num_heads=2, head_mul=1.0, dim_mul=1.5, stages=(2, 2, 2, 1))
+HIERA = dict(img_size=(64, 96), stages=(2, 2, 2, 1))
 
 
 def hiera(**kwargs):
-    """A tiny Hiera (qkv sharpened); timm zero-initialises its classifier, so it gets weights."""
-    def build():
-        model = timm_model("hiera_tiny_224", **{**HIERA, **kwargs})()
-        with torch.no_grad():
-            model.head.fc.weight.normal_(std=0.02)
-        return loud_head(model)
-
-    return build
+    return lambda: hiera_model(**HIERA, **kwargs)
 
 
 MODELS = {

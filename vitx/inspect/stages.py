@@ -60,7 +60,7 @@ def stages_of(layers: Sequence) -> Stages:
     """The stages of a hierarchical model's recorded layers (a new stage at every merge)."""
     if not layers or not all(isinstance(layer, Windowed) for layer in layers):
         raise VitxError("per-stage views need a hierarchical model whose every layer is window attention "
-                        "over its stage's grid (Swin, SwinV2); pooled layers (PiT, PVTv2, Twins, MViTv2) are "
+                        "over its stage's grid (Swin, SwinV2); pooled layers (PiT, PVTv2, Twins, MViTv2, Hiera) are "
                         "explained by the attention-flow methods only")
     first = layers[0].grid
     current = torch.arange(first[0] * first[1])
