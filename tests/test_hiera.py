@@ -11,12 +11,11 @@ import pytest
 import torch
 
 import vitx
-import window_reference as ref
 from compat_rows import hiera_model
 from helpers import images_for
-from test_pooled_stages import (test_batch_equals_single, test_methods_equal_the_dense_reference,  # noqa: F401
-                                test_recorded_layers_are_the_dense_attention, test_reference_is_the_model)
-from test_windows import TARGETS
+from test_pooled_stages import (models_fixture, test_batch_equals_single,  # noqa: F401 (shared checks)
+                                test_methods_equal_the_dense_reference, test_recorded_layers_are_the_dense_attention,
+                                test_reference_is_the_model)
 from vitx.capture.pooled_windows import PooledWindows
 from vitx.capture.windows import Windowed
 from vitx.errors import VitxError
@@ -37,13 +36,7 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def setup(request):
-    build, size, grid = MODELS[request.param]
-    model = build()
-    x = images_for(size, batch=2)
-    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
-    return model, x, references, grid
+setup = models_fixture(MODELS)
 
 
 def test_layers_are_windows_and_pooled_windows():

@@ -105,13 +105,21 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def setup(request):
-    build, size, grid = MODELS[request.param]
-    model = build()
-    x = images_for(size, batch=2)
-    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
-    return model, x, references, grid
+def models_fixture(models):
+    """The module's `setup` fixture over a table name -> (build, image size, first grid): the
+    model, two images and their dense references (other test modules reuse the checks below)."""
+    @pytest.fixture(scope="module", params=sorted(models))
+    def setup(request):
+        build, size, grid = models[request.param]
+        model = build()
+        x = images_for(size, batch=2)
+        references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+        return model, x, references, grid
+
+    return setup
+
+
+setup = models_fixture(MODELS)
 
 
 def test_reference_is_the_model(setup):
