@@ -69,3 +69,54 @@ def timm_hiera(model, index, block, args, kwargs, output):
 
 def blocks(model):
     return [(blk, partial(timm_hiera, model, i)) for i, blk in enumerate(model.blocks)]
+
+
+def timm_hieradet(block, args, kwargs, output):
+    """A SAM2 Hiera block (B, H, W, C): the normalised grid padded to whole windows (zeros, as
+    the model pads after norm1), queries max-pooled 2x2 over the padded grid where the block
+    pools, full attention over the frame masked to same-window pairs, the output cropped to
+    the pooled grid; the padding rows and columns are dropped from the recorded attention."""
+    from window_reference import pool_matrix
+
+    x = args[0]
+    b, h, w, c = x.shape
+    attn, stride = block.attn, tuple(block.q_stride) if block.q_stride else (1, 1)
+    x_norm = block.norm1(x)
+    shortcut = x
+    if block.dim != block.dim_out:
+        shortcut = block.proj(x_norm)
+        if block.q_stride:
+            shortcut = F.max_pool2d(shortcut.permute(0, 3, 1, 2), stride, stride).permute(0, 2, 3, 1)
+    after = tuple(shortcut.shape[1:3])
+    window = tuple(block.window_size) if block.is_windowed else (h, w)
+    hp, wp = h + (-h) % window[0], w + (-w) % window[1]
+    frame = F.pad(x_norm, (0, 0, 0, wp - w, 0, hp - h))
+    q, k, v = attn.qkv(frame).reshape(b, hp * wp, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    if block.q_stride:
+        q, _ = _max_pool(q, (hp, wp), stride)
+    qh, qw = hp // stride[0], wp // stride[1]
+    key_units = _units((hp, wp), (hp // window[0], wp // window[1]))
+    query_units = _units((qh, qw), (hp // window[0], wp // window[1]))
+    allowed = query_units[:, None] == key_units[None, :]
+    probs = ((q * attn.scale) @ k.transpose(-2, -1)).masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    mixed = attn.proj((probs @ v).transpose(1, 2).reshape(b, qh, qw, -1))[:, :after[0], :after[1]]
+    out = shortcut + block.ls1(mixed)
+    out = out + block.ls2(block.mlp(block.norm2(out)))
+    rows = _real(after, (qh, qw))
+    cols = _real((h, w), (hp, wp))
+
+    def select(a):
+        return a[..., rows, :][..., cols]
+
+    skip = pool_matrix((h, w), after, stride[0], stride[0], 0) if block.q_stride else None
+    return out, (probs, select), allowed[rows][:, cols], after, {"skip": skip}
+
+
+def _real(grid, frame):
+    """Frame slot (row-major over `frame`) of each token of `grid` (its top-left part)."""
+    r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return (r * frame[1] + c).flatten()
+
+
+def det_blocks(model):
+    return [(blk, timm_hieradet) for blk in model.blocks]

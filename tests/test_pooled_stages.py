@@ -209,13 +209,18 @@ def test_a_class_token_the_head_does_not_read_is_not_explained():
                                          ("hf_pvt_v2", r"PVTv2 \(Hugging Face\)"), ("timm_mvitv2", "MViTv2"),
                                          ("timm_twins_svt", "Twins")])
 def test_methods_that_cannot_read_stage_layers_refuse_before_any_forward(name, family):
-    model = MODELS[name][0]()
+    assert_refused_before_any_forward(MODELS[name][0](), MODELS[name][1], family)
+
+
+def assert_refused_before_any_forward(model, size, family):
+    """Methods that cannot read stage layers stop in one line naming `family` and the stage
+    methods, before the model runs."""
     calls = []
     model.register_forward_pre_hook(lambda *args: calls.append(1))
     for method in ("transformer_attribution", "legrad"):
         with pytest.raises(VitxError, match=rf"^{family}: method '\w+' cannot explain this model: .*rollout \(stage") \
                 as info:
-            vitx.explain(model, images_for(MODELS[name][1], batch=1), method=method)
+            vitx.explain(model, images_for(size, batch=1), method=method)
         assert "\n" not in str(info.value)
     assert not calls
 

@@ -334,13 +334,17 @@ class Pooled(StageLayer):
         out = self.attend(row)
         return out if self.mix is None else out + self._pull_skip(row)
 
+    def pairs(self) -> torch.Tensor:
+        """The entries the layer can have, over `blocks` without batch and heads: all of them."""
+        return torch.ones(self.blocks.shape[1 - self.block_dims:], dtype=torch.bool, device=self.blocks.device)
+
     def discard_lowest(self, ratio):
         """The lowest `ratio` of the attention entries (Nq x Nk, per window where there are
         windows) dropped; a square layer keeps its diagonal (every token's own path), as window
         layers do."""
         if ratio <= 0:
             return self
-        candidates = torch.ones(self.blocks.shape[1 - self.block_dims:], dtype=torch.bool, device=self.blocks.device)
+        candidates = self.pairs()
         keep = torch.eye(self.blocks.shape[-1], dtype=torch.bool, device=self.blocks.device) if self.square else None
         return self.like(drop_lowest(self.blocks, candidates, ratio, keep))
 
