@@ -66,8 +66,10 @@ class BlockTokens(NamedTuple):
 def block_tokens(model) -> List[BlockTokens]:
     """Per block of a timm Hiera, its tokens' grid positions (read from the model's Unroll)."""
     grid = tuple(int(s) for s in model.unroll.size)
+    if len(grid) != 2:
+        raise VitxError(f"Hiera over {len(grid)}-d tokens (video): only image grids are mapped to their tokens")
     n = grid[0] * grid[1]
-    pos = model.unroll(torch.arange(n).view(1, n, 1)).flatten()
+    pos = model.unroll.forward(torch.arange(n).view(1, n, 1)).flatten()  # no module hooks: not a forward of the model
     out = []
     for block in model.blocks:
         q = block.attn.q_stride
@@ -76,7 +78,9 @@ def block_tokens(model) -> List[BlockTokens]:
             (sy, sx), (rows, cols) = model.q_stride, (pos // grid[1], pos % grid[1])
             after = (grid[0] // sy, grid[1] // sx)
             groups = ((rows // sy) * after[1] + cols // sx).view(q, -1)  # the q tokens each output pools
-            assert bool((groups == groups[0]).all()), "Hiera's q pooling groups tokens of one 2x2 window"
+            if not bool((groups == groups[0]).all()):
+                raise VitxError("this Hiera's query pooling does not pool whole q_stride windows of the grid, so its "
+                                "tokens cannot be mapped to the grid")
             pooled = groups[0]
         out.append(BlockTokens(grid, pos, after, pooled))
         grid, pos = after, pooled
@@ -156,8 +160,11 @@ def _block(block, tokens, tap, record):
         return recorded if probs.dim() == 5 else recorded.squeeze(2)
 
     def start(module, args):
-        grid = tuple(int(g) for g in args[0].shape[1:3])
-        tap.active = on_hiera if tokens is not None else lambda probs: det_layer(block, grid, probs, record)
+        if tokens is not None:
+            tap.active = on_hiera
+        else:  # the block's input is its (B, H, W, C) grid
+            grid = tuple(int(g) for g in args[0].shape[1:3])
+            tap.active = lambda probs: det_layer(block, grid, probs, record)
 
     def stop(module, args, out):
         tap.active = None
