@@ -47,8 +47,12 @@ def timm_hiera(model, index, block, args, kwargs, output):
     x = x[:, order_in]
     attn, stride = block.attn, tuple(model.q_stride) if block.attn.q_stride > 1 else (1, 1)
     x_norm = block.norm1(x)
-    shortcut, after = (block.proj(x_norm) if block.do_expand else x), grid
-    if stride != (1, 1):
+    shortcut, after = (block.proj(x_norm) if block.do_expand and block.proj is not None else x), grid
+    if stride != (1, 1) and block.do_expand and block.proj is None:  # no projection: max and mean pools of x
+        pooled, after = _max_pool(x, grid, stride)
+        mean = F.avg_pool2d(x.reshape(b, *grid, -1).permute(0, 3, 1, 2), stride, stride).flatten(2).transpose(1, 2)
+        shortcut = torch.cat([pooled, mean], dim=-1)
+    elif stride != (1, 1):
         shortcut, after = _max_pool(shortcut, grid, stride)
     q, k, v = attn.qkv(x_norm).reshape(b, n, 3, attn.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     if stride != (1, 1):

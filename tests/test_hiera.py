@@ -30,10 +30,18 @@ def hiera(**kwargs):
     return lambda: hiera_model(**HIERA, **kwargs)
 
 
+def abswin():
+    """hiera_small_abswin_256 shrunk (its LayerScale of 1e-5 made 1: the blocks would barely count)."""
+    return hiera_model(name="hiera_small_abswin_256", img_size=(64, 96), stages=(1, 1, 1, 1), dim_mul=2.0,
+                       init_values=1.0)
+
+
 MODELS = {
     "timm_hiera": (hiera(), (64, 96), (16, 24)),
     # two poolings only: the last stage's tokens stay partly unrolled (global attention over them)
     "timm_hiera_q_pool_2": (hiera(q_pool=2), (64, 96), (16, 24)),
+    # window position embedding, and a residual pooled without projection (max and mean pools side by side)
+    "timm_hiera_abswin": (abswin, (64, 96), (16, 24)),
     # SAM2: a 16x24 grid in 8x8 windows, pooled to 8x12 in 4x4 windows; then 6x6 windows (8x12
     # padded to 12x12), pooled to 4x6 in 3x3 windows (padded to 6x6); global attention; 2x2
     # windows pooled to 2x3 (timm's global attention cannot pool)
