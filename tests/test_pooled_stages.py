@@ -16,6 +16,7 @@ import window_reference as ref
 from compat_rows import _sharpen, loud_head, timm_model
 from helpers import images_for
 from test_windows import CASES, TARGETS, correlation
+from vitx.capture.pooled_windows import PooledWindows
 from vitx.capture.windows import Windowed
 from vitx.errors import VitxError
 
@@ -105,13 +106,21 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def setup(request):
-    build, size, grid = MODELS[request.param]
-    model = build()
-    x = images_for(size, batch=2)
-    references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
-    return model, x, references, grid
+def models_fixture(models):
+    """The module's `setup` fixture over a table name -> (build, image size, first grid): the
+    model, two images and their dense references (other test modules reuse the checks below)."""
+    @pytest.fixture(scope="module", params=sorted(models))
+    def setup(request):
+        build, size, grid = models[request.param]
+        model = build()
+        x = images_for(size, batch=2)
+        references = [ref.Reference(model, x[i:i + 1], TARGETS[i]) for i in range(2)]
+        return model, x, references, grid
+
+    return setup
+
+
+setup = models_fixture(MODELS)
 
 
 def test_reference_is_the_model(setup):
@@ -136,7 +145,7 @@ def test_recorded_layers_are_the_dense_attention(setup):
     for layer, recorded in enumerate(rec.attentions):
         for i in range(2):
             r = references[i]
-            values = recorded.dense() if isinstance(recorded, Windowed) else recorded.blocks  # Twins: windows too
+            values = recorded.dense() if isinstance(recorded, (Windowed, PooledWindows)) else recorded.blocks  # windows
             torch.testing.assert_close(values[i], r.attentions[layer], atol=5e-4, rtol=1e-3)
             torch.testing.assert_close(recorded.dense()[i].mean(0), r.flow(layer, r.attentions[layer].mean(0)),
                                        atol=5e-4, rtol=1e-3)
@@ -201,13 +210,18 @@ def test_a_class_token_the_head_does_not_read_is_not_explained():
                                          ("hf_pvt_v2", r"PVTv2 \(Hugging Face\)"), ("timm_mvitv2", "MViTv2"),
                                          ("timm_twins_svt", "Twins")])
 def test_methods_that_cannot_read_stage_layers_refuse_before_any_forward(name, family):
-    model = MODELS[name][0]()
+    assert_refused_before_any_forward(MODELS[name][0](), MODELS[name][1], family)
+
+
+def assert_refused_before_any_forward(model, size, family):
+    """Methods that cannot read stage layers stop in one line naming `family` and the stage
+    methods, before the model runs."""
     calls = []
     model.register_forward_pre_hook(lambda *args: calls.append(1))
     for method in ("transformer_attribution", "legrad"):
         with pytest.raises(VitxError, match=rf"^{family}: method '\w+' cannot explain this model: .*rollout \(stage") \
                 as info:
-            vitx.explain(model, images_for(MODELS[name][1], batch=1), method=method)
+            vitx.explain(model, images_for(size, batch=1), method=method)
         assert "\n" not in str(info.value)
     assert not calls
 

@@ -229,6 +229,10 @@ def blocks_of(model, padded=False):
         return [(blk, timm_mvit) for stage in model.stages for blk in stage.blocks]
     if kind.startswith("transformers.models.pvt_v2"):
         return [(blk, hf_pvt_v2) for stage in model.pvt_v2.encoder.layers for blk in stage.blocks]
+    if kind in ("timm.models.hiera", "timm.models.hieradet_sam2"):
+        from hiera_reference import blocks, det_blocks
+
+        return (blocks if kind.endswith("hiera") else det_blocks)(model)
     raise TypeError(kind)
 
 
@@ -487,7 +491,7 @@ def _stage_hooks(model):
 
     if kind == "timm.models.twins":  # the first embedding reads the image
         return state, [embed.register_forward_pre_hook(twins(embed)) for embed in model.patch_embeds[1:]]
-    if kind == "timm.models.mvitv2":
+    if kind in ("timm.models.mvitv2", "timm.models.hiera", "timm.models.hieradet_sam2"):
         return state, []  # no merges outside the blocks: the pooled residual is each block's `skip`
     if kind.startswith("transformers.models.pvt_v2"):
         return state, [stage.register_forward_pre_hook(hf_pvt(stage), with_kwargs=True)

@@ -330,18 +330,36 @@ class Pooled(StageLayer):
     def _pull_skip(self, row):
         return row if self.skip is None else self.skip.pull(row)
 
+    def row_sums(self) -> torch.Tensor:
+        """(B, Nq) the attention each query gives (what rollout's residual renormalises by)."""
+        return self.blocks.sum(dim=-1)
+
+    def attend(self, row: torch.Tensor) -> torch.Tensor:
+        """(B, Nq) -> row @ A P (B, N_in): the attention part of the flow."""
+        return self._pull_keys(torch.einsum("bq,bqk->bk", row.to(self.blocks.dtype), self.blocks).to(row.dtype))
+
+    def attention_dense(self) -> torch.Tensor:
+        """(B, [heads,] Nq, N_in): A P written out."""
+        keys = torch.eye(self.blocks.shape[-1]) if self.keys is None else self.keys.dense()
+        return self.blocks.float() @ keys.to(self.blocks.device)
+
     def vecmat(self, row: torch.Tensor) -> torch.Tensor:
         if self.mix == "residual":  # rows of (A P + S) / 2 sum to (sum_k A + 1) / 2: divide the row first
-            row = row / (self.blocks.sum(dim=-1).to(row.dtype) + 1)
-        out = self._pull_keys(torch.einsum("bq,bqk->bk", row.to(self.blocks.dtype), self.blocks).to(row.dtype))
+            row = row / (self.row_sums().to(row.dtype) + 1)
+        out = self.attend(row)
         return out if self.mix is None else out + self._pull_skip(row)
 
+    def pairs(self) -> torch.Tensor:
+        """The entries the layer can have, over `blocks` without batch and heads: all of them."""
+        return torch.ones(self.blocks.shape[1 - self.block_dims:], dtype=torch.bool, device=self.blocks.device)
+
     def discard_lowest(self, ratio):
-        """The lowest `ratio` of the attention entries (Nq x Nk) dropped; a square layer keeps
-        its diagonal (every token's own path), as window layers do."""
+        """The lowest `ratio` of the attention entries (Nq x Nk, per window where there are
+        windows) dropped; a square layer keeps its diagonal (every token's own path), as window
+        layers do."""
         if ratio <= 0:
             return self
-        candidates = torch.ones(self.blocks.shape[-2:], dtype=torch.bool, device=self.blocks.device)
+        candidates = self.pairs()
         keep = torch.eye(self.blocks.shape[-1], dtype=torch.bool, device=self.blocks.device) if self.square else None
         return self.like(drop_lowest(self.blocks, candidates, ratio, keep))
 
@@ -352,8 +370,7 @@ class Pooled(StageLayer):
         return self.like(self.blocks, "residual")
 
     def dense(self) -> torch.Tensor:
-        keys = torch.eye(self.blocks.shape[-1]) if self.keys is None else self.keys.dense()
-        out = self.blocks.float() @ keys.to(self.blocks.device)
+        out = self.attention_dense()
         if self.mix is None:
             return out
         skip = torch.eye(self.num_tokens) if self.skip is None else self.skip.dense()

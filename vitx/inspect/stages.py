@@ -28,6 +28,7 @@ from torch import nn
 from ..attribution.targets import as_logits
 from ..capture.model_state import evaluation_mode
 from ..capture.recorder import AttentionRecorder
+from ..capture.pooled_windows import PooledWindows
 from ..capture.stages import Merge, Pooled
 from ..capture.windows import Windowed
 from ..errors import VitxError
@@ -106,6 +107,9 @@ def key_grid(layer) -> Grid:
 def stages_of(layers: Sequence) -> Stages:
     """The stages of a hierarchical model's recorded layers (a new stage at every merge of the
     token set: an entry, or a pooled residual that changes the grid)."""
+    if any(isinstance(layer, PooledWindows) for layer in layers):
+        raise VitxError("per-stage views do not draw pooled mask units (Hiera) yet: Hiera is explained by the "
+                        "attention-flow methods only (rollout, grad_rollout, chefer2021, raw_attention)")
     if not layers or not all(isinstance(layer, (Windowed, Pooled)) for layer in layers):
         raise VitxError("per-stage views need a hierarchical model whose every layer is window or pooled attention "
                         "over its stage's tokens (Swin, SwinV2, PiT, PVTv2, Twins, MViTv2)")

@@ -60,7 +60,7 @@ def single_grid(attentions, what: str) -> None:
         from ..capture.support import window_methods
 
         raise StagedModel(f"{what} lays every layer over one token grid, but this model's window or pooled layers "
-                          "run on a grid per stage (Swin, PiT, PVTv2, Twins, MViTv2): see vitx.views.stage_attention "
+                          "run on a grid per stage (Swin, PiT, PVTv2, Twins, MViTv2, Hiera): see vitx.views.stage_attention "
                           "(each layer on its stage's grid or its pooled keys' grid), or explain it with "
                           f"{', '.join(window_methods())}, whose maps lie on its first stage's grid")
 

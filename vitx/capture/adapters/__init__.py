@@ -11,6 +11,7 @@ from .sdpa import SDPAAdapter
 from .swin import TimmSwinAdapter
 from .timm_pooled import TimmPooledAdapter
 from .timm_mvit import TimmMvitAdapter
+from .timm_hiera import TimmHieraAdapter
 from .hf_swin import HFSwinAdapter
 from .hf_pvt_v2 import HFPvtV2Adapter
 from .torchvision_swin import TorchvisionSwinAdapter
@@ -26,7 +27,7 @@ from .wrappers import PreprocessingWrapperAdapter
 __all__ = [
     "Adapter", "HFPvtV2Adapter", "HFSwinAdapter", "HierarchicalAdapter", "IMAGENET_MEAN", "IMAGENET_STD", "MultiheadAttentionAdapter", "OpenClipAdapter",
     "PreprocessingWrapperAdapter", "SDPAAdapter", "SamAdapter", "TimmAdapter", "TimmNaFlexAdapter",
-    "TimmMvitAdapter", "TimmPooledAdapter", "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
+    "TimmHieraAdapter", "TimmMvitAdapter", "TimmPooledAdapter", "TimmSwinAdapter", "TimmTokenFamiliesAdapter", "TorchvisionSwinAdapter", "TransformersAdapter",
     "grid_from_patch_conv", "infer_token_layout", "patch_conv",
 ]
 
@@ -37,6 +38,7 @@ def vitx_register_adapters(register):
     register(TimmSwinAdapter())
     register(TimmPooledAdapter())
     register(TimmMvitAdapter())
+    register(TimmHieraAdapter())
     register(TorchvisionSwinAdapter())
     register(HierarchicalAdapter())
     register(TimmTokenFamiliesAdapter())

@@ -12,9 +12,9 @@ would only see "batch 128" or "different token counts") are never the user's exp
 A family that becomes explainable gets its own adapter and leaves this table: Swin and SwinV2
 (timm, torchvision, Hugging Face) did, with their window layers written as block-diagonal
 attention per stage and the patch merging as a mixing matrix (vitx.capture.windows, adapters
-swin / torchvision_swin / hf_swin), and so did PiT, PVTv2, Twins and MViTv2 (timm, PvtV2 in
+swin / torchvision_swin / hf_swin), and so did PiT, PVTv2, Twins, MViTv2, Hiera and SAM2's Hiera (timm, PvtV2 in
 Hugging Face), their attention chained through the pooling between stages (vitx.capture.stages,
-adapters timm_pooled, hf_pvt_v2, timm_mvit).
+adapters timm_pooled, hf_pvt_v2, timm_mvit, timm_hiera).
 """
 from contextlib import contextmanager
 
@@ -33,12 +33,6 @@ FAMILIES = {
     "timm.models.swin_transformer_v2_cr.SwinTransformerV2Cr": (
         "SwinV2-CR", "shifted-window " + WINDOWED_PYRAMID + "; vitx writes the window layers of timm's "
         "SwinTransformer / SwinTransformerV2 as block-diagonal attention per stage, not yet those of this variant"),
-    "timm.models.hiera.Hiera": (
-        "Hiera", "mask-unit (windowed) attention in its first stages and token pooling between stages, so "
-        "the token set changes from stage to stage"),
-    "timm.models.hieradet_sam2.HieraDet": (
-        "Hiera (SAM2)", "windowed attention and query pooling between stages, so the token set changes "
-        "from stage to stage"),
     "timm.models.maxxvit.MaxxVit": (
         "MaxViT / CoAtNet", "convolution (MBConv) stages and stride-2 downsampling sit between the attention "
         "layers, and MaxViT's attention runs inside blocks and dilated grids, never over all tokens"),

@@ -34,8 +34,8 @@ MVIT_WHY = ("pooling attention reads keys (and, at each stage change, queries) p
             "residual)")
 
 
-class _SoftmaxTap(TorchFunctionMode):
-    """Passes the result of each softmax over a (B, heads, Nq, Nk) tensor through `active`
+class SoftmaxTap(TorchFunctionMode):
+    """Passes the result of each softmax over a (B, heads, [windows,] Nq, Nk) tensor through `active`
     (set while an attention module runs), and returns what `active` returns."""
 
     def __init__(self):
@@ -44,7 +44,7 @@ class _SoftmaxTap(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self.active is not None and func in SOFTMAX_FUNCTIONS and out.dim() == 4:
+        if self.active is not None and func in SOFTMAX_FUNCTIONS and out.dim() in (4, 5):
             return self.active(out)
         return out
 
@@ -59,7 +59,7 @@ class TimmMvitAdapter(PyramidAdapter):
 
     @contextmanager
     def attach(self, model, record):
-        tap = _SoftmaxTap()
+        tap = SoftmaxTap()
         with ExitStack() as stack:
             for stage in model.stages:
                 for block in stage.blocks:
