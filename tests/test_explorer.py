@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -76,14 +77,12 @@ def row(panel):
     return np.array([int(v) for v in panel.get_attribute("data-row").split(",")])
 
 
-@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
-def test_explorer_in_a_headless_browser(report, tmp_path):
+@contextmanager
+def explorer_page(path):
+    """A headless chromium on the report at `path` with the explorer ready; an error on the
+    page fails the test once the block ends."""
     from playwright.sync_api import sync_playwright
 
-    path, _, _ = report
-    data = embedded(path.read_text())
-    vit = data["models"]["vit"]
-    levels, scales = attention_levels(vit, 0)
     errors = []
     with sync_playwright() as p:
         chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
@@ -92,41 +91,51 @@ def test_explorer_in_a_headless_browser(report, tmp_path):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(path.resolve().as_uri())
             page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
-            panels = page.locator(".vx-panel")
-            assert panels.count() == 4  # 2 images x 2 models, side by side
-            panel = page.locator(".vx-panel[data-model='vit'][data-image='0']")
-            last = vit["layers"] - 1
-            # start: the cls token, heads fused by their mean (weights = the row maxima)
-            assert panel.get_attribute("data-query") == "cls" and panel.get_attribute("data-head") == "mean"
-            weights = np.exp(-scales[last, :, 0] / SCALE_STEPS)[:, None]
-            fused = ((levels[last, :, 0] / LEVELS) ** 2 * weights).mean(0)
-            assert np.abs(row(panel) - np.round(255 * fused / fused.max())).max() <= 1
-            panel.locator("select.vx-head").select_option("0")
-            cls_row = row(panel)
-            assert np.array_equal(cls_row, displayed(levels[last, 0, 0]))
-            before = panel.locator("canvas").screenshot()
-            # click patch (row 2, column 1) of the 4x4 grid on the 224 px canvas
-            panel.locator("canvas").click(position={"x": 1.5 * 56, "y": 2.5 * 56})
-            patch = 2 * 4 + 1
-            assert panel.get_attribute("data-query") == f"patch:{patch}"
-            clicked = row(panel)
-            assert np.array_equal(clicked, displayed(levels[last, 0, vit["patch_start"] + patch]))
-            assert not np.array_equal(clicked, cls_row)
-            assert panel.locator("canvas").screenshot() != before  # the view changed
-            panel.locator("select.vx-layer").select_option("0")
-            assert panel.get_attribute("data-layer") == "0"
-            assert np.array_equal(row(panel), displayed(levels[0, 0, vit["patch_start"] + patch]))
-            panel.locator("select.vx-mode").select_option("rollout")
-            expected = unpack(vit["images"][0]["methods"]["rollout"], np.uint8, (16,))
-            assert panel.get_attribute("data-mode") == "rollout" and np.array_equal(row(panel), expected)
-            deit = page.locator(".vx-panel[data-model='deit'][data-image='0']")
-            deit.locator("select.vx-token").select_option("dist")
-            assert deit.get_attribute("data-query") == "dist"
-            shot = tmp_path / "explorer.png"
-            page.locator("#vitx-explorer").screenshot(path=str(shot))
+            yield page
         finally:
             chrome.close()
     assert not errors, errors
+
+
+@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
+def test_explorer_in_a_headless_browser(report, tmp_path):
+    path, _, _ = report
+    data = embedded(path.read_text())
+    vit = data["models"]["vit"]
+    levels, scales = attention_levels(vit, 0)
+    with explorer_page(path) as page:
+        panels = page.locator(".vx-panel")
+        assert panels.count() == 4  # 2 images x 2 models, side by side
+        panel = page.locator(".vx-panel[data-model='vit'][data-image='0']")
+        last = vit["layers"] - 1
+        # start: the cls token, heads fused by their mean (weights = the row maxima)
+        assert panel.get_attribute("data-query") == "cls" and panel.get_attribute("data-head") == "mean"
+        weights = np.exp(-scales[last, :, 0] / SCALE_STEPS)[:, None]
+        fused = ((levels[last, :, 0] / LEVELS) ** 2 * weights).mean(0)
+        assert np.abs(row(panel) - np.round(255 * fused / fused.max())).max() <= 1
+        panel.locator("select.vx-head").select_option("0")
+        cls_row = row(panel)
+        assert np.array_equal(cls_row, displayed(levels[last, 0, 0]))
+        before = panel.locator("canvas").screenshot()
+        # click patch (row 2, column 1) of the 4x4 grid on the 224 px canvas
+        panel.locator("canvas").click(position={"x": 1.5 * 56, "y": 2.5 * 56})
+        patch = 2 * 4 + 1
+        assert panel.get_attribute("data-query") == f"patch:{patch}"
+        clicked = row(panel)
+        assert np.array_equal(clicked, displayed(levels[last, 0, vit["patch_start"] + patch]))
+        assert not np.array_equal(clicked, cls_row)
+        assert panel.locator("canvas").screenshot() != before  # the view changed
+        panel.locator("select.vx-layer").select_option("0")
+        assert panel.get_attribute("data-layer") == "0"
+        assert np.array_equal(row(panel), displayed(levels[0, 0, vit["patch_start"] + patch]))
+        panel.locator("select.vx-mode").select_option("rollout")
+        expected = unpack(vit["images"][0]["methods"]["rollout"], np.uint8, (16,))
+        assert panel.get_attribute("data-mode") == "rollout" and np.array_equal(row(panel), expected)
+        deit = page.locator(".vx-panel[data-model='deit'][data-image='0']")
+        deit.locator("select.vx-token").select_option("dist")
+        assert deit.get_attribute("data-query") == "dist"
+        shot = tmp_path / "explorer.png"
+        page.locator("#vitx-explorer").screenshot(path=str(shot))
     pixels = cv2.imread(str(shot))
     coloured = (pixels.max(axis=2).astype(int) - pixels.min(axis=2) > 60).mean()
     assert coloured > 0.02, "the explorer shows no heatmaps"
@@ -187,51 +196,39 @@ def test_swin_explorer_by_stage_in_a_headless_browser(swin_report):
     """Clicking patch (5, 7) of the 16x32 first grid queries token (5, 7) = 167 of stage 1, (2, 3) = 35 of
     the 8x16 stage 2 and (1, 1) = 9 of the 4x8 stage 3 (by hand); each layer shows that token's
     embedded row on its stage's grid and its window; the head list follows the stage's heads."""
-    from playwright.sync_api import sync_playwright
-
     swin = embedded(swin_report.read_text())["models"]["swin"]
-    errors = []
-    with sync_playwright() as p:
-        chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
-        try:
-            page = chrome.new_page(viewport={"width": 1200, "height": 900})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(swin_report.resolve().as_uri())
-            page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
-            panel = page.locator(".vx-panel[data-model='swin'][data-image='0']")
-            labels = panel.locator("select.vx-layer option").all_text_contents()
-            assert labels[3] == "stage 2 · layer 3 · 8x16" and labels[5] == "stage 3 · layer 5 · 4x8"
-            assert panel.locator("select.vx-head option").count() == 2 + 3  # mean, max, 3 heads of stage 3
-            panel.locator("canvas").click(position={"x": 7.5 * 224 / 32, "y": 5.5 * 112 / 16})
-            assert panel.get_attribute("data-query") == "patch:167"
-            for layer, token in [(5, 9), (4, 9), (2, 35), (0, 167)]:
-                panel.locator("select.vx-layer").select_option(str(layer))
-                heads = swin["windows"][layer]["heads"]
-                assert panel.locator("select.vx-head option").count() == 2 + heads
-                panel.locator("select.vx-head").select_option(str(heads - 1))
-                assert panel.get_attribute("data-token") == str(token)
-                expected, window = window_row(swin, layer, token, heads - 1)
-                assert np.array_equal(row(panel), expected), layer
-                assert set(map(int, panel.get_attribute("data-window").split(","))) == window
-                assert "stage" in panel.locator(".vx-caption").text_content()
-            panel.locator("select.vx-layer").select_option("4")
-            panel.locator("select.vx-head").select_option("2")
-            panel.locator("select.vx-layer").select_option("2")  # a stage of 2 heads: head 2 is gone
-            assert panel.get_attribute("data-head") == "mean"
-            from vitx.inspect.explorer import window_levels
+    with explorer_page(swin_report) as page:
+        panel = page.locator(".vx-panel[data-model='swin'][data-image='0']")
+        labels = panel.locator("select.vx-layer option").all_text_contents()
+        assert labels[3] == "stage 2 · layer 3 · 8x16" and labels[5] == "stage 3 · layer 5 · 4x8"
+        assert panel.locator("select.vx-head option").count() == 2 + 3  # mean, max, 3 heads of stage 3
+        panel.locator("canvas").click(position={"x": 7.5 * 224 / 32, "y": 5.5 * 112 / 16})
+        assert panel.get_attribute("data-query") == "patch:167"
+        for layer, token in [(5, 9), (4, 9), (2, 35), (0, 167)]:
+            panel.locator("select.vx-layer").select_option(str(layer))
+            heads = swin["windows"][layer]["heads"]
+            assert panel.locator("select.vx-head option").count() == 2 + heads
+            panel.locator("select.vx-head").select_option(str(heads - 1))
+            assert panel.get_attribute("data-token") == str(token)
+            expected, window = window_row(swin, layer, token, heads - 1)
+            assert np.array_equal(row(panel), expected), layer
+            assert set(map(int, panel.get_attribute("data-window").split(","))) == window
+            assert "stage" in panel.locator(".vx-caption").text_content()
+        panel.locator("select.vx-layer").select_option("4")
+        panel.locator("select.vx-head").select_option("2")
+        panel.locator("select.vx-layer").select_option("2")  # a stage of 2 heads: head 2 is gone
+        assert panel.get_attribute("data-head") == "mean"
+        from vitx.inspect.explorer import window_levels
 
-            levels, scales, index = window_levels(swin, 0, 2)
-            window, slot = map(int, np.argwhere(index == 35)[0])
-            weights = np.exp(-scales[:, window, slot].astype(float) / SCALE_STEPS)[:, None]
-            fused = ((levels[:, window, slot] / LEVELS) ** 2 * weights).mean(0)
-            want = np.zeros(128)
-            want[index[window]] = np.round(255 * fused / fused.max())
-            assert np.abs(row(panel) - want).max() <= 1
-            panel.locator("select.vx-mode").select_option("rollout")
-            assert np.array_equal(row(panel), unpack(swin["images"][0]["methods"]["rollout"], np.uint8, (512,)))
-        finally:
-            chrome.close()
-    assert not errors, errors
+        levels, scales, index = window_levels(swin, 0, 2)
+        window, slot = map(int, np.argwhere(index == 35)[0])
+        weights = np.exp(-scales[:, window, slot].astype(float) / SCALE_STEPS)[:, None]
+        fused = ((levels[:, window, slot] / LEVELS) ** 2 * weights).mean(0)
+        want = np.zeros(128)
+        want[index[window]] = np.round(255 * fused / fused.max())
+        assert np.abs(row(panel) - want).max() <= 1
+        panel.locator("select.vx-mode").select_option("rollout")
+        assert np.array_equal(row(panel), unpack(swin["images"][0]["methods"]["rollout"], np.uint8, (512,)))
 
 
 @pytest.fixture(scope="module")
@@ -249,47 +246,35 @@ def test_pooled_explorer_by_stage_in_a_headless_browser(pooled_report):
     """PVTv2: clicking patch (5, 7) of the 8x12 first grid shows, per layer, the row of the stage
     token covering it over the layer's pooled keys (the embedded row); PiT: the class token's row
     per layer, then a patch's."""
-    from playwright.sync_api import sync_playwright
-
     from vitx.inspect.explorer import pooled_levels
 
     models = embedded(pooled_report.read_text())["models"]
     pvt, pit = models["pvt"], models["pit"]
     covers = [unpack(s["cover"], "<i4", (96,)) for s in pvt["stages"]]
-    errors = []
-    with sync_playwright() as p:
-        chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
-        try:
-            page = chrome.new_page(viewport={"width": 1200, "height": 900})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(pooled_report.resolve().as_uri())
-            page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
-            panel = page.locator(".vx-panel[data-model='pvt'][data-image='0']")
-            labels = panel.locator("select.vx-layer option").all_text_contents()
-            assert labels[0] == "stage 1 · layer 0 · 8x12 queries → 2x3 keys"
-            box = panel.locator("canvas").bounding_box()
-            panel.locator("canvas").click(position={"x": 7.5 * box["width"] / 12, "y": 5.5 * box["height"] / 8})
-            assert panel.get_attribute("data-query") == "patch:67"
-            for layer in reversed(range(pvt["layers"])):
-                shape = pvt["windows"][layer]
-                panel.locator("select.vx-layer").select_option(str(layer))
-                panel.locator("select.vx-head").select_option(str(shape["heads"] - 1))
-                token = int(covers[shape["stage"]][67])
-                assert panel.get_attribute("data-token") == str(token)
-                levels, _, _ = pooled_levels(pvt, 0, layer)
-                assert np.array_equal(row(panel), displayed(levels[shape["heads"] - 1, token])), layer
-                assert panel.get_attribute("data-window") is None
-                assert f"token {token} of its stage" in panel.locator(".vx-caption").text_content()
-            panel = page.locator(".vx-panel[data-model='pit'][data-image='0']")
-            assert panel.get_attribute("data-query") == "cls"
-            panel.locator("select.vx-head").select_option("0")
-            for layer in (pit["layers"] - 1, 0):
-                panel.locator("select.vx-layer").select_option(str(layer))
-                levels, _, _ = pooled_levels(pit, 0, layer)
-                assert np.array_equal(row(panel), displayed(levels[0, 0])), layer
-            panel.locator("canvas").click(position={"x": 5, "y": 5})  # patch 0: token 0 of stage 1, query 1
-            assert panel.get_attribute("data-query") == "patch:0"
-            assert np.array_equal(row(panel), displayed(pooled_levels(pit, 0, 0)[0][0, 1]))
-        finally:
-            chrome.close()
-    assert not errors, errors
+    with explorer_page(pooled_report) as page:
+        panel = page.locator(".vx-panel[data-model='pvt'][data-image='0']")
+        labels = panel.locator("select.vx-layer option").all_text_contents()
+        assert labels[0] == "stage 1 · layer 0 · 8x12 queries → 2x3 keys"
+        box = panel.locator("canvas").bounding_box()
+        panel.locator("canvas").click(position={"x": 7.5 * box["width"] / 12, "y": 5.5 * box["height"] / 8})
+        assert panel.get_attribute("data-query") == "patch:67"
+        for layer in reversed(range(pvt["layers"])):
+            shape = pvt["windows"][layer]
+            panel.locator("select.vx-layer").select_option(str(layer))
+            panel.locator("select.vx-head").select_option(str(shape["heads"] - 1))
+            token = int(covers[shape["stage"]][67])
+            assert panel.get_attribute("data-token") == str(token)
+            levels, _, _ = pooled_levels(pvt, 0, layer)
+            assert np.array_equal(row(panel), displayed(levels[shape["heads"] - 1, token])), layer
+            assert panel.get_attribute("data-window") is None
+            assert f"token {token} of its stage" in panel.locator(".vx-caption").text_content()
+        panel = page.locator(".vx-panel[data-model='pit'][data-image='0']")
+        assert panel.get_attribute("data-query") == "cls"
+        panel.locator("select.vx-head").select_option("0")
+        for layer in (pit["layers"] - 1, 0):
+            panel.locator("select.vx-layer").select_option(str(layer))
+            levels, _, _ = pooled_levels(pit, 0, layer)
+            assert np.array_equal(row(panel), displayed(levels[0, 0])), layer
+        panel.locator("canvas").click(position={"x": 5, "y": 5})  # patch 0: token 0 of stage 1, query 1
+        assert panel.get_attribute("data-query") == "patch:0"
+        assert np.array_equal(row(panel), displayed(pooled_levels(pit, 0, 0)[0][0, 1]))

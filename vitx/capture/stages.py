@@ -54,18 +54,22 @@ class Merge:
         self.grid = None if grid is None else tuple(int(g) for g in grid)
         self.before = None if before is None else tuple(int(g) for g in before)
         self.kernel = None if kernel is None else tuple(int(k) for k in kernel)
+        self._weights: Optional[torch.Tensor] = None  # see `weights`
 
     @property
     def num_outputs(self) -> int:
         return self.sources.shape[0]
 
     def weights(self, dtype) -> torch.Tensor:
-        """(N_next, k): each real source weighted by 1 / (windows that read it), rows summing to 1."""
-        valid = self.sources >= 0
-        coverage = torch.bincount(self.sources[valid], minlength=self.num_tokens).to(dtype)
-        share = torch.where(valid, 1.0 / coverage[self.sources.clamp(min=0)].clamp(min=1),
-                            torch.zeros((), dtype=dtype))
-        return share / share.sum(dim=1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+        """(N_next, k): each real source weighted by 1 / (windows that read it), rows summing to 1
+        (computed once per merge: `pull` runs for every layer of every batch)."""
+        if self._weights is None:
+            valid = self.sources >= 0
+            coverage = torch.bincount(self.sources[valid], minlength=self.num_tokens).to(torch.float64)
+            share = torch.where(valid, 1.0 / coverage[self.sources.clamp(min=0)].clamp(min=1),
+                                torch.zeros((), dtype=torch.float64))
+            self._weights = share / share.sum(dim=1, keepdim=True).clamp(min=1e-300)
+        return self._weights.to(dtype)
 
     def pull(self, row: torch.Tensor) -> torch.Tensor:
         """(B, N_next) -> (B, N): row @ M."""
