@@ -78,7 +78,9 @@ def test_methods_equal_the_dense_reference(setup, method, options, expected):
         want, got = expected(references[i]), explanation.relevance[i]
         assert want.std() > 0.05 * want.abs().mean(), "reference map is flat: the check could not fail"
         assert correlation(got, want) > 0.999, (method, options, i, correlation(got, want))
-        torch.testing.assert_close(got, want.float(), atol=2e-3 * want.abs().max().item(), rtol=1e-2)
+        # 5e-3 of the peak: a discard ratio thresholds at a quantile, so float32 vs float64 can
+        # flip an entry that sits at the cut (seen with torch 2.14: one entry of 512 at 4.5e-5).
+        torch.testing.assert_close(got, want.float(), atol=5e-3 * want.abs().max().item(), rtol=1e-2)
 
 
 @pytest.mark.parametrize("build", [
