@@ -49,6 +49,7 @@ setup(
             "gradcam = vitx.plugins.gradcam",
             "legrad = vitx.plugins.legrad",
             "perturbation = vitx.plugins.perturbation",
+            "shapley = vitx.plugins.shapley",
             "attnlrp = vitx.plugins.attnlrp",
             "transformer_attribution = vitx.plugins.transformer_attribution",
             "libragrad = vitx.plugins.libragrad",

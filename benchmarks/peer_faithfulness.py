@@ -150,7 +150,8 @@ def peers(model):
 
 def vitx_methods(model, batch, rise_masks):
     options = {"integrated_gradients": {"steps": 32, "rule": "gausslegendre", "baseline": "dataset_mean"},
-               "rise": {"masks": rise_masks}}
+               "rise": {"masks": rise_masks, "baseline": "dataset_mean"}, "occlusion": {"baseline": "dataset_mean"},
+               "shapley": {"baseline": "dataset_mean", "permutations": 16}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
     for method in ("integrated_gradients", "input_x_gradient", "gradcam", "grad_rollout", "chefer2021"):

@@ -20,19 +20,6 @@ from vitx.attribution.explainer import MODEL, Explainer, Option
 from vitx.baselines import DEFAULT_BASELINE, baseline
 
 
-def _scores(evidence, pixels, fill, masks, per_pass):
-    """(masks, B) target scores of the images with each mask (1 = keep the image)."""
-    batch = pixels.shape[0]
-    step = max(1, per_pass // batch)
-    out = []
-    with torch.no_grad():
-        for first in range(0, masks.shape[0], step):
-            mask = masks[first:first + step, None].to(pixels.dtype)  # (m, 1, 1 or C, H, W)
-            images = pixels[None] * mask + fill[None] * (1 - mask)
-            out.append(evidence.score(images.flatten(0, 1)).view(-1, batch))
-    return torch.cat(out)
-
-
 def _patch_masks(grid, size, cells, device):
     """(windows, 1, H, W) masks that are 0 on each window of patches (None: 1 patch), and
     (windows, h*w) which patches each window covers."""
@@ -67,7 +54,7 @@ class Occlusion(Explainer):
         masks, covers = _patch_masks(layout.grid, pixels.shape[-2:], window, pixels.device)
         with torch.no_grad():
             full = evidence.score(pixels)
-        drops = full[None] - _scores(evidence, pixels, fill, masks, self.internal_batch_size)  # (windows, B)
+        drops = full[None] - evidence.masked_scores(fill, masks, self.internal_batch_size)  # (windows, B)
         per_patch = (drops.T @ covers) / covers.sum(0)  # mean over the windows covering each patch
         relevance = per_patch.new_zeros(pixels.shape[0], layout.num_tokens)
         relevance[:, layout.patch_start:layout.patch_start + layout.num_patches] = per_patch
@@ -112,7 +99,7 @@ class RISE(Explainer):
         chunk = 256
         for first in range(0, self.masks, chunk):
             masks = rise_masks(min(chunk, self.masks - first), cells, size, self.probability, generator).to(pixels.device)
-            scores = _scores(evidence, pixels, fill, masks[:, None], self.internal_batch_size)  # (m, B)
+            scores = evidence.masked_scores(fill, masks[:, None], self.internal_batch_size)  # (m, B)
             saliency += torch.einsum("mb,mhw->bhw", scores, masks.to(scores.dtype))
         saliency /= self.masks * self.probability
         area = size[0] * size[1] / layout.num_patches

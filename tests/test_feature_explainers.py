@@ -238,11 +238,12 @@ def test_rise_finds_the_one_patch_and_is_seeded():
     assert not torch.allclose(other.relevance, exp.relevance)
 
 
-FAST = {"integrated_gradients": {"steps": 4}, "rise": {"masks": 64}}
+FAST = {"integrated_gradients": {"steps": 4}, "rise": {"masks": 64}, "shapley": {"permutations": 2}}
 
 
 @pytest.mark.parametrize("family", ["vit", "deit_distilled", "torchvision", "custom_sdpa", "dynamic_nonsquare"])
-@pytest.mark.parametrize("method", ["integrated_gradients", "input_x_gradient", "gradcam", "legrad", "occlusion", "rise"])
+@pytest.mark.parametrize("method", ["integrated_gradients", "input_x_gradient", "gradcam", "legrad", "occlusion", "rise",
+                                    "shapley"])
 def test_new_methods_batch_equals_single_images(family, method):
     factory, _, size = FAMILIES[family]
     model = torchvision_with_head() if family == "torchvision" else factory()

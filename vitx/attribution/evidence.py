@@ -61,6 +61,21 @@ class Evidence:
             output = self.model(pixels)
         return self._target_for(pixels.shape[0]).score(output)
 
+    def masked_scores(self, fill: torch.Tensor, masks: torch.Tensor, per_pass: int) -> torch.Tensor:
+        """(M, B) target scores of the batch under each of M masks (M, 1 or C, H, W), 1 = keep
+        the pixel, 0 = replace it by `fill` (the baseline images); `per_pass` masked images per
+        forward. The one removal operator of the perturbation methods (occlusion, RISE,
+        Shapley), so they remove pixels exactly as the metrics do."""
+        batch = self.pixels.shape[0]
+        step = max(1, per_pass // batch)
+        out = []
+        with torch.no_grad():
+            for first in range(0, masks.shape[0], step):
+                mask = masks[first:first + step, None].to(self.pixels.dtype)  # (m, 1, 1 or C, H, W)
+                images = self.pixels[None] * mask + fill[None] * (1 - mask)
+                out.append(self.score(images.flatten(0, 1)).view(-1, batch))
+        return torch.cat(out)
+
     def _target_for(self, batch: int):
         """The target for `batch` images: the explained batch stacked batch // B times."""
         repeats = batch // self.pixels.shape[0]
