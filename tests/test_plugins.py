@@ -99,7 +99,7 @@ def test_builtins_come_through_the_entry_point_group():
 
     names = {ep.name for ep in entry_points(group="vitx") if ep.value.startswith("vitx.plugins.")}
     assert names >= {"raw_attention", "rollout", "grad_rollout", "chefer2021", "integrated_gradients", "gradcam",
-                     "legrad", "perturbation", "attnlrp",
+                     "legrad", "perturbation", "shapley", "attnlrp",
                      "transformer_attribution"}
     assert all(plugin == "vitx" for _, plugin in vitx.list_methods().values())
 

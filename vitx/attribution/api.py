@@ -4,6 +4,7 @@ This is where the pieces meet: the explainer (math), the adapter and recorder (a
 the model's data config (inputs), targets, and the token layout. A method never sees any
 of it beyond the recorded tensors and the query vector.
 """
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -63,6 +64,8 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
             if ATTENTION in needs:
                 recorder.check_recorded()
             score = resolved.score(output).sum() if grad else None
+            if grad:
+                _warn_if_flat(resolved, output, explainer, rows)
             token_grads = (recorder.token_gradients(score, retain_graph=live or ATTENTION_GRAD in needs)
                            if TOKEN_GRAD in needs else None)
             if reduce is not None:
@@ -84,6 +87,18 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
     return Chunk(resolved.report(evidence.output), resolved, relevance.detach(), layout)
+
+
+def _warn_if_flat(target, output, explainer, rows):
+    """A gradient method on a target at its maximum (the cosine of an embedding to itself) gets a
+    zero gradient: its map would be rounding noise, silently. Say so, once per chunk."""
+    flat = target.saturated(output) if hasattr(target, "saturated") else []
+    if flat:
+        first = rows.start if rows is not None and rows.start is not None else 0
+        listed = ", ".join(str(first + i) for i in flat[:5]) + (" ..." if len(flat) > 5 else "")
+        warnings.warn(f"image {listed}: the target's cosine similarity is 1 (the image's own embedding), a "
+                      f"maximum where its gradient is zero, so {explainer.name}'s map is rounding noise; explain "
+                      f"SimilarityTarget(reference, measure='projection') instead", stacklevel=4)
 
 
 def _fold(explainer, token):

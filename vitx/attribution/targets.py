@@ -158,14 +158,28 @@ class EmbeddingTarget(Target):
         return (embedding * direction).sum(-1)
 
 
+SIMILARITY_MEASURES = ("cosine", "projection")
+
+
 class SimilarityTarget(Target):
-    """Cosine similarity of the image embedding to a fixed reference embedding: one (D,) (or
-    (1, D)) for every image (another image's embedding, `--reference`, or a text prompt's,
+    """Similarity of the image embedding to a fixed reference embedding: one (D,) (or (1, D))
+    for every image (another image's embedding, `--reference`, or a text prompt's,
     `TextTarget`), or one row per image ((B, D): e.g. each image's own unperturbed embedding,
     which a faithfulness curve follows as the image is perturbed). Like the other targets, a
-    batch of k stacked copies of the B images is scored copy by copy."""
+    batch of k stacked copies of the B images is scored copy by copy.
 
-    def __init__(self, reference: torch.Tensor, description: str = "similarity to the reference image"):
+    `measure`: ``"cosine"`` (default; CLIP's image-text score up to its temperature) or
+    ``"projection"``, <e, r> / <r, r>: the embedding's length along the reference, 1 at the
+    reference. Explaining an image against its *own* embedding needs the projection: the cosine
+    is at its maximum there, so its gradient is zero and every gradient map is rounding noise
+    (the core warns when it sees that); the projection's gradient is J^T r / |r|^2, and it still
+    falls as perturbations shrink or turn the embedding."""
+
+    def __init__(self, reference: torch.Tensor, description: str = "similarity to the reference image",
+                 measure: str = "cosine"):
+        if measure not in SIMILARITY_MEASURES:
+            raise VitxError(f"unknown similarity measure {measure!r}: one of {', '.join(SIMILARITY_MEASURES)}")
+        self.measure = measure
         reference = reference.detach()
         if reference.dim() == 2 and reference.shape[0] == 1:
             reference = reference[0]
@@ -188,7 +202,17 @@ class SimilarityTarget(Target):
                 raise VitxError(f"{reference.shape[0]} reference embeddings (one per image) for a batch of "
                                 f"{embedding.shape[0]} images")
             reference = reference.repeat(embedding.shape[0] // reference.shape[0], 1)
+        if self.measure == "projection":
+            return (embedding * reference).sum(-1) / (reference * reference).sum(-1)
         return torch.nn.functional.cosine_similarity(embedding, reference, dim=-1)
+
+    def saturated(self, output) -> list:
+        """Images whose cosine to the reference is 1 (their own embedding): a maximum, where the
+        gradient of the score is zero. Empty for the projection, whose gradient does not vanish."""
+        if self.measure != "cosine":
+            return []
+        with torch.no_grad():
+            return torch.nonzero(self.score(output).detach() > 1 - 1e-5).flatten().tolist()
 
 
 class TextTarget(SimilarityTarget):
