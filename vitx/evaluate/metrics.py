@@ -8,8 +8,9 @@
   least relevant, 0 ... 100%, and integrate the target-class probability (deletion: lower
   is better; insertion: higher is better).
 The score is the target-class probability for a classifier, or any `Target`'s score (e.g.
-the cosine similarity of an embedding to the unperturbed image's: vitx.attribution.targets)
-for a headless model; then there is no accuracy curve. Removed patches become a baseline
+the projection of an embedding on the unperturbed image's, SimilarityTarget(...,
+measure="projection"), whose gradient, unlike the cosine's, does not vanish at the unperturbed
+image: vitx.attribution.targets) for a headless model; then there is no accuracy curve. Removed patches become a baseline
 (black, the mean, a blur) or, with the ROAD protocol (vitx.evaluate.road), a noisy linear
 imputation from the kept pixels, which does not leave the removed shape in the image.
 Every perturbation step of a batch is one forward pass. A random map is always evaluated
