@@ -242,7 +242,7 @@ def evaluate(args):
                         for k, v in agree.items()) + "\n")
     print("\n" + report)
     print(f"total {time.perf_counter() - start:.0f} s")
-    stem = "peer_faithfulness_only" if args.only else "peer_faithfulness"
+    stem = args.out or ("peer_faithfulness_only" if args.only else "peer_faithfulness")
     (RESULTS / f"{stem}.md").write_text(report)
     (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"n": len(order), "batch": args.batch, "seed": args.seed, "protocols": list(protocols), "model": info,
@@ -264,6 +264,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated method names to run (default: all); "
                         "the results then go to peer_faithfulness_only.{md,json}")
+    parser.add_argument("--out", default="", help="results file stem in benchmarks/results/ (default: peer_faithfulness, "
+                        "or peer_faithfulness_only with --only)")
     parser.add_argument("--protocols", default="dataset_mean,blur,road",
                         help="removal protocols (vitx.evaluate.metrics.PROTOCOLS)")
     parser.add_argument("--road-images", type=int, default=100, help="images scored with ROAD (its solves are costly)")
