@@ -60,3 +60,16 @@ def test_gradient_methods_warn_on_the_cosine_of_an_image_to_itself():
 def test_an_unknown_measure_is_one_clear_error():
     with pytest.raises(VitxError, match="unknown similarity measure 'dot'"):
         SimilarityTarget(torch.ones(4), measure="dot")
+
+
+def test_one_reference_row_per_image_follows_the_chunks():
+    """(B, D) references with batch_size < B: each chunk is scored against its own images' rows,
+    so chunked equals one batch."""
+    model = tiny_timm(num_classes=0)
+    x = images_for((32, 32), batch=4)
+    with torch.no_grad():
+        own = model(x)
+    target = SimilarityTarget(own, measure="projection")
+    whole = vitx.explain(model, x, method="chefer2021", target=target, batch_size=4)
+    chunked = vitx.explain(model, x, method="chefer2021", target=target, batch_size=2)
+    torch.testing.assert_close(chunked.relevance, whole.relevance, atol=1e-5, rtol=1e-4)

@@ -17,6 +17,7 @@ A headless model (a backbone or an image tower: its output is an embedding) is n
 explained as if its embedding dimensions were classes: its default target is the embedding's
 length along its own direction (`EmbeddingTarget`), and a class index is refused.
 """
+import copy
 import numbers
 from typing import Callable, Optional
 
@@ -206,6 +207,12 @@ class SimilarityTarget(Target):
             return (embedding * reference).sum(-1) / (reference * reference).sum(-1)
         return torch.nn.functional.cosine_similarity(embedding, reference, dim=-1)
 
+    def rows(self, start: int, stop: int) -> "SimilarityTarget":
+        """The same target for images [start, stop) of a batch with one reference row per image."""
+        part = copy.copy(self)
+        part.reference = self.reference[start:stop]
+        return part
+
     def saturated(self, output) -> list:
         """Images whose cosine to the reference is 1 (their own embedding): a maximum, where the
         gradient of the score is zero. Empty for the projection, whose gradient does not vanish."""
@@ -284,6 +291,8 @@ def resolve_target(target, output, kind: str = "logits") -> Target:
 
 def split_target(target, start: int, stop: int, count: int):
     """The part of a user's target that belongs to images [start, stop) of `count`."""
+    if isinstance(target, SimilarityTarget) and target.reference.dim() == 2 and target.reference.shape[0] == count > 1:
+        return target.rows(start, stop)  # one reference row per image: each chunk its own rows
     if target is None or callable(target) or isinstance(target, Target):
         return target
     indices = _class_indices(target)
