@@ -15,7 +15,7 @@ import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
 from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.errors import VitxError
-from vitx.baselines import DEFAULT_BASELINE, baseline
+from vitx.attribution.options import baseline_option
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
@@ -42,8 +42,7 @@ class IntegratedGradients(Explainer):
     requires = (MODEL,)
     options = (
         Option("steps", int, 32, "points on the path from the baseline to the image", minimum=1, maximum=4096),
-        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here where the path starts "
-               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
+        baseline_option("here where the path starts"),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
         Option("internal_batch_size", int, 16, "path points stacked into one forward/backward pass", minimum=1,
                aliases=("steps_per_pass",)),

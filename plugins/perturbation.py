@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.baselines import DEFAULT_BASELINE, baseline
+from vitx.attribution.options import MASKED_IMAGES_OPTION, baseline_option
 
 
 def _patch_masks(grid, size, cells, device):
@@ -41,10 +41,8 @@ class Occlusion(Explainer):
     requires = (MODEL,)
     options = (
         Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1),
-        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the occluded window "
-               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
-        Option("internal_batch_size", int, 256, "masked images per forward pass", minimum=1,
-               aliases=("batch",)),
+        baseline_option("here the occluded window"),
+        MASKED_IMAGES_OPTION,
     )
 
     def explain(self, evidence):
@@ -82,11 +80,9 @@ class RISE(Explainer):
         Option("masks", int, 1000, "number of random masks", minimum=1),
         Option("cells", int, 0, "mask grid side (0: the patch grid)", minimum=0),
         Option("probability", float, 0.5, "probability that a cell is kept", minimum=0.01, maximum=1.0),
-        Option("baseline", baseline, DEFAULT_BASELINE, "what removed pixels become, here the masked ones "
-               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
+        baseline_option("here the masked ones"),
         Option("seed", int, 0, "seed of the masks"),
-        Option("internal_batch_size", int, 256, "masked images per forward pass", minimum=1,
-               aliases=("batch",)),
+        MASKED_IMAGES_OPTION,
     )
 
     def explain(self, evidence):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.baselines import DEFAULT_BASELINE, baseline
+from vitx.attribution.options import MASKED_IMAGES_OPTION, baseline_option
 
 
 def player_of_patch(grid, cells):
@@ -57,11 +57,9 @@ class Shapley(Explainer):
         Option("permutations", int, 16, "join orders walked (antithetic pairs; players! or more: exact)", minimum=1),
         Option("cells", int, 0, "side of the player grid, squares of patches (0: every patch is a player)",
                minimum=0),
-        Option("baseline", baseline, DEFAULT_BASELINE, "what removed patches become "
-               "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)"),
+        baseline_option("here the patches outside the coalition"),
         Option("seed", int, 0, "seed of the orders"),
-        Option("internal_batch_size", int, 256, "masked images per forward pass", minimum=1,
-               aliases=("batch",)),
+        MASKED_IMAGES_OPTION,
     )
 
     def explain(self, evidence):
@@ -71,18 +69,16 @@ class Shapley(Explainer):
         owner = player_of_patch(grid, cells).to(pixels.device)
         players = cells[0] * cells[1]
         fill = evidence.baseline(self.baseline)
-        with torch.no_grad():
-            ends = evidence.masked_scores(fill, pixels.new_tensor([0.0, 1.0]).view(2, 1, 1, 1), 2)  # (2, B)
-        walks = orders(players, self.permutations, torch.Generator().manual_seed(self.seed))
+        ends = evidence.masked_scores(fill, pixels.new_tensor([0.0, 1.0]).view(2, 1, 1, 1), 2)  # (2, B)
+        walks = orders(players, self.permutations, torch.Generator().manual_seed(self.seed)).to(pixels.device)
+        joined = torch.arange(1, players, device=pixels.device)[:, None]  # k players joined, k = 1 .. P-1
         values = pixels.new_zeros(pixels.shape[0], players, dtype=torch.float64)
         for order in walks:
-            rank = torch.empty(players, dtype=torch.long, device=pixels.device)
-            rank[order.to(pixels.device)] = torch.arange(players, device=pixels.device)
-            kept = (rank[None, :] < torch.arange(1, players, device=pixels.device)[:, None]).float()  # (P-1, P)
+            kept = (order.argsort()[None, :] < joined).float()  # (P-1, P): a player is in once its rank < k
             masks = F.interpolate(kept[:, owner].view(-1, 1, *grid), size=pixels.shape[-2:], mode="nearest")
             inner = evidence.masked_scores(fill, masks, self.internal_batch_size) if players > 1 else ends[:0]
             curve = torch.cat([ends[:1], inner, ends[1:]]).double()  # (P+1, B): score after k players joined
-            values[:, order.to(pixels.device)] += (curve[1:] - curve[:-1]).T
+            values[:, order] += (curve[1:] - curve[:-1]).T
         values /= len(walks)
         per_patch = (values[:, owner] / torch.bincount(owner, minlength=players)[owner]).to(pixels.dtype)
         relevance = per_patch.new_zeros(pixels.shape[0], layout.num_tokens)

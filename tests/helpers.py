@@ -207,3 +207,25 @@ def one_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+class PixelGame(nn.Module):
+    """A score computed from the pixels alone (`value`, (B,) -> `classes` outputs (c + 1) * value),
+    inside a shell of 8 px patches and identity blocks that vitx's structural capture reads as a
+    'ViT': hand-computed cases for the model-agnostic methods."""
+
+    patch = 8
+
+    def __init__(self, classes=5):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 4, self.patch, self.patch)
+        self.blocks = nn.Sequential(nn.Sequential(nn.Identity()), nn.Sequential(nn.Identity()))
+        self.classes = classes
+
+    def value(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        tokens = self.blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
+        value = self.value(x) + 0 * tokens.sum(dim=(1, 2))
+        return value[:, None] * torch.arange(1, self.classes + 1, dtype=x.dtype)

@@ -4,10 +4,9 @@ cases and mathematical identities."""
 import pytest
 import timm
 import torch
-from torch import nn
 
 import vitx
-from helpers import FAMILIES, fingerprint, images_for, tiny_timm, tiny_torchvision
+from helpers import FAMILIES, PixelGame, fingerprint, images_for, tiny_timm, tiny_torchvision
 
 PATCH = 8
 
@@ -186,19 +185,12 @@ def test_legrad_runs_on_timm_and_the_reference_vit():
     assert exp.maps.shape == (2, 4, 4) and exp.relevance[:, :2].abs().max() == 0
 
 
-class OnePatch(nn.Module):
+class OnePatch(PixelGame):
     """Scores depend on patch (1, 2) of a 4x4 grid of 8 px patches only: class c = (c + 1) * its mean
-    squared value. A tiny conv makes it a 'ViT' for vitx's structural capture."""
+    squared value."""
 
-    def __init__(self):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(3, 4, PATCH, PATCH)
-        self.blocks = nn.Sequential(nn.Sequential(nn.Identity()), nn.Sequential(nn.Identity()))
-
-    def forward(self, x):
-        tokens = self.blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
-        value = (x[:, :, 8:16, 16:24] ** 2).mean(dim=(1, 2, 3)) + 0 * tokens.sum(dim=(1, 2))
-        return value[:, None] * torch.arange(1, 6, dtype=x.dtype)
+    def value(self, x):
+        return (x[:, :, 8:16, 16:24] ** 2).mean(dim=(1, 2, 3))
 
 
 def test_occlusion_hand_computed_and_equal_to_captum():

@@ -2,12 +2,9 @@
 (every order walked), complete (the efficiency axiom) for any number of sampled orders, and
 the value of each patch of a hand-built game."""
 import torch
-from torch import nn
 
 import vitx
-from helpers import images_for, tiny_timm
-
-PATCH = 8
+from helpers import PixelGame, images_for, tiny_timm
 
 
 def loud(model):
@@ -49,20 +46,13 @@ def test_sampled_values_are_complete():
     assert not torch.allclose(other.relevance, exp.relevance)
 
 
-class PairGame(nn.Module):
+class PairGame(PixelGame):
     """Score = a * [patch 1 kept] + b * [patch 2 kept] + c * [patches 1 and 2 both kept], read from
     the pixels (kept patches are 1, removed ones 0): Shapley gives a + c/2, b + c/2, 0 elsewhere."""
 
-    def __init__(self):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(3, 4, PATCH, PATCH)
-        self.blocks = nn.Sequential(nn.Sequential(nn.Identity()), nn.Sequential(nn.Identity()))
-
-    def forward(self, x):
-        tokens = self.blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
+    def value(self, x):
         one, two = x[:, :, 0:8, 8:16].mean(dim=(1, 2, 3)), x[:, :, 0:8, 16:24].mean(dim=(1, 2, 3))
-        value = 2.0 * one - 1.0 * two + 3.0 * one * two + 0 * tokens.sum(dim=(1, 2))
-        return value[:, None].expand(-1, 2)
+        return 2.0 * one - 1.0 * two + 3.0 * one * two
 
 
 def test_hand_computed_interaction_is_split_evenly():

@@ -92,7 +92,7 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
 def _warn_if_flat(target, output, explainer, rows):
     """A gradient method on a target at its maximum (the cosine of an embedding to itself) gets a
     zero gradient: its map would be rounding noise, silently. Say so, once per chunk."""
-    flat = target.saturated(output) if hasattr(target, "saturated") else []
+    flat = target.saturated(output)
     if flat:
         first = rows.start if rows is not None and rows.start is not None else 0
         listed = ", ".join(str(first + i) for i in flat[:5]) + (" ..." if len(flat) > 5 else "")

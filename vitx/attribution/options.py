@@ -3,6 +3,7 @@ flags are generated from it) and the docs."""
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from ..baselines import DEFAULT_BASELINE, baseline
 from ..errors import VitxError
 
 
@@ -54,3 +55,14 @@ def canonical_options(options: Sequence[Option], given: Dict[str, Any], method: 
             raise VitxError(f"{method}: option {name} given twice (also as {key}, an older spelling of it); give one")
         out[name] = value
     return out
+
+
+def baseline_option(where: str) -> Option:
+    """The `baseline=` option of a method that removes pixels; `where`: which pixels, in its words."""
+    return Option("baseline", baseline, DEFAULT_BASELINE, f"what removed pixels become, {where} "
+                  "(vitx.baselines: mean, dataset_mean, black, blur, noise, a tensor or a callable)")
+
+
+# how many masked copies of the images a perturbation method scores in one forward pass
+MASKED_IMAGES_OPTION = Option("internal_batch_size", int, 256, "masked images per forward pass", minimum=1,
+                              aliases=("batch",))

@@ -87,6 +87,15 @@ class Target:
         """(B, K) numbers to show with the map: class logits for a class target, else the score."""
         return self.score(output).detach()[:, None]
 
+    def saturated(self, output) -> list:
+        """Images where the score sits at a maximum with a zero gradient (none, for most targets)."""
+        return []
+
+    def for_images(self, start: int, stop: int, count: int) -> "Target":
+        """The target of images [start, stop) of `count` (explain() runs in chunks): the same one,
+        unless it holds something per image."""
+        return self
+
 
 class ClassTarget(Target):
     """The logit of one class per image."""
@@ -207,8 +216,10 @@ class SimilarityTarget(Target):
             return (embedding * reference).sum(-1) / (reference * reference).sum(-1)
         return torch.nn.functional.cosine_similarity(embedding, reference, dim=-1)
 
-    def rows(self, start: int, stop: int) -> "SimilarityTarget":
-        """The same target for images [start, stop) of a batch with one reference row per image."""
+    def for_images(self, start: int, stop: int, count: int) -> "SimilarityTarget":
+        """With one reference row per image, each chunk is scored against its own images' rows."""
+        if self.reference.dim() != 2 or self.reference.shape[0] != count or count == 1:
+            return self
         part = copy.copy(self)
         part.reference = self.reference[start:stop]
         return part
@@ -291,9 +302,9 @@ def resolve_target(target, output, kind: str = "logits") -> Target:
 
 def split_target(target, start: int, stop: int, count: int):
     """The part of a user's target that belongs to images [start, stop) of `count`."""
-    if isinstance(target, SimilarityTarget) and target.reference.dim() == 2 and target.reference.shape[0] == count > 1:
-        return target.rows(start, stop)  # one reference row per image: each chunk its own rows
-    if target is None or callable(target) or isinstance(target, Target):
+    if isinstance(target, Target):
+        return target.for_images(start, stop, count)
+    if target is None or callable(target):
         return target
     indices = _class_indices(target)
     if indices.numel() == 1:
