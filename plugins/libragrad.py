@@ -20,6 +20,7 @@ class LibraGrad(Explainer):
     paper = ("Mehri, Soleymani Baghshah & Pilehvar 2025, 'LibraGrad: Balancing Gradient Flow for Universally "
              "Better Vision Transformer Attributions' (CVPR)")
     requires = (MODEL,)
+    one_token_set = True  # the token embeddings where the blocks start: one token grid
     options = (
         Option("biases", str, "include", "include: FullGrad (embedding and bias terms); exclude: LibraGrad "
                "input x gradient at the token embeddings alone", ("include", "exclude")),

@@ -39,6 +39,7 @@ class Occlusion(Explainer):
     summary = "drop of the target score when a window of patches is replaced by the baseline"
     paper = "Zeiler & Fergus 2014, 'Visualizing and Understanding Convolutional Networks'"
     requires = (MODEL,)
+    forward_only = True
     options = (
         Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1),
         baseline_option("here the occluded window"),
@@ -76,6 +77,7 @@ class RISE(Explainer):
     summary = "score-weighted average of random smooth masks (Monte Carlo estimate of E[f(x . M) | M(pixel) = 1])"
     paper = "Petsiuk, Das & Saenko 2018, 'RISE: Randomized Input Sampling for Explanation of Black-box Models'"
     requires = (MODEL,)
+    forward_only = True
     options = (
         Option("masks", int, 1000, "number of random masks", minimum=1),
         Option("cells", int, 0, "mask grid side (0: the patch grid)", minimum=0),

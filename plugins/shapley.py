@@ -53,6 +53,7 @@ class Shapley(Explainer):
     paper = ("Castro, Gomez & Tejada 2009, 'Polynomial calculation of the Shapley value based on sampling' "
              "(Strumbelj & Kononenko 2010 for explanations)")
     requires = (MODEL,)
+    forward_only = True
     options = (
         Option("permutations", int, 16, "join orders walked (antithetic pairs; players! or more: exact)", minimum=1),
         Option("cells", int, 0, "side of the player grid, squares of patches (0: every patch is a player)",

@@ -2,11 +2,15 @@
 
 Nothing here uses vitx: these are the expectations vitx is tested against.
 """
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
+
+import vitx
+from vitx.errors import VitxError
 
 TINY = dict(pretrained=False, img_size=32, patch_size=8, depth=3, embed_dim=24, num_heads=2, num_classes=5)
 
@@ -229,3 +233,46 @@ class PixelGame(nn.Module):
         tokens = self.blocks(self.patch_embed(x).flatten(2).transpose(1, 2))
         value = self.value(x) + 0 * tokens.sum(dim=(1, 2))
         return value[:, None] * torch.arange(1, self.classes + 1, dtype=x.dtype)
+
+
+def assert_refused_before_any_forward(model, size, family, reads="stage"):
+    """Methods that cannot read stage layers stop in one line naming `family` and the stage
+    methods, before the model runs; so does libragrad, whose FullGrad reads one token set (it
+    once ran two forwards and failed on '3136 tokens but the layout has 49'), and no refusal
+    lists it among the methods that apply."""
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    for method in ("transformer_attribution", "legrad", "libragrad"):
+        why = "one token set" if method == "libragrad" else rf"rollout \({reads}"
+        with pytest.raises(VitxError, match=rf"^{family}: method '{method}' cannot explain this model: .*{why}") \
+                as info:
+            vitx.explain(model, images_for(size, batch=1), method=method)
+        assert "\n" not in str(info.value)
+        assert "libragrad" not in str(info.value).split("apply")[-1]
+    assert not calls
+
+
+class Ensemble(nn.Module):
+    def __init__(self, first, second):
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, x):
+        return (self.first(x) + self.second(x)) / 2
+
+
+class FlipTTA(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
+def twice_models():
+    """Models that run the image through a ViT twice in one forward (ensembles, flip TTA)."""
+    return {"timm_ensemble": Ensemble(tiny_timm(seed=0), tiny_timm(seed=1)),
+            "timm_flip": FlipTTA(tiny_timm()),
+            "sdpa_ensemble": Ensemble(tiny_sdpa(seed=0), tiny_sdpa(seed=1)),
+            "torchvision_flip": FlipTTA(tiny_torchvision())}

@@ -250,3 +250,22 @@ def test_a_normalising_wrapper_answers_every_adapter_question_through_its_vit():
         direct = vitx.explain(base, normalised, method=method, target=1)
         torch.testing.assert_close(through.relevance, direct.relevance, atol=1e-5, rtol=1e-4)
         assert through.relevance.abs().max() > 0
+
+
+def test_a_grid_other_than_the_patch_embeddings_is_refused(tmp_path):
+    """`--grid 3x3` on the bundled 7x7 model once gave exit 0 and a map on tokens 41..49 (the
+    first 41 taken for 'extra tokens'); a grid the patch embedding contradicts, or one that
+    leaves more leading tokens than any ViT has, is one error line."""
+    from PIL import Image
+
+    from helpers import one_error, run
+
+    Image.fromarray((torch.rand(28, 28) * 255).byte().numpy()).save(tmp_path / "a.png")
+    one_error(run("explain", tmp_path / "a.png", "--grid", "3x3", "--out", tmp_path / "o"), "3x3", "7x7")
+    one_error(run("explain", tmp_path / "a.png", "--grid", "3x3", "--method", "integrated_gradients",
+                  "--out", tmp_path / "o"), "3x3", "7x7")
+    assert not list((tmp_path / "o").glob("*.png"))
+    model = NotebookViT().eval()  # a Linear patchify: no patch embedding to read the grid from
+    x = images_for((32, 48), batch=1)
+    with pytest.raises(vitx.VitxError, match="leaves 23 of the 25 tokens"):
+        vitx.explain(model, x, method="rollout", layout=(1, 2))

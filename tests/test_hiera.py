@@ -14,9 +14,9 @@ import torch
 
 import vitx
 from compat_rows import hiera_model
-from helpers import images_for
+from helpers import assert_refused_before_any_forward, images_for
 from test_pooled_stages import (  # noqa: F401 (the shared checks run here on the Hiera models)
-    assert_refused_before_any_forward, models_fixture, test_batch_equals_single, test_methods_equal_the_dense_reference,
+    models_fixture, test_batch_equals_single, test_methods_equal_the_dense_reference,
     test_recorded_layers_are_the_dense_attention, test_reference_is_the_model)
 from vitx.capture.pooled_windows import PooledWindows
 from vitx.capture.windows import Windowed

@@ -163,3 +163,17 @@ def test_grad_mode_batch_equals_single_and_leaves_the_model_as_it_was(method):
 def test_unknown_grad_mode_is_a_one_line_error():
     with pytest.raises(VitxError, match="grad_mode must be one of plain, libragrad"):
         vitx.explain(tiny_timm(), images_for((32, 32)), "input_x_gradient", grad_mode="fair")
+
+
+@pytest.mark.parametrize("kind", ["timm_ensemble", "timm_flip", "torchvision_flip"])
+def test_libragrad_refuses_a_model_that_runs_the_vit_twice(kind):
+    """libragrad on an ensemble / flip TTA once returned one pass's token relevance, exactly
+    r(x) / 2 for the flip, silently (its FullGrad reads the first pass's token embeddings);
+    attnlrp, which returns to the pixels, stays right there."""
+    from helpers import twice_models
+
+    model = twice_models()[kind]
+    x = images_for((32, 32), batch=2)
+    with pytest.raises(VitxError, match="twice in one forward") as info:
+        vitx.explain(model, x, method="libragrad")
+    assert "\n" not in str(info.value)

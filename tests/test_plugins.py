@@ -149,3 +149,55 @@ def test_adapter_plugin_for_an_unknown_architecture():
     assert before == "generic" and registry.find_adapter(model).name == "opaque"
     exp = vitx.explain(model, images_for((32, 32)), method="rollout")
     assert exp.maps.shape == (3, 4, 4)
+
+
+ESCAPING_PLUGIN = '''
+import vitx
+from vitx.attribution.explainer import Explainer, MODEL
+
+
+class Escape(Explainer):
+    name = "../../../tmp/escaped"
+    requires = (MODEL,)
+
+    def explain(self, evidence):
+        return evidence.pixels.new_ones(evidence.pixels.shape[0], evidence.layout.num_tokens)
+
+
+@vitx.hookimpl
+def vitx_register_explainers(register):
+    register(Escape)
+
+
+@vitx.hookimpl
+def vitx_register_models(register):
+    raise RuntimeError("models hook broken on purpose")
+'''
+
+
+def test_a_plugin_name_that_is_a_path_is_refused_and_a_raising_hook_is_listed(tmp_path):
+    """A plugin registering the method `../../../tmp/escaped` once made `--method` write a PNG
+    outside --out; its hook that raised was not listed by `vitx methods` (only import failures
+    were). Warnings are one `warning:` line each, never Python's two-line form."""
+    site = tmp_path / "site"
+    _fake_distribution(site, "escape-plugin", "escape = escape_vitx_plugin", ESCAPING_PLUGIN)
+    listed = vitx_cli("methods", pythonpath=site)
+    assert listed.returncode == 0, listed.stderr
+    assert "escaped" not in listed.stdout.replace("failed", "")
+    assert "models hook broken on purpose" in listed.stdout  # listed among the failed plugins
+    warned = [line for line in listed.stderr.splitlines() if line.strip()]
+    assert warned and all(line.startswith("warning: vitx: plugin") for line in warned), listed.stderr
+    assert any("'../../../tmp/escaped'" in line and "identifier" in line for line in warned)
+    image = ROOT / "examples" / "fashion_mnist" / sorted(p.name for p in (ROOT / "examples" / "fashion_mnist").glob("*.png"))[0]
+    out = tmp_path / "deep" / "a" / "b" / "out"
+    ran = vitx_cli("explain", str(image), "--method", "../../../tmp/escaped", "--out", str(out), pythonpath=site)
+    assert ran.returncode == 1 and "Error: unknown method" in ran.stderr, ran.stderr
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_output_names_never_leave_the_folder(tmp_path):
+    from vitx.files import output_names
+
+    assert output_names(["a.png"], "rollout", tmp_path) == ["a_rollout"]
+    with pytest.raises(vitx.VitxError, match="leave the output folder"):
+        output_names(["a.png"], "../../x", tmp_path)

@@ -14,7 +14,7 @@ import torch
 import vitx
 import window_reference as ref
 from compat_rows import _sharpen, loud_head, timm_model
-from helpers import images_for
+from helpers import assert_refused_before_any_forward, images_for
 from test_windows import CASES, TARGETS, correlation
 from vitx.capture.pooled_windows import PooledWindows
 from vitx.capture.windows import Windowed
@@ -206,19 +206,6 @@ def test_a_class_token_the_head_does_not_read_is_not_explained():
                                          ("timm_twins_svt", "Twins")])
 def test_methods_that_cannot_read_stage_layers_refuse_before_any_forward(name, family):
     assert_refused_before_any_forward(MODELS[name][0](), MODELS[name][1], family)
-
-
-def assert_refused_before_any_forward(model, size, family):
-    """Methods that cannot read stage layers stop in one line naming `family` and the stage
-    methods, before the model runs."""
-    calls = []
-    model.register_forward_pre_hook(lambda *args: calls.append(1))
-    for method in ("transformer_attribution", "legrad"):
-        with pytest.raises(VitxError, match=rf"^{family}: method '\w+' cannot explain this model: .*rollout \(stage") \
-                as info:
-            vitx.explain(model, images_for(size, batch=1), method=method)
-        assert "\n" not in str(info.value)
-    assert not calls
 
 
 def test_views_over_one_grid_refuse_pooled_layers_in_one_line():

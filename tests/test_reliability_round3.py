@@ -492,37 +492,12 @@ def test_one_channel_vit_given_files_uses_one_channel_statistics():
 
 # ---------------------------------------------------------------- 2: a ViT run twice per forward
 
-class Ensemble(nn.Module):
-    def __init__(self, first, second):
-        super().__init__()
-        self.first, self.second = first, second
-
-    def forward(self, x):
-        return (self.first(x) + self.second(x)) / 2
-
-
-class FlipTTA(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return (self.model(x) + self.model(x.flip(-1))) / 2
-
-
-def _twice_models():
-    from helpers import tiny_sdpa, tiny_torchvision
-
-    return {"timm_ensemble": Ensemble(tiny_timm(seed=0), tiny_timm(seed=1)),
-            "timm_flip": FlipTTA(tiny_timm()),
-            "sdpa_ensemble": Ensemble(tiny_sdpa(seed=0), tiny_sdpa(seed=1)),
-            "torchvision_flip": FlipTTA(tiny_torchvision())}
-
-
 @pytest.mark.parametrize("kind", ["timm_ensemble", "timm_flip", "sdpa_ensemble", "torchvision_flip"])
 def test_a_model_that_runs_a_vit_twice_per_forward_is_refused_for_attention_methods(kind):
     """Item 2: twice the layers were recorded; rollout & co. returned maps equal to neither pass."""
-    model = _twice_models()[kind]
+    from helpers import twice_models
+
+    model = twice_models()[kind]
     x = torch.randn(2, 3, 32, 32)
     for method in ("rollout", "grad_rollout", "chefer2021", "raw_attention"):
         with pytest.raises(VitxError, match="twice") as info:

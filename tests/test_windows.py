@@ -12,7 +12,7 @@ import torch
 import vitx
 import window_reference as ref
 from compat_rows import hf_swin, loud_head, timm_model, torchvision_swin
-from helpers import images_for
+from helpers import assert_refused_before_any_forward, images_for
 from vitx.errors import VitxError
 
 TARGETS = [1, 3]
@@ -126,14 +126,7 @@ def test_views_over_one_grid_refuse_window_layers_in_one_line():
 
 
 def test_methods_that_cannot_read_window_layers_refuse_before_any_forward():
-    model = MODELS["timm_swin"]()
-    calls = []
-    model.register_forward_pre_hook(lambda *args: calls.append(1))
-    for method in ("transformer_attribution", "legrad"):
-        with pytest.raises(VitxError, match=r"^Swin: method '\w+' cannot explain this model: .*rollout \(window") as info:
-            vitx.explain(model, images_for((32, 64), batch=1), method=method)
-        assert "\n" not in str(info.value)
-    assert not calls
+    assert_refused_before_any_forward(MODELS["timm_swin"](), (32, 64), "Swin", reads="window")
 
 
 def test_a_token_of_the_last_stage_is_explained():

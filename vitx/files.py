@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import List, Sequence
 
+from .errors import VitxError
+
 
 def atomic_write(path, write) -> None:
     """write(tmp_path) then rename over `path` (same folder, so the rename is atomic)."""
@@ -36,6 +38,9 @@ def output_names(sources: Sequence[str], method: str, out: Path, suffixes=(".png
             name = f"{stem}_{method}" if count == 0 else f"{stem}-{count}_{method}"
             if name not in used and not any((out / (name + s)).resolve() in inputs for s in suffixes):
                 break
+        if Path(name).name != name or name in (".", ".."):
+            raise VitxError(f"output name {name!r} would leave the output folder; method and model names are "
+                            "identifiers")
         used.add(name)
         names.append(name)
     return names

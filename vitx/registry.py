@@ -11,6 +11,7 @@ never skipped: without adapters no model can be explained.
 """
 import importlib.metadata
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -80,6 +81,23 @@ def _load_entry_points(registry: "Registry") -> None:
                                      else dist.name if dist is not None else ep.value)
 
 
+# Names become flags (`-o METHOD.NAME`), file names (`<image>_<method>.png`) and report
+# anchors: a method is an identifier, a model a word of letters, digits, `_`, `.` and `-`
+# that cannot start with a dot. A plugin's name that is not refused, before it can write
+# outside an output folder (`../../x`) or split a flag.
+METHOD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def _valid_name(name, pattern, plugin: str, what: str) -> bool:
+    if isinstance(name, str) and pattern.match(name):
+        return True
+    warnings.warn(f"vitx: plugin {plugin!r} registered the {what} name {name!r}, ignored: a {what} name is "
+                  f"{'an identifier (letters, digits, _)' if what == 'method' else 'letters, digits, _ . -'}",
+                  stacklevel=2)
+    return False
+
+
 BUILTIN_SOURCES = ("vitx", CORE_PLUGIN)  # the vitx distribution's own entry points, and the core modules
 
 
@@ -106,6 +124,7 @@ def _collect(registry: "Registry", hook_name: str):
         try:
             impl.function(lambda *args, **kwargs: calls.append((args, kwargs)))
         except Exception as exc:
+            registry.failed[label] = f"{hook_name} raised {type(exc).__name__}: {exc}"
             warnings.warn(f"vitx: plugin {label!r} failed in {hook_name}: {exc}", stacklevel=2)
             continue
         for args, kwargs in calls:
@@ -166,7 +185,7 @@ def _populate(registry: Registry) -> None:
         name = getattr(cls, "name", None)
         if not isinstance(cls, type) or not name:
             warnings.warn(f"vitx: plugin {plugin!r} registered an explainer without a name; ignored")
-        else:
+        elif _valid_name(name, METHOD_NAME, plugin, "method"):
             _claim(registry.explainers, name, ExplainerEntry(cls, plugin), plugin, "explainer")
     for plugin, args, _ in _collect(registry, "vitx_register_adapters"):
         if args:
@@ -175,7 +194,8 @@ def _populate(registry: Registry) -> None:
     for plugin, args, kwargs in _collect(registry, "vitx_register_models"):
         entry, aliases = _model_entry(plugin, args, kwargs)
         for name in ([entry.name] if entry else []) + aliases:
-            _claim(registry.models, name, entry, plugin, "model")
+            if _valid_name(name, MODEL_NAME, plugin, "model"):
+                _claim(registry.models, name, entry, plugin, "model")
 
 
 def register_plugin(plugin, name: Optional[str] = None) -> None:

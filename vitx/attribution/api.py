@@ -57,7 +57,8 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     # (above them on the stack) makes attention explicit before the rules see its softmax
     with explainer.gradient_rules(model), AttentionRecorder(
             model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
-            reduce=reduce, fold=fold, heads=heads, states=BLOCK_STATES in needs) as recorder:
+            reduce=reduce, fold=fold, heads=heads, states=BLOCK_STATES in needs,
+            one_pass=explainer.one_token_set) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))

@@ -39,6 +39,13 @@ class Explainer:
     # compact window or pooled attention chained by stage merges, through vitx.attribution.ops);
     # attention methods without it are refused on those models before any forward
     windows: ClassVar[bool] = False
+    # True: the method reads the token embeddings where the blocks start as the model's one
+    # token set (libragrad's FullGrad on tokens), so it is refused before any forward on
+    # hierarchical models whose token grid changes between stages
+    one_token_set: ClassVar[bool] = False
+    # True: the method runs the model forward only (perturbation: occlusion, RISE, Shapley);
+    # False with MODEL in `requires`: it differentiates the model itself (IG, LRP, LibraGrad)
+    forward_only: ClassVar[bool] = False
     options: ClassVar[Sequence[Option]] = ()
 
     @classmethod
@@ -53,7 +60,14 @@ class Explainer:
 
     @classmethod
     def uses_gradients(cls) -> bool:
+        """Whether the core's recorded forward needs a backward (attention or token gradients)."""
         return bool(cls.requirements() & {ATTENTION_GRAD, TOKEN_GRAD})
+
+    @classmethod
+    def needs_gradients(cls) -> bool:
+        """Whether the method needs autograd at all: the core's backward, or its own (a method
+        that runs the model itself and is not `forward_only`)."""
+        return cls.uses_gradients() or (MODEL in cls.requirements() and not cls.forward_only)
 
     def __init__(self, **options: Any):
         options = canonical_options(self.options, options, self.name)

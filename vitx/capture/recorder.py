@@ -40,7 +40,8 @@ class AttentionRecorder:
 
     def __init__(self, model: nn.Module, adapter=None, keep: Optional[Keep] = None,
                  attention: bool = True, tokens: bool = False, layout=None, reduce: Optional[Reduce] = None,
-                 fold: Optional[Fold] = None, heads: Optional[str] = None, states: bool = False):
+                 fold: Optional[Fold] = None, heads: Optional[str] = None, states: bool = False,
+                 one_pass: bool = False):
         self.model = unwrap(model)  # call `recorder.model` for a DataParallel / compiled model
         self.layout_override = layout
         self.adapter = adapter
@@ -48,6 +49,9 @@ class AttentionRecorder:
         self.record_attention = attention  # False: the adapter's attention capture is not attached at all
         self.record_tokens = tokens or states  # token states after each block (see token_states.py)
         self.record_states = states  # also each block's input and its stream after attention
+        # refuse a model that runs the image twice in one forward (see _on_conv): always when attention is
+        # recorded, and for a method whose math reads one pass's tokens (`Explainer.one_token_set`)
+        self.one_pass = attention or one_pass
         self._tokens: Optional[TokenCapture] = None  # made on entry, once the adapter is known
         self.reduce = reduce  # per-layer reduction of (attention, gradient): see `reduced`
         self.fold = fold  # forward-order accumulation of the layers (no gradient): see `_record`
@@ -90,7 +94,7 @@ class AttentionRecorder:
             if self.record_tokens:
                 self._tokens = TokenCapture(self.adapter, self.model, states=self.record_states)
                 stack.enter_context(self._tokens.attach())
-            if self.record_attention:
+            if self.one_pass:
                 for conv in (m for m in self.model.modules() if _embeds(m)):
                     stack.callback(conv.register_forward_pre_hook(self._on_conv).remove)
         except BaseException:
@@ -135,8 +139,8 @@ class AttentionRecorder:
                    else f"two stems ran on it, {first!r} and {second!r}")
             raise VitxError(
                 f"{type(self.model).__name__} runs the image through the network twice in one forward ({how}: an "
-                "ensemble or test-time augmentation), so the recorded layers would mix both passes and no single "
-                "attention flow describes the output. Explain each member / pass as its own model "
+                "ensemble or test-time augmentation), so the recorded layers or tokens would be one pass's or a mix "
+                "of both, and no single token flow describes the output. Explain each member / pass as its own model "
                 "(e.g. vitx.explain(model.member, images)), or use a method that reads no attention "
                 "(integrated_gradients, occlusion, rise)")
 
@@ -357,7 +361,8 @@ class AttentionRecorder:
         if isinstance(self.layout_override, TokenLayout):
             layout, source = self.layout_override, "the layout you passed"
         elif self.layout_override is not None:
-            layout, source = infer_layout(self.num_tokens, _grid(self.layout_override)), "the grid you passed"
+            layout = checked_grid_layout(self.model, self.input_size, self.num_tokens, self.layout_override)
+            source = "the grid you passed"
         else:
             layout, source = self.adapter.layout(self.model, self.input_size, self.num_tokens), f"adapter {self.adapter.name!r}"
         if layout.num_tokens != self.num_tokens:
@@ -372,7 +377,15 @@ class AttentionRecorder:
         """The layout from the last token state, when no attention was recorded."""
         if self._tokens is None:
             raise VitxError(f"no token states were recorded for {type(self.model).__name__}")
-        return self._tokens.layout()
+        layout = self._tokens.layout()
+        if self.layout_override is None:
+            return layout
+        if isinstance(self.layout_override, TokenLayout):
+            if self.layout_override.num_tokens != layout.num_tokens:
+                raise VitxError(f"the layout you passed describes {self.layout_override.num_tokens} tokens but the "
+                                f"model's last token state has {layout.num_tokens}")
+            return self.layout_override
+        return checked_grid_layout(self.model, self.input_size, layout.num_tokens, self.layout_override)
 
     def gradients(self, score: torch.Tensor) -> List[torch.Tensor]:
         """d(score)/d(attention) for every layer, paired with `attentions` by construction.
@@ -406,6 +419,28 @@ def _embeds(module: nn.Module) -> bool:
     of the model) keeps the image an image and is not one."""
     return isinstance(module, nn.Conv2d) and (module.out_channels != module.in_channels
                                               or any(s > 1 for s in module.stride))
+
+
+def checked_grid_layout(model, input_size, num_tokens: int, grid) -> TokenLayout:
+    """The layout of a grid the user passed (extra tokens first), checked against what the model
+    shows: a grid other than its patch embedding's, or one that leaves more extra tokens before
+    the patches than any known ViT has, would put the map on the wrong tokens, silently."""
+    from .adapters.base import MAX_PREFIX_TOKENS, patch_conv
+
+    h, w = _grid(grid)
+    conv = patch_conv(model)
+    if conv is not None and input_size is not None:
+        own = (input_size[0] // conv.stride[0], input_size[1] // conv.stride[1])
+        if own != (h, w):
+            raise VitxError(f"the grid you passed ({h}x{w}) is not the model's patch grid: its patch embedding cuts "
+                            f"the {input_size[0]}x{input_size[1]} input into {own[0]}x{own[1]} patches; leave out "
+                            "layout= / --grid (vitx reads it), or pass that grid")
+    layout = infer_layout(num_tokens, (h, w))
+    if layout.num_prefix > MAX_PREFIX_TOKENS:
+        raise VitxError(f"the grid you passed ({h}x{w}) leaves {layout.num_prefix} of the {num_tokens} tokens before "
+                        f"the patches; known ViTs have at most {MAX_PREFIX_TOKENS} extra tokens (class, distillation, "
+                        "registers): pass the grid of the patch tokens")
+    return layout
 
 
 def _grid(value):

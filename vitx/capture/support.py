@@ -35,24 +35,38 @@ def window_methods() -> List[str]:
     return sorted(name for name, e in _registered().items() if needs_attention(e.cls) and e.cls.windows)
 
 
-def methods_without_attention() -> List[str]:
+def methods_without_attention(stages: bool = False) -> List[str]:
     """Installed methods that need no attention (the core names no plugin: what is installed
-    is what applies)."""
-    return sorted(name for name, e in _registered().items() if not needs_attention(e.cls))
+    is what applies); `stages`: for a hierarchical model, whose token grid changes between
+    stages, so methods that need one token set (`Explainer.one_token_set`) are left out."""
+    return sorted(name for name, e in _registered().items()
+                  if not needs_attention(e.cls) and not (stages and e.cls.one_token_set))
 
 
-def refusal(family: str, why: str, method: str, allowed: Optional[Dict[str, str]] = None) -> str:
+def refusal(family: str, why: str, method: str, allowed: Optional[Dict[str, str]] = None,
+            stages: bool = True) -> str:
     """The message of a refused attention method: what the family does, why that rules the
     method out, and which methods apply instead (`allowed`: attention methods that still
-    apply, name -> what they read)."""
+    apply, name -> what they read; `stages`: the family is hierarchical)."""
     allowed = allowed or {}
     flow = [m for m in attention_methods() if m not in allowed]
-    applies = [f"{name} ({what})" for name, what in allowed.items()] + methods_without_attention()
+    applies = [f"{name} ({what})" for name, what in allowed.items()] + methods_without_attention(stages)
     return (
         f"{family}: method {method!r} cannot explain this model: {why}. "
         f"Attention methods ({', '.join(flow)}) are not defined for it; methods that apply: "
         f"{', '.join(applies)} (see `vitx methods`)"
     )
+
+
+def stage_refusal(family: str, explainer, allowed: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """The refusal of a method that needs one token set (`Explainer.one_token_set`) for a
+    hierarchical model, or None for any other method."""
+    if not getattr(explainer, "one_token_set", False):
+        return None
+    applies = [f"{name} ({what})" for name, what in (allowed or {}).items()] + methods_without_attention(stages=True)
+    return (f"{family}: method {explainer.name!r} cannot explain this model: it reads the token embeddings where "
+            "the blocks start as the model's one token set, and this model's token grid changes between stages "
+            f"(patch merging or pooling); methods that apply: {', '.join(applies)} (see `vitx methods`)")
 
 
 def check_method(adapter, model, explainer) -> None:

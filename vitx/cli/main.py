@@ -20,6 +20,11 @@ def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
+# before anything below builds the registry (the generated method flags read it at import):
+# a plugin's load warning is one `warning:` line, not Python's two lines with a source path
+warnings.formatwarning = _one_line_warning
+
+
 class VitxGroup(click.Group):
     """Turns VitxError into `Error: <message>` and exit code 1, never a traceback."""
 
@@ -135,7 +140,7 @@ def methods():
     from ..registry import get_registry
 
     for name, (cls, plugin) in list_methods().items():
-        grad = "  [needs gradients]" if cls.uses_gradients() else ""
+        grad = "  [needs gradients]" if cls.needs_gradients() else ""
         click.echo(f"{name}  (plugin: {plugin}){grad}")
         click.echo(f"    {cls.summary}")
         if cls.paper:
@@ -190,7 +195,6 @@ def _add_plugin_commands():
     """Commands contributed by plugins (hook vitx_register_commands), e.g. `vitx train`."""
     from ..registry import get_registry
 
-    warnings.formatwarning = _one_line_warning  # plugin load warnings, printed as one line
     for command in get_registry().manager.hook.vitx_register_commands():
         for cmd in command or ():
             main.add_command(cmd)

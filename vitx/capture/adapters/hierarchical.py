@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from ...errors import VitxError
 from ..layout import MEAN_TOKEN, TokenLayout
-from ..support import needs_attention, refusal
+from ..support import needs_attention, refusal, stage_refusal
 from .base import Adapter
 
 WINDOWED_PYRAMID = (
@@ -82,9 +82,11 @@ HF_FAMILIES = {
 
 def hf_refusal(model_type: str, explainer):
     """The refusal of an attention method for a transformers model of a `HF_FAMILIES` type, else None."""
-    if model_type not in HF_FAMILIES or not needs_attention(explainer):
+    if model_type not in HF_FAMILIES:
         return None
     family, why = HF_FAMILIES[model_type]
+    if not needs_attention(explainer):
+        return stage_refusal(family, explainer)
     return refusal(family, why, explainer.name)
 
 
@@ -110,9 +112,9 @@ class HierarchicalAdapter(Adapter):
         return FAMILIES[class_path(model)]
 
     def refuse(self, model, explainer):
-        if not needs_attention(explainer):
-            return None
         family, why = self.family(model)
+        if not needs_attention(explainer):
+            return stage_refusal(family, explainer)
         return refusal(family, why, explainer.name)
 
     @contextmanager

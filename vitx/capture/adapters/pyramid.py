@@ -8,7 +8,7 @@ behaviour of `HierarchicalAdapter` (data config, a layout from the last token st
 from contextlib import contextmanager
 
 from ..stages import Merge
-from ..support import needs_attention, refusal, window_methods
+from ..support import needs_attention, refusal, stage_refusal, window_methods
 from .hierarchical import HierarchicalAdapter, class_path
 
 
@@ -45,10 +45,11 @@ class PyramidAdapter(HierarchicalAdapter):
         return self.families[class_path(model)]
 
     def refuse(self, model, explainer):
-        if not needs_attention(explainer) or getattr(explainer, "windows", False):
-            return None
         family, why = self.family(model)
-        return refusal(family, why, explainer.name, allowed={m: self.reads for m in window_methods()})
+        allowed = {m: self.reads for m in window_methods()}
+        if not needs_attention(explainer) or getattr(explainer, "windows", False):
+            return stage_refusal(family, explainer, allowed)
+        return refusal(family, why, explainer.name, allowed=allowed)
 
     def attention_refusal(self, model):
         return None  # the layers are recorded: an empty record is the recorder's generic case

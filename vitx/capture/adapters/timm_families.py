@@ -73,7 +73,8 @@ class TimmTokenFamiliesAdapter(TimmAdapter):
 
     def refuse(self, model, explainer):
         if class_path(model) == XCIT and needs_attention(explainer) and explainer.name != "raw_attention":
-            return refusal("XCiT", XCIT_WHY, explainer.name, allowed={"raw_attention": "its class-attention layers"})
+            return refusal("XCiT", XCIT_WHY, explainer.name, allowed={"raw_attention": "its class-attention layers"},
+                           stages=False)
         return None
 
     supports_fused = False  # attention is not one plain SDPA per layer: recorded explicitly
