@@ -29,6 +29,7 @@ import torch
 
 import vitx
 from vitx.attribution.explainer import ATTENTION, ATTENTION_GRAD, MODEL, Explainer, Option
+from vitx.attribution.options import MAX_PER_PASS
 from vitx.attribution.ops import norm_ratio
 from vitx.errors import VitxError
 
@@ -62,7 +63,7 @@ class BeyondIntuition(Explainer):
         Option("first_block", int, 0, "first block rolled out, counted from 0 (the authors use 3 of ViT-B's 12 "
                "head-wise, 6 token-wise)", minimum=0),
         Option("internal_batch_size", int, 5, "path points stacked into one recorded forward/backward pass", minimum=1,
-               aliases=("steps_per_pass",)),
+               maximum=MAX_PER_PASS, aliases=("steps_per_pass",)),
     )
 
     def explain(self, evidence):

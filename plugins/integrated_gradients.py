@@ -15,7 +15,7 @@ import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
 from vitx.attribution.libragrad import GRAD_MODE_OPTION
 from vitx.errors import VitxError
-from vitx.attribution.options import baseline_option
+from vitx.attribution.options import MAX_PER_PASS, baseline_option
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
@@ -45,7 +45,7 @@ class IntegratedGradients(Explainer):
         baseline_option("here where the path starts"),
         Option("rule", str, "gausslegendre", "quadrature rule along the path (captum's names)", RULES),
         Option("internal_batch_size", int, 16, "path points stacked into one forward/backward pass", minimum=1,
-               aliases=("steps_per_pass",)),
+               maximum=MAX_PER_PASS, aliases=("steps_per_pass",)),
         GRAD_MODE_OPTION,
     )
 

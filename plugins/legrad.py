@@ -19,7 +19,7 @@ class LeGrad(Explainer):
     paper = "Bousselham et al. 2024, 'LeGrad: An Explainability Method for Vision Transformers via Feature Formation Sensitivity'"
     requires = (ATTENTION, TOKENS, MODEL)
     options = (
-        Option("layers", int, 0, "how many of the last blocks are averaged (0: all)", minimum=0),
+        Option("layers", int, 0, "how many of the last blocks are averaged (0: all)", minimum=0, maximum=1024),
         Option("pool", str, "mean", "how a block's tokens reach the head: their mean (paper) or as the head reads them",
                ("mean", "model")),
     )

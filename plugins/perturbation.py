@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.options import MASKED_IMAGES_OPTION, baseline_option
+from vitx.attribution.options import MASKED_IMAGES_OPTION, MAX_SEED, baseline_option
 
 
 def _patch_masks(grid, size, cells, device):
@@ -41,7 +41,8 @@ class Occlusion(Explainer):
     requires = (MODEL,)
     forward_only = True
     options = (
-        Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1),
+        Option("window", int, 1, "side of the occluded square, in patches (slid one patch at a time)", minimum=1,
+               maximum=1024),
         baseline_option("here the occluded window"),
         MASKED_IMAGES_OPTION,
     )
@@ -79,11 +80,11 @@ class RISE(Explainer):
     requires = (MODEL,)
     forward_only = True
     options = (
-        Option("masks", int, 1000, "number of random masks", minimum=1),
-        Option("cells", int, 0, "mask grid side (0: the patch grid)", minimum=0),
+        Option("masks", int, 1000, "number of random masks", minimum=1, maximum=100_000),
+        Option("cells", int, 0, "mask grid side (0: the patch grid)", minimum=0, maximum=256),
         Option("probability", float, 0.5, "probability that a cell is kept", minimum=0.01, maximum=1.0),
         baseline_option("here the masked ones"),
-        Option("seed", int, 0, "seed of the masks"),
+        Option("seed", int, 0, "seed of the masks", minimum=0, maximum=MAX_SEED),
         MASKED_IMAGES_OPTION,
     )
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import vitx
 from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.options import MASKED_IMAGES_OPTION, baseline_option
+from vitx.attribution.options import MASKED_IMAGES_OPTION, MAX_SEED, baseline_option
 
 
 def player_of_patch(grid, cells):
@@ -55,11 +55,12 @@ class Shapley(Explainer):
     requires = (MODEL,)
     forward_only = True
     options = (
-        Option("permutations", int, 16, "join orders walked (antithetic pairs; players! or more: exact)", minimum=1),
+        Option("permutations", int, 16, "join orders walked, an even number (antithetic pairs: an order and its "
+               "reverse); players! or more: every order once, exact", minimum=2, maximum=10_000, step=2),
         Option("cells", int, 0, "side of the player grid, squares of patches (0: every patch is a player)",
-               minimum=0),
+               minimum=0, maximum=1024),
         baseline_option("here the patches outside the coalition"),
-        Option("seed", int, 0, "seed of the orders"),
+        Option("seed", int, 0, "seed of the orders", minimum=0, maximum=MAX_SEED),
         MASKED_IMAGES_OPTION,
     )
 

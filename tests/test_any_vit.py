@@ -269,3 +269,42 @@ def test_a_grid_other_than_the_patch_embeddings_is_refused(tmp_path):
     x = images_for((32, 48), batch=1)
     with pytest.raises(vitx.VitxError, match="leaves 23 of the 25 tokens"):
         vitx.explain(model, x, method="rollout", layout=(1, 2))
+
+
+class Standardise(nn.Module):
+    """A normaliser by another name: buffers `mu` / `sigma`, no `Normalize` in its class name."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mu", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("sigma", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mu) / self.sigma
+
+
+class Clamp(nn.Module):
+    def forward(self, x):
+        return x.clamp(0, 1)
+
+
+def test_a_normaliser_in_front_is_found_by_what_it_does_not_by_its_name():
+    """Buffers named mu / sigma once made vitx normalise, then the model normalise again (logits
+    off by 0.68), silently. The front is probed: a per-channel affine map is a normaliser, the
+    identity is none, anything else is refused with how to declare the preprocessing."""
+    from vitx.registry import data_config
+
+    base = tiny_timm("vit_tiny_patch16_224")
+    config = data_config(base)
+    picture = (torch.rand(40, 40, 3) * 255).byte().numpy()
+    direct = vitx.explain(base, [picture], method="rollout")
+    for front in (Standardise(config["mean"], config["std"]), nn.Identity()):
+        through = vitx.explain(nn.Sequential(front, base).eval(), [picture], method="rollout")
+        torch.testing.assert_close(through.logits, direct.logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(through.relevance, direct.relevance, atol=1e-5, rtol=1e-4)
+    clamped = nn.Sequential(Clamp(), base).eval()
+    with pytest.raises(vitx.VitxError, match=r"in front of the ViT \(Clamp\).*remember_preprocessing") as info:
+        vitx.explain(clamped, [picture], method="rollout")
+    assert "\n" not in str(info.value)
+    vitx.remember_preprocessing(clamped, {**config, "mean": (0.0,) * 3, "std": (1.0,) * 3})
+    assert torch.isfinite(vitx.explain(clamped, [picture], method="rollout").maps).all()

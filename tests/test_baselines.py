@@ -99,3 +99,26 @@ def test_evaluate_gives_its_baseline_to_the_methods_that_take_one(monkeypatch):
     metrics.evaluate_methods(model, batches, ["rollout", "occlusion", "integrated_gradients"], baseline="blur",
                              options={"integrated_gradients": {"steps": 2, "baseline": "black"}})
     assert seen == {"rollout": None, "occlusion": "blur", "integrated_gradients": "black"}
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "rise", "shapley"])
+def test_a_bad_baseline_tensor_is_refused_before_any_forward(method):
+    """A NaN baseline once gave NaN maps, and a (5, C, H, W) baseline for 3 images was cut to
+    the first 3, both silently; a callable's NaN output is refused too. Shapes in the message
+    are the ones the user gave."""
+    model = FAMILIES["custom_sdpa"][0]()
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    x = images_for((32, 32), batch=3)
+    nan = torch.zeros(3, 32, 32)
+    nan[0, 0, 0] = float("nan")
+    cases = [(nan, r"baseline tensor \(3, 32, 32\) holds NaN"),
+             (torch.zeros(5, 3, 32, 32), r"\(5, 3, 32, 32\) holds 5 images for 3"),
+             (torch.zeros(3, 16, 16), r"got \(3, 16, 16\)")]
+    for spec, message in cases:
+        with pytest.raises(vitx.VitxError, match=message) as info:
+            vitx.explain(model, x, method=method, baseline=spec)
+        assert "\n" not in str(info.value)
+    assert not calls
+    with pytest.raises(vitx.VitxError, match="callable's output holds NaN"):
+        vitx.explain(model, x, method=method, baseline=lambda p: p * float("nan"))

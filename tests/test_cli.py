@@ -1,6 +1,7 @@
 """The CLI end to end, and every kind of bad input: one clear line, non-zero exit."""
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 from vitx.cli import main
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "images")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +282,28 @@ def test_one_batch_size_default_everywhere():
         assert f"--batch-size INTEGER  Images per forward pass.  [default: {DEFAULT_BATCH_SIZE}]" in \
             " ".join(run(command, "--help").output.split()).replace("INTEGER Images", "INTEGER  Images").replace(
                 "pass. [", "pass.  ["), command
+
+
+@pytest.mark.parametrize("args,shown", [
+    (["--discard-ratio", "0.1", "--discard_ratio", "0.9"], "--discard-ratio 0.1 and --discard_ratio 0.9"),
+    (["--method", "integrated_gradients", "--internal-batch-size", "4", "--steps-per-pass=8"],
+     "--internal-batch-size 4 and --steps-per-pass 8"),
+    (["--target", "1", "--category_index", "2"], "--target 1 and --category_index 2"),
+])
+def test_one_option_under_two_spellings_with_two_values_is_an_error(tmp_path, args, shown):
+    """Click kept the last of two spellings silently; the library and -o refuse the conflict."""
+    from helpers import one_error, run
+
+    image = sorted((ROOT / "examples" / "fashion_mnist").glob("*.png"))[0]
+    one_error(run("explain", image, *args, "--out", tmp_path / "o"), shown)
+    assert not (tmp_path / "o").exists()
+    same = run("explain", image, "--discard-ratio", "0.5", "--discard_ratio", "0.5", "--out", tmp_path / "s")
+    assert same.exit_code == 0, same.output  # the same value twice is no conflict
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", 10 ** 9), ("--workers", 10 ** 6)])
+def test_a_size_past_the_machine_is_one_error_line(tmp_path, flag, value):
+    from helpers import one_error, run
+
+    image = sorted((ROOT / "examples" / "fashion_mnist").glob("*.png"))[0]
+    one_error(run("explain", image, flag, value, "--out", tmp_path / "o"), flag)

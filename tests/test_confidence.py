@@ -54,3 +54,25 @@ def test_rank_agreement_of_same_and_reversed_orders():
     assert rank_agreement({"x": first, "y": swapped})["x vs. y"]["kendall"] == pytest.approx(4 / 6)
     with pytest.raises(VitxError):
         rank_agreement({"x": {"a": 1, "b": 2}, "y": {"a": 1, "b": 2}})
+
+
+def test_resampled_means_are_streamed_in_bounded_chunks_with_the_same_draws(monkeypatch):
+    """`--bootstrap 1000000000` once ran the whole evaluation, then grew to 23 GB and was killed:
+    resamples are bounded and drawn a chunk at a time, equal to the one-array draws."""
+    from vitx.evaluate import confidence
+
+    values = np.random.default_rng(1).normal(size=37)
+    whole = values[confidence.resample_indices(37, 500, seed=3)].mean(axis=1)
+    monkeypatch.setattr(confidence, "CHUNK_VALUES", 37 * 7)  # 7 resamples a chunk, the last one partial
+    np.testing.assert_array_equal(confidence.resample_means(values, 500, seed=3), whole)
+    with pytest.raises(VitxError, match="1 to 100000 resamples"):
+        bootstrap_mean(values, resamples=10 ** 9)
+
+
+def test_a_huge_bootstrap_is_one_error_line_before_any_work(tmp_path):
+    """No model is loaded, no image read: the bound is checked first."""
+    from helpers import one_error, run
+
+    one_error(run("evaluate", "--dataset", "fashion_mnist", "--methods", "rollout", "--bootstrap", 10 ** 9,
+                  "--out", tmp_path), "--bootstrap", "100000")
+    assert not list(tmp_path.iterdir())

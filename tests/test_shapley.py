@@ -1,6 +1,7 @@
 """Shapley values of the patches (plugins/shapley.py): exact against captum's ShapleyValues
 (every order walked), complete (the efficiency axiom) for any number of sampled orders, and
 the value of each patch of a hand-built game."""
+import pytest
 import torch
 
 import vitx
@@ -63,3 +64,25 @@ def test_hand_computed_interaction_is_split_evenly():
     expected = torch.zeros(16)
     expected[1], expected[2] = 2.0 + 1.5, -1.0 + 1.5
     torch.testing.assert_close(exp.relevance[0], expected)
+
+
+def test_options_are_not_coerced_silently():
+    """steps=2.5 became 2, True 1 and '3' 3 in the library (the CLI refused 2.5); shapley's
+    permutations 1 / 3 / 5 walked 2 / 2 / 4 orders. Each is now an error naming what is wrong;
+    an integral float and an -o text stay what they say."""
+    model = tiny_timm()
+    x = images_for((32, 32), batch=1)
+    for value in (2.5, True, "3", [3]):
+        with pytest.raises(vitx.VitxError, match="option steps expects int"):
+            vitx.explain(model, x, method="integrated_gradients", steps=value)
+    with pytest.raises(vitx.VitxError, match="option discard_ratio expects float"):
+        vitx.explain(model, x, method="rollout", discard_ratio="0.5")
+    for odd in (1, 3, 5):
+        with pytest.raises(vitx.VitxError, match="permutations must (be a multiple of 2|be in)"):
+            vitx.explain(model, x, method="shapley", permutations=odd)
+    assert vitx.explain(model, x, method="integrated_gradients", steps=4.0).maps.shape[0] == 1
+    from vitx.cli.method_options import per_method
+
+    assert per_method({"steps": "8"}, ["integrated_gradients"]) == {"integrated_gradients": {"steps": 8}}
+    with pytest.raises(vitx.VitxError, match=r"expects int, got '2\.5'"):
+        per_method({"steps": "2.5"}, ["integrated_gradients"])

@@ -15,6 +15,7 @@ from .attribution.explanation import Explanation, Prediction
 from .attribution.multimodal import reference_target, text_targets
 from .attribution.targets import SimilarityTarget, Target, TextTarget
 from .capture import Adapter, AttentionRecorder, TokenLayout, record_attention
+from .capture.model_state import remember_preprocessing
 from .errors import VitxError
 from .hookspecs import hookimpl
 from .inspect import figures, views  # noqa: F401  (vitx.views.attention_statistics etc. for research code)
@@ -26,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter", "AttentionRecorder", "Explainer", "Explanation", "Option", "Prediction",
     "TokenLayout", "VitxError", "explain", "hookimpl", "inspect_models", "list_methods", "load_model",
-    "record_attention", "reference_target", "register_plugin", "SimilarityTarget", "Target", "TextTarget",
+    "record_attention", "reference_target", "register_plugin", "remember_preprocessing", "SimilarityTarget", "Target", "TextTarget",
     "text_targets",
 ]

@@ -63,8 +63,31 @@ def baseline_images(pixels: torch.Tensor, spec: Baseline, config: dict, rows: Op
             shape = tuple(made.shape) if torch.is_tensor(made) else type(made).__name__
             raise VitxError(f"the baseline callable returned {shape}; it must return a tensor shaped like its "
                             f"input {tuple(pixels.shape)}")
-        return made.to(device=pixels.device, dtype=pixels.dtype)
+        return _finite(made.to(device=pixels.device, dtype=pixels.dtype), "the baseline callable's output")
     return _tensor(pixels, spec, rows)
+
+
+def check_baseline(spec: Baseline, images: torch.Size) -> None:
+    """Before any forward: a tensor baseline fits the preprocessed images `images` (N, C, H, W)
+    (one for all, or exactly one per image: a longer one was once cut to the first N) and is
+    finite (a NaN baseline once gave NaN maps, silently). Names and callables pass."""
+    if not torch.is_tensor(spec):
+        return
+    given = tuple(spec.shape)
+    fits = spec.dim() in (3, 4) and tuple(spec.shape[-3:]) == tuple(images[1:])
+    if not fits:
+        raise VitxError(f"a baseline tensor must be (C, H, W) or (N, C, H, W) like the preprocessed images "
+                        f"{tuple(images[1:])}, got {given}")
+    if spec.dim() == 4 and spec.shape[0] not in (1, images[0]):
+        raise VitxError(f"the baseline tensor {given} holds {spec.shape[0]} images for {images[0]}: give one per "
+                        "image, or one (C, H, W) for all")
+    _finite(spec, f"the baseline tensor {given}")
+
+
+def _finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise VitxError(f"{what} holds NaN or infinite values")
+    return tensor
 
 
 def _named(pixels, name, config):
@@ -89,12 +112,13 @@ def _named(pixels, name, config):
 
 
 def _tensor(pixels, tensor, rows):
-    tensor = tensor.to(device=pixels.device, dtype=pixels.dtype)
+    given = tuple(tensor.shape)
+    tensor = _finite(tensor.to(device=pixels.device, dtype=pixels.dtype), f"the baseline tensor {given}")
     if tensor.dim() == 3:
         tensor = tensor[None]
     if tensor.dim() != 4 or tuple(tensor.shape[1:]) != tuple(pixels.shape[1:]):
         raise VitxError(f"a baseline tensor must be (C, H, W) or (N, C, H, W) like the preprocessed images "
-                        f"{tuple(pixels.shape[1:])}, got {tuple(tensor.shape)}")
+                        f"{tuple(pixels.shape[1:])}, got {given}")
     if tensor.shape[0] == 1:
         return tensor.expand_as(pixels)
     if rows is not None and rows.stop <= tensor.shape[0]:

@@ -14,6 +14,7 @@ from ..capture.model_state import evaluation_mode, model_lock
 from ..capture.recorder import AttentionRecorder
 from ..capture.support import check_method
 from ..unwrap import unwrap
+from ..baselines import baseline, check_baseline
 from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from .evidence import Evidence
@@ -193,6 +194,9 @@ def explain(
 
     count = pixels.shape[0]
     split_target(target, 0, count, count)  # validate once, before any forward
+    for option in explainer.options:
+        if option.type is baseline:
+            check_baseline(getattr(explainer, option.name), pixels.shape)
     chunks = []
     with model_lock(model), evaluation_mode(model):
         for start in range(0, count, batch_size):

@@ -13,6 +13,19 @@ def positive(value, flag: str) -> int:
     return value
 
 
+# Sizes a user types are bounded here, so that one argument cannot drive a command past the
+# machine's memory or fork bomb it: images or masked copies per forward pass, decoding processes.
+MAX_BATCH = 4096
+MAX_WORKERS = 64
+
+
+def within(value, flag: str, low: int, high: int) -> int:
+    """`value` if low <= value <= high, else one error line naming the flag and the range."""
+    if value is None or not low <= value <= high:
+        raise VitxError(f"{flag} must be in {low}..{high}, got {value}")
+    return value
+
+
 def out_folder(path, flag: str = "--out") -> Path:
     """Create the output folder now and make sure it can be written, instead of failing
     after minutes of work (or with a traceback)."""

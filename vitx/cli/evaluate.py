@@ -7,7 +7,8 @@ from ..baselines import BASELINES, DEFAULT_BASELINE
 from ..datasets import DATASET_NAMES
 from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
-from .checks import model_and_checkpoint, out_folder, positive
+from ..evaluate.confidence import MAX_RESAMPLES
+from .checks import MAX_BATCH, MAX_WORKERS, model_and_checkpoint, out_folder, positive, within
 from .method_options import given_options, method_option_flags, per_method
 from .options import DEFAULT_MODEL
 
@@ -91,9 +92,10 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     given = given_options(method_flags)
     options = per_method(given, names)
     positive(count, "--limit")
-    positive(batch_size, "--batch-size")
-    if bootstrap < 0:
-        raise VitxError(f"--bootstrap must be 0 (none) or a number of resamples, got {bootstrap}")
+    if not 0 <= bootstrap <= MAX_RESAMPLES:
+        raise VitxError(f"--bootstrap must be 0 (none) or a number of resamples up to {MAX_RESAMPLES}, got {bootstrap}")
+    within(workers, "--workers", 0, MAX_WORKERS)
+    within(batch_size, "--batch-size", 1, MAX_BATCH)
     model, checkpoint = model_and_checkpoint(model, checkpoint, DEFAULT_MODEL)
     if masks:
         from .localisation import localisation_command
@@ -141,6 +143,9 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     table = markdown_table(header, [[name] + [_cell(result, k) for k in keys] + [_cost(costs.get(name))]
                                     for name, result in results.items()])
     intervals = f", 95 % bootstrap intervals ({bootstrap} resamples)" if bootstrap else ""
+    if bootstrap and evaluated == 1:
+        click.echo("note: with one image every bootstrap resample is that image, so each interval is a single point",
+                   err=True)
     (out / "results.md").write_text(f"{evaluated} images, protocol {baseline}{intervals}, seed {seed}\n\n{table}\n")
     click.echo(table)
     click.echo(f"-> {out / 'results.json'}, {out / 'curves.png'}")

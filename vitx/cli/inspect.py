@@ -64,7 +64,7 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
     from ..inspect.inspection import inspect_models
     from ..models import load_model, resolve_device
     from ..registry import get_explainer
-    from .checks import model_and_checkpoint, out_folder, positive
+    from .checks import MAX_BATCH, model_and_checkpoint, out_folder, positive, within
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
@@ -72,7 +72,7 @@ def inspect_command(images, model_names, checkpoints, dataset, count, methods, s
     options = per_method(given_options(method_flags), names)
     positive(count, "--limit")
     positive(show, "--show")
-    positive(batch_size, "--batch-size")
+    within(batch_size, "--batch-size", 1, MAX_BATCH)
     paths = expand_images(images)
     if not paths and not dataset:
         raise VitxError("give image files or folders, or --dataset NAME")

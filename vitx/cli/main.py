@@ -25,8 +25,38 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 warnings.formatwarning = _one_line_warning
 
 
+def _conflicting_spellings(command: click.Command, args) -> None:
+    """One option given under two of its spellings with different values (`--discard-ratio 0.1
+    --discard_ratio 0.9`, `--internal-batch-size 4 --steps-per-pass 8`) is an error: click
+    would keep the last one silently, while the library and `-o` refuse the same conflict."""
+    owners = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
+            owners.update({spelling: param for spelling in param.opts})
+    given = {}
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            break
+        flag, has_value, value = word.partition("=")
+        if flag in owners and flag.startswith("--"):
+            value = value if has_value else next(words, None)
+            given.setdefault(owners[flag].name, []).append((flag, value))
+    for uses in given.values():
+        values = {value for _, value in uses}
+        if len(values) > 1:
+            (first, a), (second, b) = uses[0], next(u for u in uses if u[1] != uses[0][1])
+            raise VitxError(f"{first} {a} and {second} {b} are one option given two values; give one")
+
+
 class VitxGroup(click.Group):
     """Turns VitxError into `Error: <message>` and exit code 1, never a traceback."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _conflicting_spellings(command, rest)
+        return name, command, rest
 
     def invoke(self, ctx):
         try:
@@ -76,7 +106,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     from ..imaging import COLORMAPS
     from ..models import load_model, resolve_device
     from ..registry import get_explainer
-    from .checks import model_and_checkpoint, out_folder, positive
+    from .checks import MAX_BATCH, MAX_WORKERS, model_and_checkpoint, out_folder, within
     from .files import explain_files
 
     paths = list(images) + list(legacy_images)
@@ -96,7 +126,8 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
         raise VitxError(f"unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}")
     if category_index is not None and abs(category_index) >= 2 ** 63:
         raise VitxError(f"category index {category_index} out of range")
-    positive(batch_size, "--batch-size")
+    within(batch_size, "--batch-size", 1, MAX_BATCH)
+    within(dataset_args["workers"], "--workers", 0, MAX_WORKERS)
     explainer = get_explainer(method).cls(**options)  # reject bad options before loading a model
     if wants_dataset(paths, dataset_args["dataset"]):
         if texts or reference or grid:

@@ -97,10 +97,14 @@ def per_method(given: Dict[str, object], methods: List[str]) -> Dict[str, dict]:
             owners = sorted(m for m, _ in declared_options().get(name, []))
             where = f"; it belongs to {', '.join(owners)}" if owners else ""
             chosen = targets or methods
-            who = f"method {chosen[0]!r} has" if len(chosen) == 1 else f"none of the methods {', '.join(chosen)} has"
-            raise VitxError(f"{who} no option {name!r}{where} (see `vitx methods`)")
+            who = (f"method {chosen[0]!r} has no option {name!r}" if len(chosen) == 1
+                   else f"no option {name!r} in any of the methods {', '.join(chosen)}")
+            raise VitxError(f"{who}{where} (see `vitx methods`)")
         for target in targets:
-            canonical = _declared(get_explainer(target).cls, name).name
+            option = _declared(get_explainer(target).cls, name)
+            canonical = option.name
+            if isinstance(value, str):  # an -o pair: its text read as the option's type ('2.5' is no int)
+                value = option.from_text(value, target)
             if canonical in options[target] and str(options[target][canonical]) != str(value):
                 raise VitxError(f"option {canonical} of {target} given twice with different values "
                                 f"({options[target][canonical]} and {value}); give one")

@@ -152,15 +152,15 @@ def summarise(curves: Curves) -> Dict[str, float]:
 
 def intervals(curves: Curves, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Dict[str, "Interval"]:
     """{metric: Interval}: each AUC of `summarise` with its percentile-bootstrap interval over
-    images (vitx.evaluate.confidence; the same seeded resamples for every method and metric)."""
-    from .confidence import bootstrap_mean, per_image_auc, resample_indices
+    images (vitx.evaluate.confidence; the same seeded resamples for every method and metric,
+    streamed in bounded memory)."""
+    from .confidence import bootstrap_mean, per_image_auc
 
-    out, indices = {}, None
+    out = {}
     for test, parts in vars(curves).items():
         if parts:
             values = per_image_auc(torch.cat(parts).double().numpy(), _xs(test))
-            indices = resample_indices(len(values), resamples, seed) if indices is None else indices
-            out[f"{test}_auc"] = bootstrap_mean(values, level=level, indices=indices)
+            out[f"{test}_auc"] = bootstrap_mean(values, resamples, seed, level)
     return out
 
 
