@@ -12,7 +12,8 @@ Output format (OUT/), documented in the README ('Explaining a dataset'):
   `maps` (B, h, w) float32 in [0, 1] (what `vitx.explain` returns); `targets` (B,) the
   explained class; `predictions` (B,) top-1 class; `probabilities` (B,) float32 of the
   top-1 class; `labels` (B,) the dataset label (-1 in an unlabelled folder).
-- `index.csv`: one row per image, in dataset order: index, source, label, target,
+- `index.csv` (valid UTF-8; a file name that is not UTF-8 is escaped in `source`, its bytes
+  in `source_bytes` as hex): one row per image, in dataset order: index, source, label, target,
   prediction, probability, shard, row (the row of the image in its shard).
 
 Resuming: shards that exist and whose `keys` match the images now planned for them are
@@ -32,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..batches import DEFAULT_BATCH_SIZE
-from ..errors import VitxError
+from ..errors import VitxError, printable
 from ..files import atomic_write
 from ..imaging import IMAGE_SUFFIXES, image_files
 
@@ -215,6 +216,19 @@ def safe_cell(value):
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
+def raw_name_hex(source) -> str:
+    """The bytes of a file name that is not valid UTF-8, as hex (`bytes.fromhex` gives them
+    back); '' for every other name, which `source` holds as it is."""
+    if source is None:
+        return ""
+    text = str(source)
+    try:
+        text.encode("utf-8")
+        return ""
+    except UnicodeEncodeError:
+        return os.fsencode(text).hex()
+
+
 def write_index(out: Path, dataset, name: str, shards: int) -> Path:
     """index.csv from the shards (so it is always what the shards hold)."""
     rows = []
@@ -228,14 +242,17 @@ def write_index(out: Path, dataset, name: str, shards: int) -> Path:
                              int(data["predictions"][row]), f"{float(data['probabilities'][row]):.6f}", shard, row])
     rows.sort(key=lambda r: r[0])
     for row, source in zip(rows, _sources(dataset, name, [r[0] for r in rows])):
-        row[1] = safe_cell(source)
+        row[1] = safe_cell(printable(source))
+        row.append(raw_name_hex(source))
     path = out / "index.csv"
 
     def save(tmp):
-        # a file name of invalid UTF-8 keeps its bytes (surrogateescape), as the file system has them
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        # valid UTF-8 whatever the file names: a name that is not UTF-8 is shown with \xNN escapes in
+        # `source`, and its bytes are kept in `source_bytes` (hex) so the file can be found again
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["index", "source", "label", "target", "prediction", "probability", "shard", "row"])
+            writer.writerow(["index", "source", "label", "target", "prediction", "probability", "shard", "row",
+                             "source_bytes"])
             writer.writerows(rows)
 
     atomic_write(path, save)
