@@ -42,7 +42,11 @@ class TokenTM(Explainer):
         first = states[0][0].float()
         eye = torch.eye(first.shape[1], dtype=first.dtype, device=first.device)
         layers = [torch.diag_embed(first.norm(dim=-1))]
-        for (before, mid, after), attention, gradient in zip(states, attentions, gradients):
+        for layer, ((before, mid, after), attention, gradient) in enumerate(zip(states, attentions, gradients)):
+            if before.shape[1] != attention.shape[-1]:
+                raise VitxError(f"tokentm: block {layer} holds {before.shape[1]} tokens but its attention is laid out "
+                                f"over {attention.shape[-1]}: a token joins mid-network, where its transformation "
+                                "is undefined; use rollout, grad_rollout or chefer2021")
             before, mid, after = before.float(), mid.float(), after.float()
             mixed = attention.float().mean(dim=1) * transformation_weights(before, mid)[:, None, :]
             attention_step = eye + mixed * gradient.float().clamp(min=0).mean(dim=1)

@@ -155,3 +155,24 @@ def test_matrix_row_explains_with_every_attention_method(row):
         exp = vitx.explain(model, x, method=method)
         assert list(exp.layout.prefix) == prefix and exp.token == token
         assert exp.maps.shape == (2, size[0] // 8, size[1] // 8) and torch.isfinite(exp.maps).all()
+
+
+def test_an_attention_probe_head_is_named_in_the_result():
+    """SigLIP pools with a MAP head (a probe attending to the patches) that attention flow does
+    not chain: the maps start from the mean token, and the result says so (it once said nothing).
+    A head that reads the class token has no note; neither does a token the user chose."""
+    import timm
+
+    siglip = HF_FAMILIES["hf_siglip_vision"][0]("sdpa")
+    x = images_for((32, 32), batch=1)
+    with pytest.warns(UserWarning, match="attention probe"):
+        exp = vitx.explain(siglip, x, method="rollout")
+    assert exp.token == "mean" and "attention probe" in exp.token_note
+    assert vitx.explain(siglip, x, method="rollout", token="mean").token_note is None
+    assert vitx.explain(siglip, x, method="integrated_gradients", steps=2).token_note is None  # no flow
+    timm_map = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, global_pool="map",
+                                 class_token=False, num_classes=3).eval()
+    with pytest.warns(UserWarning, match="attention probe"):
+        assert "attention probe" in vitx.explain(timm_map, x, method="rollout").token_note
+    plain = HF_FAMILIES["hf_vit"][0]("sdpa")
+    assert vitx.explain(plain, x, method="rollout").token_note is None

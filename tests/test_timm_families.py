@@ -133,3 +133,16 @@ def test_every_refused_family_names_a_real_class():
     for path in FAMILIES:
         module, _, name = path.rpartition(".")
         assert isinstance(getattr(importlib.import_module(module), name), type), path
+
+
+def test_convit_methods_reading_block_states_refuse_before_any_forward():
+    """tokentm on ConViT raised a raw size mismatch (16 tokens in a GPSA block's states, 17 in its
+    attention padded with the class token that joins later): the only crash of a 118-model sweep."""
+    model = timm_model("convit_tiny", img_size=32, patch_size=8, depth=3, local_up_to_layer=2)()
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    x = images_for((32, 32), batch=1)
+    with pytest.raises(VitxError, match=r"^ConViT: method 'tokentm' cannot explain this model: .*class token") as info:
+        vitx.explain(model, x, method="tokentm")
+    assert "\n" not in str(info.value) and not calls
+    assert torch.isfinite(vitx.explain(model, x, method="chefer2021").maps).all()

@@ -205,6 +205,9 @@ def explain(
             chunks.append(_explain_chunk(model, adapter, explainer, pixels[start:stop], chunk_target, token, layout,
                                          slice(start, stop)))
 
+    note = adapter.token_note(model) if token is None and explainer.requirements() & {ATTENTION, ATTENTION_GRAD} else None
+    if note:
+        warnings.warn(f"{method}: {note}", stacklevel=2)
     logits = torch.cat([c.logits for c in chunks]).cpu()
     relevance = torch.cat([c.relevance for c in chunks]).float().cpu()
     layout = chunks[0].layout
@@ -221,6 +224,7 @@ def explain(
         class_names=class_names(model, logits.shape[-1]),
         sources=sources,
         target_description=chunks[0].target.description,
+        token_note=note,
     )
 
 

@@ -47,6 +47,7 @@ class Explanation(Display):
     class_names: Optional[Sequence[str]] = None
     sources: Optional[List[Optional[str]]] = None
     target_description: str = "class"  # what `logits` holds when `targets` is None: that target's score
+    token_note: Optional[str] = None  # why `token` only stands in for what the head reads (an attention probe)
 
     def __post_init__(self):
         self._mark_non_finite()

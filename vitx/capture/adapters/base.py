@@ -68,6 +68,12 @@ class Adapter:
         the mean when it has none."""
         return None
 
+    def token_note(self, model: nn.Module) -> Optional[str]:
+        """Why the default explained token only stands in for what the head reads (a head that
+        pools the tokens with an attention probe, which attention flow does not chain), for
+        `Explanation.token_note` and a warning; None when the head reads that token."""
+        return None
+
     def token_sites(self, model: nn.Module) -> List[nn.Module]:
         """Modules whose outputs are the token states after each block, in order: (B, N, D)
         tokens, or (B, H, W, C) feature maps for hierarchical stages. Default: found by
@@ -140,6 +146,12 @@ def grid_from_patch_conv(model: nn.Module, input_size) -> Tuple[int, int]:
         )
     return input_size[0] // conv.stride[0], input_size[1] // conv.stride[1]
 
+
+# A head that pools the tokens with a learned query attending to them (multi-head attention
+# pooling: SigLIP, timm's global_pool='map') is cross attention from a token outside the
+# sequence, which the attention-flow recursion over the encoder's layers does not include.
+PROBE_NOTE = ("the head pools the tokens with an attention probe (MAP head) that attention flow does not chain: "
+              "the map starts from the mean patch token, which stands in for the probe's query")
 
 MAX_PREFIX_TOKENS = 16  # cls, dist and registers: never more than a handful in known ViTs
 

@@ -5,7 +5,7 @@ from typing import List
 from torch import nn
 
 from ..layout import MEAN_TOKEN, TokenLayout
-from .base import Adapter
+from .base import PROBE_NOTE, Adapter
 
 
 class TimmAdapter(Adapter):
@@ -88,6 +88,11 @@ class TimmAdapter(Adapter):
             grid=grid,
             default_token="cls" if reads_cls else MEAN_TOKEN,
         )
+
+    def token_note(self, model):
+        if getattr(model, "global_pool", None) == "map":
+            return PROBE_NOTE
+        return None
 
     def data_config(self, model):
         """timm's data config, with the input size the model was built for.

@@ -27,6 +27,7 @@ from ..layout import MEAN_TOKEN, TokenLayout
 from ..support import needs_attention, refusal
 from .hierarchical import class_path
 from .timm import TimmAdapter
+from ..requirements import BLOCK_STATES
 from .timm_tokens import Site, class_attention, late_prefix, self_attention
 
 CAIT = "timm.models.cait.Cait"
@@ -75,6 +76,12 @@ class TimmTokenFamiliesAdapter(TimmAdapter):
         if class_path(model) == XCIT and needs_attention(explainer) and explainer.name != "raw_attention":
             return refusal("XCiT", XCIT_WHY, explainer.name, allowed={"raw_attention": "its class-attention layers"},
                            stages=False)
+        if class_path(model) == CONVIT and BLOCK_STATES in explainer.requirements() and needs_attention(explainer):
+            # (tokentm once raised a raw size mismatch here: 16 tokens in a block, 17 in its padded attention)
+            return (f"ConViT: method {explainer.name!r} cannot explain this model: it reads each block's token states "
+                    "beside its attention, and ConViT's class token joins only after the GPSA blocks (their "
+                    "attention is padded with it, their states are not); rollout, grad_rollout, chefer2021 and "
+                    "raw_attention apply (see `vitx methods`)")
         return None
 
     supports_fused = False  # attention is not one plain SDPA per layer: recorded explicitly

@@ -19,7 +19,7 @@ from torch import nn
 from ...errors import VitxError
 from ..attention_math import Record, explicit_attention
 from ..layout import MEAN_TOKEN, TokenLayout, infer_layout
-from .base import IMAGENET_MEAN, Adapter, grid_from_patch_conv
+from .base import IMAGENET_MEAN, PROBE_NOTE, Adapter, grid_from_patch_conv
 
 ATTENTION_NAME = "vitx_record"
 _registered = False
@@ -153,6 +153,11 @@ class TransformersAdapter(Adapter):
         mean_pooled = getattr(config, "use_mean_pooling", False) or "cls" not in prefix
         return TokenLayout(prefix=prefix, num_prefix=len(prefix), grid=grid,
                            default_token=MEAN_TOKEN if mean_pooled else "cls")
+
+    def token_note(self, model):
+        if getattr(getattr(vision_tower(model), "head", None), "probe", None) is not None:  # SigLIP's MAP head
+            return PROBE_NOTE
+        return None
 
     def data_config(self, model):
         """The model's own image-processor settings: those saved with it when vitx loaded it

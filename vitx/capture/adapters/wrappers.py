@@ -110,5 +110,5 @@ def _delegate(name: str):
 # Every question the core asks an adapter about a model, except whether it matches and how to
 # preprocess (above), goes to the inner model's adapter: none can be forgotten by hand.
 for _name in ("attach", "attach_fused", "can_fuse", "refuse", "attention_refusal", "layout", "head_token",
-              "token_sites", "mid_sites", "head", "output_kind", "encode_text"):
+              "token_sites", "mid_sites", "head", "output_kind", "encode_text", "token_note"):
     setattr(PreprocessingWrapperAdapter, _name, _delegate(_name))
