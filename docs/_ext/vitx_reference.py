@@ -3,8 +3,8 @@
 Three directives, used by the pages under docs/reference/:
 
 - ``.. vitx-methods::`` every explainer the registry holds (built-ins and installed plugins):
-  its summary, paper, plugin, what it records, every `Option` (type, default, choices,
-  older spellings, help) and its module's docstring;
+  its summary, paper, plugin, what the core records for it (`Explainer.requirements()`), every
+  `Option` (type, default, choices, older spellings, help) and its module's docstring;
 - ``.. vitx-models::`` the compatibility matrix of tests/compat_rows.py, the rows that
   tests/test_compat.py checks: the per-family table and one line per checked configuration;
 - ``.. vitx-api::`` an autodoc entry for every name in `vitx.__all__`.
@@ -71,8 +71,9 @@ def methods_rst(methods=None) -> str:
         lines += [escape(cls.summary) or "(no summary)", ""]
         facts = [("plugin", escape(plugin)), ("paper", escape(cls.paper) or "-"),
                  ("class", literal(f"{cls.__module__}.{cls.__qualname__}")),
-                 ("records", ", ".join(literal(r) for r in cls.requires) or "attention (the default)"),
-                 ("shown as needing gradients by vitx methods", "yes" if cls.uses_gradients() else "no")]
+                 ("records", ", ".join(literal(r) for r in sorted(cls.requirements()))),
+                 ("uses recorded gradients", "yes" if cls.uses_gradients() else "no"),
+                 ("explains hierarchical stage layers", "yes" if getattr(cls, "windows", False) else "no")]
         lines += [f":{key}: {value}" for key, value in facts] + [""]
         if cls.options:
             lines += _option_rows(cls.options)
