@@ -7,7 +7,7 @@ VENV ?= $(HOME)/.cache/vitx/venv-$(SPEC_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: venv install system-deps demo report test test-fast imports bench clean-venv
+.PHONY: venv install system-deps demo report test test-fast imports docs bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,18 @@ report: install
 system-deps:
 	bash scripts/system-deps.sh
 
-test: install system-deps imports
+test: install system-deps imports docs
 	$(BIN)/python -m pytest -q tests
 
 # Import contracts (.importlinter): no import cycle at any depth, layers pointing one way.
 # PYTHONPATH=. lets it read plugins/ and reference_models/ as the packages they are here.
 imports: install
 	PYTHONPATH=. $(BIN)/lint-imports --no-cache
+
+# The docs site (Sphinx + MyST, docs/): a strict build, every warning an error; the reference
+# (methods, models, CLI, API) is generated from the code. Read it at docs/_build/html/index.html.
+docs: install
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html -d docs/_build/doctrees
 
 test-fast: install system-deps
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -1,6 +1,6 @@
 """Speed of vitx's methods relative to plain inference, and batched vs. per-image loop.
 
-Prints a markdown table (the one in the README). Models are randomly initialised: speed
+Prints a markdown table (the one in benchmarks/README.md). Models are randomly initialised: speed
 does not depend on the weights. Usage: python benchmarks/bench_speed.py [--device cuda]
 [--models deit_tiny_patch16_224,vit_small_patch16_224] [--batches 1,16] [--repeats 5]
 [--methods libragrad,tokentm,chefer2021:grad_mode=libragrad]: with --methods, the time per

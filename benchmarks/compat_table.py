@@ -1,10 +1,10 @@
-"""Print (or write into README.md) the "Supported models" table, generated from the rows of the
-compatibility matrix that tests/test_compat.py runs, so the table only claims what is tested.
+"""Print the "Supported models" table (Markdown, one line per framework and family), generated
+from the rows of the compatibility matrix that tests/test_compat.py runs, so the table only
+claims what is tested. The docs' reference page (docs/reference/models.rst) is generated from
+the same rows at build time (docs/_ext/vitx_reference.py), so there is no copy to keep in step.
 
     python benchmarks/compat_table.py           # print the table
-    python benchmarks/compat_table.py --write   # replace the table between the README markers
 """
-import re
 import sys
 from pathlib import Path
 
@@ -13,21 +13,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from compat_rows import readme_table  # noqa: E402
 
-START, END = "<!-- compat-table:start -->", "<!-- compat-table:end -->"
-
 
 def main(argv):
-    table = readme_table()
-    if "--write" not in argv:
-        print(table)
-        return 0
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        print(f"README.md has no {START} ... {END} block", file=sys.stderr)
-        return 1
-    readme.write_text(pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+    print(readme_table())
     return 0
 
 

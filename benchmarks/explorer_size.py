@@ -1,5 +1,5 @@
 """Size of the `vitx inspect --interactive` report for 12-layer ViTs, Swin-T, PVTv2-B0 and PiT-Ti
-at 224 px (README numbers).
+at 224 px (benchmarks/README.md numbers).
 
 Random-init timm models (no hub download); the images are random noise, so the attention
 is whatever the initialisation gives (Swin-T: the explorer stores each layer's window blocks,

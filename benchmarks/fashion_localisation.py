@@ -1,4 +1,4 @@
-"""Localisation of the bundled models on Fashion-MNIST (README numbers).
+"""Localisation of the bundled models on Fashion-MNIST (benchmarks/README.md numbers).
 
 Fashion-MNIST garments sit on an exactly black background, so the object mask is free:
 pixel > THRESHOLD. Writes a seeded sample of the test split as images/ + masks/ and runs

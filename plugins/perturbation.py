@@ -8,7 +8,8 @@
   bilinearly with a random shift; saliency(pixel) = sum_i f(x . M_i + b . (1 - M_i)) M_i(pixel)
   / (masks * p); a patch's relevance is its pixels' mean. Seeded: the same masks for every
   image, so a batch gives what each image gives alone.
-Masked copies are stacked on the batch, `batch` images per forward pass.
+Masked copies are stacked on the batch, `internal_batch_size` images per forward pass (the older
+spelling `batch` is still accepted).
 """
 import math
 

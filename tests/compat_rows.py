@@ -1,9 +1,10 @@
 """The compatibility matrix as data: one row per model configuration.
 
 tests/test_compat.py runs every row (supported methods against an independent reference,
-refused methods against their precise error), and the README's "Supported models" table is
-generated from the same rows (`readme_table`, printed by benchmarks/compat_table.py), so the
-table cannot claim what the tests do not check. To add a family, append a `Row`.
+refused methods against their precise error), and the docs' "Supported models" page is
+generated from the same rows at build time (docs/_ext/vitx_reference.py; `readme_table`, printed
+by benchmarks/compat_table.py, is the same table in Markdown), so the table cannot claim what the
+tests do not check. To add a family, append a `Row`.
 
 Models are tiny and random-init (image 32-64, depth 2, width 24), with sharpened qkv weights
 so that attention is far from uniform and a wrong layer, order or layout changes the maps.
@@ -347,7 +348,7 @@ def refused_methods(row: Row):
 
 
 def readme_table(rows=ROWS) -> str:
-    """The README's "Supported models" table: one line per (framework, family)."""
+    """The "Supported models" table in Markdown: one line per (framework, family)."""
     lines = ["| Framework | Family | Attention methods | How loaded | Notes |", "|---|---|---|---|---|"]
     seen = {}
     for row in rows:

@@ -7,10 +7,9 @@ image; recording leaves the model's output unchanged. Refused rows: each other a
 method fails before any forward with the family's precise error, and recording raw attention
 fails with a VitxError, never a raw exception. Hierarchical rows (oracle "windows":
 Swin, SwinV2, PiT, PVTv2) are compared with the dense reference of tests/window_reference.py,
-gradient rollout included. The README table is generated from the rows.
+gradient rollout included. The docs' "Supported models" page is generated from the rows at build
+time (docs/_ext/vitx_reference.py; tests/test_docs.py checks it lists every row).
 """
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import torch
 import vitx
 import window_reference
 from compat_reference import attention_and_grads, chefer, raw, rollout
-from compat_rows import ROWS, readme_table, refused_methods
+from compat_rows import ROWS, refused_methods
 from helpers import images_for
 from vitx.errors import VitxError
 
@@ -89,10 +88,3 @@ def check_windows(model, x, row, layout):
 def test_matrix_is_large_enough():
     assert len(ROWS) >= 30
     assert len({r.name for r in ROWS}) == len(ROWS)
-
-
-def test_readme_table_is_generated_from_the_matrix():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    found = re.search(r"<!-- compat-table:start -->\n(.*?)\n<!-- compat-table:end -->", readme, re.S)
-    assert found, "README lacks the generated 'Supported models' table (python benchmarks/compat_table.py --write)"
-    assert found.group(1) == readme_table()

@@ -1,7 +1,7 @@
 """Plugin hooks. Each receives a `register` callable (the simonw/llm and datasette style),
 so a plugin only says what it adds and vitx decides how to store it.
 
-A plugin module:
+A plugin module::
 
     import vitx
 

@@ -2,7 +2,7 @@
 written shard by shard as they are computed, a stopped run resumes, and torchrun ranks
 share the work.
 
-Output format (OUT/), documented in the README ('Explaining a dataset'):
+Output format (OUT/), documented in docs/howto/datasets-torchrun.md:
 
 - `meta.json`: model, method, options, token, target, batch size, number of images and
   shards, patch grid. A run resumed into OUT must have been started with the same settings.

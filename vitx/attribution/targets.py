@@ -182,7 +182,7 @@ class SimilarityTarget(Target):
     ``"projection"``, <e, r> / <r, r>: the embedding's length along the reference, 1 at the
     reference. Explaining an image against its *own* embedding needs the projection: the cosine
     is at its maximum there, so its gradient is zero and every gradient map is rounding noise
-    (the core warns when it sees that); the projection's gradient is J^T r / |r|^2, and it still
+    (the core warns when it sees that); the projection's gradient is `J^T r / |r|^2`, and it still
     falls as perturbations shrink or turn the embedding."""
 
     def __init__(self, reference: torch.Tensor, description: str = "similarity to the reference image",

@@ -336,7 +336,7 @@ class AttentionRecorder:
                 f"no token attention was recorded for {type(self.model).__name__} (adapter {self.adapter.name!r}): "
                 f"the forward ran but computed no token-by-token attention that vitx can see. vitx records "
                 f"{SUPPORTED}. A model without attention (a CNN) can be explained by methods that need no "
-                "attention (see `vitx methods`); another attention implementation needs an adapter (README, 'Adapters')"
+                "attention (see `vitx methods`); another attention implementation needs an adapter (docs/howto/adding-an-adapter.md)"
             )
 
     @property

@@ -4,8 +4,9 @@ Grad-CAM reads one late block's token features and their gradient, LeGrad applie
 model's final norm and head to every block's tokens, and model-agnostic methods (integrated
 gradients, occlusion, RISE) need nothing but a token layout. All of them get it here, from
 forward hooks on the modules an adapter names as token sites (`Adapter.token_sites`),
-without recording attention at all: hierarchical models (Swin) whose windowed attention
-cannot be rolled out are explained through their last stage's feature map.
+without recording attention at all. On a hierarchical model a site may be a stage (Swin:
+the last stage's feature map); hierarchical families whose attention vitx does not roll out
+(MaxViT, DaViT, LeViT, ...: `adapters/hierarchical.py`) are explained this way only.
 
 A site's output may be (B, N, D) tokens, or a (B, H, W, C) / (B, C, H, W) feature map;
 methods always see (B, N, D) (`as_sequence`), and the layout of a feature map is its grid.

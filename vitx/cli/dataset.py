@@ -17,7 +17,7 @@ def dataset_options(command):
     """--dataset, --data-dir, --n and --workers of `vitx explain`."""
     for option in reversed([
         click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES),
-                     help="Explain a dataset's test split (maps written in shards; see README)."),
+                     help="Explain a dataset's test split (maps written in shards; see docs/howto/datasets-torchrun.md)."),
         click.option("--data-dir", type=click.Path(), help="Dataset folder [default: ~/.cache/vitx/data]."),
         click.option("--limit", "--n", "count", type=int, default=None,
                      help="Only the first N images of a folder or dataset (--n: same; under torchrun use --limit)."),

@@ -53,7 +53,8 @@ def _cost(cost) -> str:
 @click.option("--baseline", "--protocol", "baseline", default=DEFAULT_BASELINE, show_default=True,
               type=click.Choice(BASELINES + ("road",)),
               help="What removed patches become (each image's mean colour, the dataset mean, black, blur, noise; "
-              "also the baseline of every method that takes one: integrated_gradients, occlusion, rise), or `road`: "
+              "also the baseline of every method that takes one: integrated_gradients, occlusion, rise, shapley), "
+              "or `road`: "
               "ROAD's noisy linear imputation from the kept pixels (Rong et al. 2022; a sparse solve per image and "
               "step; the methods keep their own baselines).")
 @click.option("--bootstrap", default=0, show_default=True,
@@ -74,7 +75,7 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs).
 
     Under torchrun the batches are dealt to the ranks and rank 0 writes one result, equal to
-    a single process's (see README, 'Many GPUs and machines')."""
+    a single process's (see docs/howto/datasets-torchrun.md)."""
     import torch
 
     from ..batches import batch_loader

@@ -102,7 +102,7 @@ def explain(images, legacy_images, model, checkpoint, pretrained, method, catego
     """Explain the predictions for IMAGE... and write input | heatmap | overlay PNGs.
 
     Given one FOLDER or --dataset NAME, write the maps in shards instead (resumable; runs
-    under torchrun; see README, 'Explaining a dataset')."""
+    under torchrun; see docs/howto/datasets-torchrun.md)."""
     from ..imaging import COLORMAPS
     from ..models import load_model, resolve_device
     from ..registry import get_explainer
@@ -202,7 +202,7 @@ def models():
     vits = [m for m in torchvision.models.list_models() if m.startswith("vit_")]
     click.echo(f"  torchvision/<name>   {', '.join(vits)}")
     click.echo("  hf:ORG/NAME or hf:DIR    Hugging Face transformers (ViT, DeiT, DINOv2, BEiT, CLIP, SigLIP; "
-               "Swin through token-feature methods)" + _extra_state("transformers", "hf"))
+               "Swin, SwinV2 and PvtV2 rolled out by stage)" + _extra_state("transformers", "hf"))
     click.echo("  open_clip:NAME@TAG or open_clip:DIR   open_clip CLIP models and their image towers"
                + _extra_state("open_clip", "clip"))
     click.echo("  any model calling F.scaled_dot_product_attention, or any model with an adapter plugin")

@@ -2,10 +2,11 @@
 
 Attention-flow methods (rollout, gradient rollout, Chefer et al.) multiply one
 (tokens x tokens) attention matrix per layer over a single token set, and raw attention reads
-one such matrix as a map over the image. That is undefined when a model attends within
-windows and pools tokens or keys between stages (MViTv2, Hiera, PVT, MaxViT, ...),
-mixes tokens by convolution or channel attention rather than token attention, or keeps two
-token sets. These models are claimed here by class, so that an attention method refuses
+one such matrix as a map over the image. That is undefined, as far as vitx writes it, when a
+model interleaves windowed attention with convolution stages (MaxViT, CoAtNet, ...), mixes
+tokens by pooling, convolution or channel attention rather than token attention (DaViT,
+EfficientFormer, ...), attends from a subsampled grid (LeViT), or keeps two token sets
+(CrossViT). These models are claimed here by class, so that an attention method refuses
 before any forward with a message naming the real cause and the methods that do apply
 (token-feature, gradient and perturbation methods), and the recorder's generic checks (which
 would only see "batch 128" or "different token counts") are never the user's explanation.
@@ -70,8 +71,9 @@ FAMILIES = {
         "class tokens (cross-attention), so there is no single token set to chain attention over"),
 }
 
-# Hugging Face config model_type -> (family, why): the same families in transformers, which are
-# claimed by the transformers adapter (token-feature methods run through it) and refused there
+# Hugging Face config model_type -> (family, why): Swin-like families in transformers that the
+# transformers adapter claims and refuses for attention methods; plain Swin and SwinV2 are
+# claimed first by the transformers_swin adapter (hf_swin.py) and rolled out by stage
 HF_FAMILIES = {
     "swin": ("Swin (transformers)", "shifted-window " + WINDOWED_PYRAMID),
     "swinv2": ("SwinV2 (transformers)", "shifted-window " + WINDOWED_PYRAMID),
