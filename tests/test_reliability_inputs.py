@@ -55,7 +55,7 @@ def test_nan_inputs_and_nan_weights_warn():
     model = tiny_timm()
     pixels = torch.randn(1, 3, 32, 32)
     pixels[0, 0, 0, 0] = float("nan")
-    with pytest.warns(UserWarning, match="input images contain NaN"):
+    with pytest.warns(UserWarning, match="input holds NaN"):
         vitx.explain(model, pixels)
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")

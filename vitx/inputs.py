@@ -95,8 +95,22 @@ def _to_pil(item) -> Tuple[Image.Image, Optional[str]]:
 
         return to_rgb(item), None
     if isinstance(item, np.ndarray):
-        return Image.fromarray(array_to_uint8(item)).convert("RGB"), None
+        return Image.fromarray(array_to_uint8(_image_array(item))).convert("RGB"), None
     raise VitxError(f"cannot use {type(item).__name__} as an image: pass paths, PIL images, arrays or a tensor")
+
+
+def _image_array(array: np.ndarray) -> np.ndarray:
+    """An array laid out as a picture: (H, W), (H, W, 1) (squeezed), (H, W, 3) or (H, W, 4)."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        if min(array.shape[:2]) == 0:
+            raise VitxError(f"the image array of shape {array.shape} is empty")
+        return array
+    hint = (": that is channels first, pass array.transpose(1, 2, 0)" if array.ndim == 3 and array.shape[0] in (1, 3, 4)
+            else "")
+    raise VitxError(f"cannot use an image array of shape {array.shape}: pass (H, W), (H, W, 1), (H, W, 3) or "
+                    f"(H, W, 4) pixels{hint}")
 
 
 def array_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -188,12 +202,26 @@ def to_model(pixels: torch.Tensor, model) -> torch.Tensor:
         raise VitxError(
             f"the model takes {size[0]}x{size[1]} images, the tensor is {pixels.shape[-2]}x{pixels.shape[-1]}: resize "
             "it, or pass file paths or PIL images (vitx preprocesses those with the model's own data config)")
+    _check_patch_fits(pixels, model)
     if pixels.is_floating_point() and torch.isnan(pixels).any():
-        warnings.warn("the input images contain NaN values: the model's outputs and the maps will be NaN", stacklevel=3)
+        bad = [str(i) for i in range(pixels.shape[0]) if torch.isnan(pixels[i]).any()]
+        listed = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        warnings.warn(f"image {listed}: the input holds NaN values, so its outputs and map will be NaN", stacklevel=3)
     if parameter is None:
         return pixels
     dtype = parameter.dtype if parameter.is_floating_point() and pixels.is_floating_point() else pixels.dtype
     return pixels.to(device=parameter.device, dtype=dtype)
+
+
+def _check_patch_fits(pixels: torch.Tensor, model) -> None:
+    """A preprocessed tensor smaller than one patch would fail deep in the patch embedding."""
+    from .capture.adapters.base import patch_conv
+
+    conv = patch_conv(model)
+    if conv is not None and (pixels.shape[-2] < conv.kernel_size[0] or pixels.shape[-1] < conv.kernel_size[1]):
+        raise VitxError(f"the tensor's images are {pixels.shape[-2]}x{pixels.shape[-1]}, smaller than one "
+                        f"{conv.kernel_size[0]}x{conv.kernel_size[1]} patch of the model: resize them, or pass file "
+                        "paths or PIL images (vitx preprocesses those with the model's own data config)")
 
 
 def model_inputs(model: "torch.nn.Module", images, adapter=None):
