@@ -1,4 +1,5 @@
 """The library API: inputs of every kind, targets, tokens, overlays."""
+import warnings
 import numpy as np
 import pytest
 import torch
@@ -102,3 +103,22 @@ def test_explanation_save_never_writes_over_an_input(tmp_path):
     written = exp.save(tmp_path)
     assert (tmp_path / "a_rollout.png").read_bytes() == before
     assert len(set(written)) == 2 and all(p.exists() and p.name != "a_rollout.png" for p in written)
+
+
+def test_a_gradient_map_of_an_output_that_ignores_the_input_warns():
+    """A model whose score does not depend on the image gives every gradient method a constant
+    map; it was drawn silently (normalised noise or a flat picture)."""
+    from torch import nn
+
+    from helpers import tiny_timm
+
+    model = tiny_timm()
+    model.head = nn.Sequential(nn.Linear(model.head.in_features, model.head.out_features))
+    nn.init.zeros_(model.head[0].weight)
+    x = images_for((32, 32), batch=2)
+    for method in ("integrated_gradients", "gradcam", "input_x_gradient"):
+        with pytest.warns(UserWarning, match=rf"image 0, 1: {method}'s map is the same on every patch"):
+            vitx.explain(model, x, method=method, target=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vitx.explain(tiny_timm(), x, method="integrated_gradients", target=1, steps=4)  # a responsive model: silent

@@ -88,7 +88,25 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     )
     with torch.set_grad_enabled(MODEL in needs):
         relevance = explainer.explain(evidence)
+    if explainer.needs_gradients():
+        _warn_if_constant(relevance.detach(), layout, explainer, rows)
     return Chunk(resolved.report(evidence.output), resolved, relevance.detach(), layout)
+
+
+def _warn_if_constant(relevance, layout, explainer, rows):
+    """A gradient method whose map is the same on every patch learnt nothing: the target's
+    score does not respond to the input there (a zero gradient: a constant or saturated
+    output, a dead head). Say so instead of drawing a flat or noise-normalised picture."""
+    patches = relevance[:, layout.patch_start:layout.patch_start + layout.num_patches].float()
+    finite = torch.isfinite(patches).all(dim=1)
+    flat = (finite & ((patches.amax(dim=1) - patches.amin(dim=1)) <= 1e-12 * patches.abs().amax(dim=1).clamp(min=1)))
+    flat = flat.nonzero().flatten().tolist()
+    if flat:
+        first = rows.start if rows is not None and rows.start is not None else 0
+        listed = ", ".join(str(first + i) for i in flat[:5]) + (" ..." if len(flat) > 5 else "")
+        warnings.warn(f"image {listed}: {explainer.name}'s map is the same on every patch: the target's score does "
+                      "not respond to the input (its gradient is zero), so the map says nothing about it",
+                      stacklevel=4)
 
 
 def _warn_if_flat(target, output, explainer, rows):

@@ -109,6 +109,25 @@ def _up_to_date(path: Path, keys: List[str]) -> bool:
         return False  # unreadable: computed again
 
 
+def _typed_options(method: str, options: dict) -> dict:
+    """The given options as the method reads them, in JSON's own types (8, not "8"; 0.9, not
+    "0.9"), so meta.json says what ran; a tensor or callable is described in words."""
+    from ..registry import get_explainer
+    from .options import canonical_options
+
+    cls = get_explainer(method).cls
+    settings = cls(**options).settings
+    given = canonical_options(cls.options, options, method)
+    return {name: settings[name] if isinstance(settings[name], (bool, int, float, str, type(None)))
+            else f"<{type(settings[name]).__name__}>" for name in given if name in settings}
+
+
+def _comparable(key: str, value):
+    """Options compared by their text: a run resumed from a meta.json written before options kept
+    their types is the same run."""
+    return {k: str(v) for k, v in value.items()} if key == "options" and isinstance(value, dict) else value
+
+
 def _check_meta(out: Path, meta: dict) -> None:
     """A resumed run must continue the same run: mixing shards of two settings would give an
     index whose rows silently disagree."""
@@ -119,7 +138,7 @@ def _check_meta(out: Path, meta: dict) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         raise VitxError(f"{path} is unreadable: remove it (and {out / 'maps'}) or choose another --out") from None
-    keys = [k for k in meta if k != "grid" and old.get(k) != meta[k]]
+    keys = [k for k in meta if k != "grid" and _comparable(k, old.get(k)) != _comparable(k, meta[k])]
     if keys:
         first = keys[0]
         raise VitxError(
@@ -148,7 +167,7 @@ def explain_dataset(model, dataset, out, method: str = "rollout", name: str = "i
         raise VitxError("no images to explain")
     plan = batch_plan(range(total), batch_size)
     maps_dir = out / "maps"
-    meta = {"model": model_name, "method": method, "options": {k: str(v) for k, v in options.items()},
+    meta = {"model": model_name, "method": method, "options": _typed_options(method, options),
             "token": token, "target": target, "batch_size": batch_size, "images": total, "shards": len(plan),
             "dataset": name}
     if world.is_main:
