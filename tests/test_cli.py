@@ -220,7 +220,7 @@ def test_method_flags_reach_the_method(monkeypatch, tmp_path):
     run("evaluate", "--images", str(tmp_path / "images"), "--methods", "rollout,grad_rollout,rise",
         "--discard-ratio", "0.5", "-o", "rise.seed=3", "--head_fusion", "max", "--out", str(tmp_path / "e"))
     assert seen["options"] == {"rollout": {"discard_ratio": 0.5, "head_fusion": "max"},
-                               "grad_rollout": {"discard_ratio": 0.5}, "rise": {"seed": "3"}}
+                               "grad_rollout": {"discard_ratio": 0.5}, "rise": {"seed": 3}}  # -o text read as the option's type
     assert_clean_error(run("evaluate", "--images", str(tmp_path / "images"), "--methods", "rollout", "--steps", "4",
                            "--out", str(tmp_path / "e")), "method 'rollout' has no option 'steps'",
                        "integrated_gradients")

@@ -93,7 +93,7 @@ def test_folder_explain_writes_shards_and_an_index_equal_to_explain(tiny_checkpo
     np.testing.assert_array_equal(saved["targets"], expected.targets.numpy())
     assert (saved["labels"] == -1).all()
     rows = (tmp_path / "index.csv").read_text().splitlines()
-    assert rows[0] == "index,source,label,target,prediction,probability,shard,row" and len(rows) == 8
+    assert rows[0] == "index,source,label,target,prediction,probability,shard,row,source_bytes" and len(rows) == 8
     assert rows[1].split(",")[1] == str(files[0].relative_to(image_folder))
 
 

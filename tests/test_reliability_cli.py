@@ -151,7 +151,7 @@ def test_a_progress_bar_counts_every_image(tmp_path, monkeypatch):
     (["--device", "mps"], ["MPS"]),
     (["--discard-ratio", "0.1", "-o", "discard_ratio=0.5"], ["--discard-ratio 0.1 and -o discard_ratio=0.5"]),
     (["--colormap", "rainbow"], ["unknown colormap 'rainbow'"]),
-    (["--batch-size", "0"], ["--batch-size must be at least 1"]),
+    (["--batch-size", "0"], ["--batch-size must be in 1..4096"]),
 ])
 def test_bad_explain_arguments_are_one_line_before_the_model_loads(args, fragments, tmp_path, monkeypatch):
     import vitx.models
@@ -259,7 +259,7 @@ def test_class_folder_images_go_through_vitx_image_reader(tmp_path):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--n", "0"], "--limit must be at least 1"), (["--limit", "-5"], "--limit must be at least 1"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be in 1..4096"),
 ])
 def test_bad_evaluate_counts(args, fragment, tmp_path):
     root = _class_tree(tmp_path / "images", {"Bag": ["test00018_bag"]})

@@ -28,7 +28,8 @@ warnings.formatwarning = _one_line_warning
 def _conflicting_spellings(command: click.Command, args) -> None:
     """One option given under two of its spellings with different values (`--discard-ratio 0.1
     --discard_ratio 0.9`, `--internal-batch-size 4 --steps-per-pass 8`) is an error: click
-    would keep the last one silently, while the library and `-o` refuse the same conflict."""
+    would keep the last one silently, while the library and `-o` refuse the same conflict.
+    The same spelling twice stays click's "the last one wins"."""
     owners = {}
     for param in command.params:
         if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
@@ -42,10 +43,10 @@ def _conflicting_spellings(command: click.Command, args) -> None:
         if flag in owners and flag.startswith("--"):
             value = value if has_value else next(words, None)
             given.setdefault(owners[flag].name, []).append((flag, value))
-    for uses in given.values():
-        values = {value for _, value in uses}
-        if len(values) > 1:
-            (first, a), (second, b) = uses[0], next(u for u in uses if u[1] != uses[0][1])
+    for uses in given.values():  # one spelling repeated keeps click's rule (the last wins): scripts append overrides
+        clash = next(((u, w) for u in uses for w in uses if u[0] != w[0] and u[1] != w[1]), None)
+        if clash:
+            (first, a), (second, b) = clash
             raise VitxError(f"{first} {a} and {second} {b} are one option given two values; give one")
 
 
