@@ -6,7 +6,8 @@ from ..batches import DEFAULT_BATCH_SIZE
 
 DEFAULT_MODEL = "fashion_vit"  # bundled reference ViT (vitx.reference_models.weights): works offline
 
-MODEL_HELP = f"Model name, alias, Hugging Face (hf:...) / open_clip (open_clip:...) name or checkpoint dir [default: {DEFAULT_MODEL}]."
+MODEL_HELP = ("Model name or alias, hf:ORG/NAME or hf:DIR, open_clip:NAME, or a checkpoint dir "
+              f"[default: {DEFAULT_MODEL}].")
 CHECKPOINT_HELP = "Weights file (.safetensors, or a torch state dict) for --model."
 
 
