@@ -55,7 +55,7 @@ test: install system-deps imports docs
 	$(BIN)/python -m pytest -q tests
 
 # Import contracts (.importlinter): no import cycle at any depth, layers pointing one way.
-# PYTHONPATH=. lets it read plugins/ and reference_models/ as the packages they are here.
+# PYTHONPATH=. lets it read reference_models/ as the package it is here.
 imports: install
 	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 

@@ -1,9 +1,9 @@
 """Packaging for vitx.
 
-`plugins/` and `reference_models/` are installed inside the `vitx` namespace
-(`vitx.plugins`, `vitx.reference_models`) so nothing generic such as a top-level
-`plugins` package lands in site-packages. Built-in explainers register through the
-`vitx` entry-point group, exactly like a third-party plugin would.
+`reference_models/` is installed inside the `vitx` namespace (`vitx.reference_models`) so
+nothing generic lands in site-packages. The built-in explainers are the modules of
+`vitx/plugins/`, found by the registry on disk (a new method is one file, no line here); third
+parties, the reference models and the core's hook modules use the `vitx` entry-point group.
 """
 from setuptools import find_packages, setup
 
@@ -23,10 +23,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["vitx", "vitx.*"]) + ["vitx.plugins", "vitx.reference_models"],
+    packages=find_packages(include=["vitx", "vitx.*"]) + ["vitx.reference_models"],
     package_dir={
         "vitx": "vitx",
-        "vitx.plugins": "plugins",
         "vitx.reference_models": "reference_models",
     },
     package_data={"vitx.reference_models": ["weights/*.safetensors", "weights/*.json"], "vitx.inspect": ["*.js"]},
@@ -41,20 +40,6 @@ setup(
         "vitx": [
             "vitx.adapters = vitx.capture.adapters",  # the core's own hooks, through the same door
             "vitx.models = vitx.models",
-            "raw_attention = vitx.plugins.raw_attention",
-            "rollout = vitx.plugins.rollout",
-            "grad_rollout = vitx.plugins.grad_rollout",
-            "chefer2021 = vitx.plugins.chefer2021",
-            "integrated_gradients = vitx.plugins.integrated_gradients",
-            "gradcam = vitx.plugins.gradcam",
-            "legrad = vitx.plugins.legrad",
-            "perturbation = vitx.plugins.perturbation",
-            "shapley = vitx.plugins.shapley",
-            "attnlrp = vitx.plugins.attnlrp",
-            "transformer_attribution = vitx.plugins.transformer_attribution",
-            "libragrad = vitx.plugins.libragrad",
-            "tokentm = vitx.plugins.tokentm",
-            "beyond_intuition = vitx.plugins.beyond_intuition",
             "reference_models = vitx.reference_models.plugin",
         ],
     },

@@ -122,3 +122,14 @@ def test_a_gradient_map_of_an_output_that_ignores_the_input_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vitx.explain(tiny_timm(), x, method="integrated_gradients", target=1, steps=4)  # a responsive model: silent
+
+
+def test_import_vitx_loads_neither_matplotlib_nor_opencv():
+    """A library user who computes maps does not pay for the drawing stack (#27)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vitx; vitx.explain; print('matplotlib' in sys.modules, 'cv2' in sys.modules); "
+            "vitx.views; print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]

@@ -94,14 +94,61 @@ def test_disable_and_allow_list(monkeypatch):
     assert list(vitx.list_methods()) == ["raw_attention"]
 
 
-def test_builtins_come_through_the_entry_point_group():
-    from importlib.metadata import entry_points
+def test_builtins_are_the_modules_of_vitx_plugins_and_import_only_the_door():
+    """No setup.py line per method: every module of vitx/plugins/ is a plugin named after it."""
+    import ast
+    import pkgutil
 
-    names = {ep.name for ep in entry_points(group="vitx") if ep.value.startswith("vitx.plugins.")}
-    assert names >= {"raw_attention", "rollout", "grad_rollout", "chefer2021", "integrated_gradients", "gradcam",
-                     "legrad", "perturbation", "shapley", "attnlrp",
-                     "transformer_attribution"}
+    import vitx.plugins
+
+    modules = {info.name for info in pkgutil.iter_modules(vitx.plugins.__path__)}
+    assert modules >= {"raw_attention", "rollout", "grad_rollout", "chefer2021", "integrated_gradients", "gradcam",
+                       "legrad", "perturbation", "shapley", "attnlrp", "transformer_attribution", "libragrad"}
+    assert set(registry.get_registry().sources[m] for m in modules) == {"vitx"}
     assert all(plugin == "vitx" for _, plugin in vitx.list_methods().values())
+    for module in modules:  # the plugin door is the only vitx import (the import contract checks it too)
+        tree = ast.parse((Path(vitx.plugins.__path__[0]) / f"{module}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert {name for name in imported if name.split(".")[0] == "vitx"} <= {"vitx.plugin"}, module
+
+
+NEW_METHOD = '''"""A method written as one file: the mean attention the explained token pays, last layer."""
+from vitx.plugin import Explainer, hookimpl
+
+
+class LastLayerAttention(Explainer):
+    name = "last_layer_attention"
+    summary = "the explained token's row of the last layer's head-mean attention"
+
+    def attribute(self, attentions, query, gradients=None):
+        return query @ attentions[-1].mean(dim=1)
+
+
+@hookimpl
+def vitx_register_explainers(register):
+    register(LastLayerAttention)
+'''
+
+
+def test_a_new_method_is_one_file_found_without_reinstalling(tmp_path, monkeypatch):
+    """The how-to's example (docs/howto/writing-a-plugin.md): a module dropped into the built-in
+    package (here a second folder of it) is listed and explains, with no setup.py line."""
+    import vitx.plugins
+
+    (tmp_path / "last_layer_attention.py").write_text(NEW_METHOD)
+    monkeypatch.setattr(vitx.plugins, "__path__", [*vitx.plugins.__path__, str(tmp_path)])
+    registry.reset()
+    methods = vitx.list_methods()
+    assert methods["last_layer_attention"][1] == "vitx"
+    model = FAMILIES["vit"][0]()
+    x = images_for((32, 32), batch=2)
+    exp = vitx.explain(model, x, method="last_layer_attention")
+    expected = reference_attention(model, x)[-1].mean(1)[:, 0]
+    torch.testing.assert_close(exp.relevance, expected, atol=1e-6, rtol=1e-5)
+    monkeypatch.setenv("VITX_DISABLE_PLUGINS", "last_layer_attention")  # the switches name built-ins by module
+    registry.reset()
+    assert "last_layer_attention" not in vitx.list_methods()
 
 
 def test_adapter_plugin_for_an_unknown_architecture():

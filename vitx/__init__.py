@@ -18,12 +18,24 @@ from .capture import Adapter, AttentionRecorder, TokenLayout, record_attention
 from .capture.model_state import remember_preprocessing
 from .errors import VitxError
 from .hookspecs import hookimpl
-from .inspect import figures, views  # noqa: F401  (vitx.views.attention_statistics etc. for research code)
-from .inspect.inspection import inspect_models
 from .models import load_model
 from .registry import register_plugin
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`vitx.views`, `vitx.figures` and `vitx.inspect_models` on first use: the inspection side
+    draws with matplotlib and OpenCV, which `import vitx` does not load."""
+    if name in ("views", "figures"):
+        import importlib
+
+        return importlib.import_module(f".inspect.{name}", __name__)
+    if name == "inspect_models":
+        from .inspect.inspection import inspect_models
+
+        return inspect_models
+    raise AttributeError(f"module 'vitx' has no attribute {name!r}")
 __all__ = [
     "Adapter", "AttentionRecorder", "Explainer", "Explanation", "Option", "Prediction",
     "TokenLayout", "VitxError", "explain", "hookimpl", "inspect_models", "list_methods", "load_model",

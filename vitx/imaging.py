@@ -1,16 +1,43 @@
-"""Reading images with clear errors, and drawing heatmaps and overlays with OpenCV."""
+"""Reading images with clear errors, and drawing heatmaps and overlays with OpenCV.
+
+OpenCV is imported when something is drawn, not with `import vitx` (a library user who only
+computes maps never loads it)."""
+from collections.abc import Mapping
 from pathlib import Path
 from typing import List, Sequence, Union
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import VitxError, printable
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
-             "turbo": cv2.COLORMAP_TURBO, "magma": cv2.COLORMAP_MAGMA}
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+class _Colormaps(Mapping):
+    """Colormap name -> OpenCV's code, read from OpenCV only when a map is drawn."""
+
+    names = ("jet", "inferno", "viridis", "turbo", "magma")
+
+    def __getitem__(self, name):
+        if name not in self.names:
+            raise KeyError(name)
+        return getattr(_cv2(), f"COLORMAP_{name.upper()}")
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+
+COLORMAPS = _Colormaps()
 
 
 def read_image(path: Union[str, Path]) -> Image.Image:
@@ -65,6 +92,7 @@ def _deep_to_uint8(values: np.ndarray, floating: bool, rows: int = 512) -> np.nd
 
 def heatmap(relevance: np.ndarray, size, colormap: str = "jet") -> np.ndarray:
     """(h, w) relevance in [0, 1] -> (H, W, 3) uint8 RGB colour map at `size` = (H, W)."""
+    cv2 = _cv2()
     if colormap not in COLORMAPS:
         raise VitxError(f"unknown colormap {colormap!r}; use one of {', '.join(COLORMAPS)}")
     up = cv2.resize(relevance.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
@@ -74,6 +102,7 @@ def heatmap(relevance: np.ndarray, size, colormap: str = "jet") -> np.ndarray:
 
 def overlay(image: np.ndarray, relevance: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend the colour map of `relevance` over an (H, W, 3) uint8 RGB image."""
+    cv2 = _cv2()
     heat = heatmap(relevance, image.shape[:2], colormap)
     return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
 
@@ -82,6 +111,7 @@ def panel(image: np.ndarray, relevance: np.ndarray, min_side: int = 224, colorma
           title: Union[str, Sequence[str], None] = None) -> np.ndarray:
     """Input | heatmap | overlay side by side, upscaled so that small inputs stay visible,
     under a white title strip (one line per string of `title`) when one is given."""
+    cv2 = _cv2()
     scale = max(1, int(np.ceil(min_side / min(image.shape[:2]))))
     if scale > 1:
         image = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
@@ -92,27 +122,28 @@ def panel(image: np.ndarray, relevance: np.ndarray, min_side: int = 224, colorma
     return np.concatenate([title_strip([title] if isinstance(title, str) else list(title), body.shape[1]), body])
 
 
-TITLE_FONT = cv2.FONT_HERSHEY_DUPLEX
 
 
 def title_strip(lines: Sequence[str], width: int, scale: float = 0.6) -> np.ndarray:
     """A white (H, width, 3) uint8 strip with `lines` of dark text, each shrunk (never below
     a readable 0.4) so that it fits the width; what still does not fit is cut with '...'."""
+    cv2 = _cv2()
     line_height = int(32 * scale) + 10
     strip = np.full((line_height * len(lines) + 6, width, 3), 255, np.uint8)
     for row, text in enumerate(lines):
         size = scale
-        while size > 0.4 and cv2.getTextSize(text, TITLE_FONT, size, 1)[0][0] > width - 16:
+        while size > 0.4 and cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, size, 1)[0][0] > width - 16:
             size -= 0.05
-        while len(text) > 4 and cv2.getTextSize(text, TITLE_FONT, size, 1)[0][0] > width - 16:
+        while len(text) > 4 and cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, size, 1)[0][0] > width - 16:
             text = text[:-4] + "..."
         baseline = 6 + line_height * row + int(22 * scale) + 4
-        cv2.putText(strip, text, (8, baseline), TITLE_FONT, size, (20, 20, 20), 1, cv2.LINE_AA)
+        cv2.putText(strip, text, (8, baseline), cv2.FONT_HERSHEY_DUPLEX, size, (20, 20, 20), 1, cv2.LINE_AA)
     return strip
 
 
 def png_bytes(rgb: np.ndarray, what: str = "an image") -> bytes:
     """An (H, W, 3) uint8 RGB image encoded as PNG."""
+    cv2 = _cv2()
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise VitxError(f"could not encode {what} as PNG")

@@ -1,16 +1,21 @@
 """The plugin manager and the lookups built on it (explainers, adapters, models by name).
 
-Everything arrives through the `vitx` entry-point group, the door a third-party package
-uses: the built-in explainers (`vitx.plugins`), the reference models, and the core's own hook
-modules (the adapters, the model aliases). So this module imports none of what it registers,
-and the layers point one way: adapters and loaders ask the registry, never the reverse.
+Third-party packages arrive through the `vitx` entry-point group, and so do the reference
+models and the core's own hook modules (the adapters, the model aliases). The built-in
+explainers are the modules of the `vitx.plugins` package, each registered as its own plugin
+under its module name (llm's DEFAULT_PLUGINS): a new method is one file there, found without a
+setup.py line or a reinstall. They import only `vitx.plugin`, the door a third party uses. So
+this module imports none of what it registers (the plugins by name, at run time), and the
+layers point one way: adapters and loaders ask the registry, never the reverse.
 
 Debugging switches: VITX_DISABLE_PLUGINS=name1,name2 (or '*') skips entry points;
 VITX_PLUGINS=name1,name2 loads only those. The core's entry points (CORE_ENTRY_POINTS) are
 never skipped: without adapters no model can be explained.
 """
+import importlib
 import importlib.metadata
 import os
+import pkgutil
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from .errors import VitxError, suggest
 ENTRY_POINT_GROUP = "vitx"
 CORE_PLUGIN = "vitx (core)"
 CORE_ENTRY_POINTS = ("vitx.adapters", "vitx.models")  # part of vitx itself: always loaded
+BUILTIN_PACKAGE = "vitx.plugins"  # every module in it is a built-in plugin, named after the module
 
 
 @dataclass
@@ -59,22 +65,42 @@ def _env_list(name: str):
     return {v.strip() for v in value.split(",") if v.strip()} if value else None
 
 
-def _load_entry_points(registry: "Registry") -> None:
-    manager = registry.manager
+def _skipped(name: str) -> bool:
+    """VITX_DISABLE_PLUGINS / VITX_PLUGINS (debugging switches); the core's entry points never."""
     disabled = _env_list("VITX_DISABLE_PLUGINS") or set()
     allowed = _env_list("VITX_PLUGINS")
+    skipped = "*" in disabled or name in disabled or (allowed is not None and name not in allowed)
+    return skipped and name not in CORE_ENTRY_POINTS
+
+
+def _register(registry: "Registry", name: str, where: str, load) -> bool:
+    """Register the module `load()` returns as plugin `name`; a broken plugin is recorded and
+    warned about, never allowed to take vitx down with it."""
+    if _skipped(name) or registry.manager.get_plugin(name) is not None:
+        return False
+    try:
+        registry.manager.register(load(), name=name)
+    except Exception as exc:
+        registry.failed[name] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"vitx: plugin {name!r} ({where}) failed to load: {exc}", stacklevel=3)
+        return False
+    return True
+
+
+def _load_builtins(registry: "Registry") -> None:
+    """Every module of `vitx.plugins`, found on disk (pkgutil), so a new file is a new method."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = f"{BUILTIN_PACKAGE}.{info.name}"
+        if _register(registry, info.name, module, lambda module=module: importlib.import_module(module)):
+            registry.sources[info.name] = "vitx"
+
+
+def _load_entry_points(registry: "Registry") -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        skipped = "*" in disabled or ep.name in disabled or (allowed is not None and ep.name not in allowed)
-        if skipped and ep.name not in CORE_ENTRY_POINTS:
-            continue
-        if manager.get_plugin(ep.name) is not None:
-            continue
-        try:
-            module = ep.load()
-            manager.register(module, name=ep.name)
-        except Exception as exc:  # a broken plugin must not take vitx down with it
-            registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"vitx: plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+        if not _register(registry, ep.name, ep.value, ep.load):
             continue
         dist = getattr(ep, "dist", None)
         registry.sources[ep.name] = (CORE_PLUGIN if ep.name in CORE_ENTRY_POINTS
@@ -83,7 +109,7 @@ def _load_entry_points(registry: "Registry") -> None:
 
 # Names become flags (`-o METHOD.NAME`), file names (`<image>_<method>.png`) and report
 # anchors: a method is an identifier, a model a word of letters, digits, `_`, `.` and `-`
-# that cannot start with a dot. A plugin's name that is not refused, before it can write
+# that cannot start with a dot. A name that is not one is refused, before it can write
 # outside an output folder (`../../x`) or split a flag.
 METHOD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
@@ -166,6 +192,7 @@ def _build() -> Registry:
     manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager=manager)
+    _load_builtins(registry)
     _load_entry_points(registry)
     missing = [name for name in CORE_ENTRY_POINTS if manager.get_plugin(name) is None]
     if missing:

@@ -18,7 +18,8 @@ from ..baselines import baseline, check_baseline
 from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from .evidence import Evidence
-from .explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, MODEL, TOKEN_GRAD, TOKENS
+from .explainer import ATTENTION, ATTENTION_GRAD, MODEL, TOKENS
+from .plan import RecordingPlan
 from .explanation import Explanation, normalise_maps
 from .targets import resolve_target, split_target
 from ..inputs import model_inputs
@@ -43,50 +44,42 @@ class Chunk(NamedTuple):
 def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None, rows=None):
     """One batched forward (and backward when asked for) that records what `explainer`
     requires, then its math on the `Evidence`."""
-    needs = explainer.requirements()
-    live = _differentiates_recorded(needs)
-    grad = explainer.uses_gradients() or live
-    keep = None if grad else (explainer.keep if ATTENTION in needs else _drop)
-    tokens = bool(needs & {TOKENS, TOKEN_GRAD}) or ATTENTION not in needs  # no attention: layout from tokens
-    # per-layer reduction in the backward pass (vitx.capture.fused): only a (B, N, N) per layer is kept
-    # (not under a gradient mode: the fused backward is the plain softmax's)
-    reduce = (explainer.reduce if explainer.reduces() and {ATTENTION, ATTENTION_GRAD} <= needs and not live
-              and explainer.plain_gradients else None)
-    fold = _fold(explainer, token) if explainer.folds() and not grad and ATTENTION in needs else None
-    heads = explainer.fused_heads() if not grad and ATTENTION in needs else None  # heads fused while recorded
+    plan = RecordingPlan.of(explainer)
+    grad, live = plan.gradients, plan.live
     # the gradient mode's function rules are entered first, so an adapter's own function mode
     # (above them on the stack) makes attention explicit before the rules see its softmax
     with explainer.gradient_rules(model), AttentionRecorder(
-            model, adapter=adapter, keep=keep, attention=ATTENTION in needs, tokens=tokens, layout=layout,
-            reduce=reduce, fold=fold, heads=heads, states=BLOCK_STATES in needs,
-            one_pass=explainer.one_token_set) as recorder:
+            model, adapter=adapter, layout=layout, attention=plan.attention, tokens=plan.tokens, states=plan.states,
+            keep=None if grad else (explainer.keep if plan.keep else _drop),
+            reduce=explainer.reduce if plan.reduce else None, fold=_fold(explainer, token) if plan.fold else None,
+            heads=plan.heads, one_pass=plan.one_pass) as recorder:
         with torch.set_grad_enabled(grad):
             output = model(pixels.detach().requires_grad_(grad))
             resolved = resolve_target(target, output, adapter.output_kind(model))
-            if ATTENTION in needs:
+            if plan.attention:
                 recorder.check_recorded()
             score = resolved.score(output).sum() if grad else None
             if grad:
                 _warn_if_flat(resolved, output, explainer, rows)
-            token_grads = (recorder.token_gradients(score, retain_graph=live or ATTENTION_GRAD in needs)
-                           if TOKEN_GRAD in needs else None)
-            if reduce is not None:
+            token_grads = (recorder.token_gradients(score, retain_graph=live or plan.attention_gradients)
+                           if plan.token_gradients else None)
+            if plan.reduce:
                 attentions, gradients = recorder.reduced(score), None
             else:
-                gradients = recorder.gradients(score) if ATTENTION_GRAD in needs else None
+                gradients = recorder.gradients(score) if plan.attention_gradients else None
                 attentions = [None if a is None else a.detach() for a in recorder.attentions]
         layout = recorder.layout
     evidence = Evidence(
         model=model, pixels=pixels.detach(), layout=layout, query=layout.query(token, device=pixels.device),
-        output=_detach(output), target=resolved, attentions=attentions if ATTENTION in needs else None,
+        output=_detach(output), target=resolved, attentions=attentions if plan.attention else None,
         attention_grads=gradients,
-        tokens=[t.detach() for t in recorder.tokens] if TOKENS in needs else None,
+        tokens=[t.detach() for t in recorder.tokens] if TOKENS in plan.needs else None,
         token_grads=token_grads, folded=recorder.folded,
-        block_states=recorder.block_states if BLOCK_STATES in needs else None,
-        **_adapter_pieces(model, adapter, recorder, needs, live), rows=rows,
+        block_states=recorder.block_states if plan.states else None,
+        **_adapter_pieces(model, adapter, recorder, plan.needs, live), rows=rows,
         rules=lambda: explainer.gradient_rules(model), adapter=adapter,
     )
-    with torch.set_grad_enabled(MODEL in needs):
+    with torch.set_grad_enabled(plan.runs_model):
         relevance = explainer.explain(evidence)
     if explainer.needs_gradients():
         _warn_if_constant(relevance.detach(), layout, explainer, rows)
@@ -127,13 +120,6 @@ def _fold(explainer, token):
         return explainer.fold(layer, attention, running, layout.query(token, device=attention.device))
 
     return fold
-
-
-def _differentiates_recorded(needs) -> bool:
-    """A method that asks for the model (autograd in its own math) as well as attention or
-    token states differentiates the recorded tensors itself (LeGrad: each block's own score
-    w.r.t. that block's attention): it gets them on the graph of a forward with gradients."""
-    return MODEL in needs and bool(needs & {ATTENTION, TOKENS})
 
 
 def _adapter_pieces(model, adapter, recorder, needs, live) -> dict:

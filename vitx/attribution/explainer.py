@@ -46,6 +46,9 @@ class Explainer:
     # True: the method runs the model forward only (perturbation: occlusion, RISE, Shapley);
     # False with MODEL in `requires`: it differentiates the model itself (IG, LRP, LibraGrad)
     forward_only: ClassVar[bool] = False
+    # the gradient mode the forward runs in ('plain', or 'libragrad': vitx.attribution.libragrad);
+    # a method that offers the modes declares GRAD_MODE_OPTION, whose value sets it per instance
+    grad_mode: str = "plain"
     options: ClassVar[Sequence[Option]] = ()
 
     @classmethod
@@ -87,15 +90,14 @@ class Explainer:
 
     def gradient_rules(self, model):
         """The context the explained forward (and `Evidence.score` / `input_gradient`) runs in:
-        the gradient mode named by the method's option `grad_mode` (plain gradients, or
-        LibraGrad's: vitx.attribution.libragrad), nothing for a method without that option."""
+        the method's `grad_mode` (plain gradients: nothing changes; LibraGrad's rules)."""
         from .libragrad import gradient_rules
 
-        return gradient_rules(getattr(self, "grad_mode", "plain"), model)
+        return gradient_rules(self.grad_mode, model)
 
     @property
     def plain_gradients(self) -> bool:
-        return getattr(self, "grad_mode", "plain") == "plain"
+        return self.grad_mode == "plain"
 
     def fused_heads(self) -> Optional[str]:
         """'mean', 'max' or 'min' when the method, without gradients, reads each layer's

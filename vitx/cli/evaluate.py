@@ -5,12 +5,13 @@ import click
 
 from ..baselines import BASELINES, DEFAULT_BASELINE
 from ..datasets import DATASET_NAMES
-from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError
 from ..evaluate.confidence import MAX_RESAMPLES
 from .checks import MAX_BATCH, MAX_WORKERS, model_and_checkpoint, out_folder, positive, within
 from .method_options import given_options, method_option_flags, per_method
-from .options import DEFAULT_MODEL
+from .options import (
+    DEFAULT_MODEL, batch_size_option, checkpoint_option, device_option, model_option, out_option,
+)
 
 
 def _folder_dataset(folder, net, config):
@@ -43,8 +44,8 @@ def _cost(cost) -> str:
 
 
 @click.command("evaluate")
-@click.option("--model", "-m", default=None, help="Model name or checkpoint path [default: the CLI default].")
-@click.option("--checkpoint", type=click.Path())
+@model_option()
+@checkpoint_option()
 @click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
 @click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
@@ -59,12 +60,12 @@ def _cost(cost) -> str:
               "step; the methods keep their own baselines).")
 @click.option("--bootstrap", default=0, show_default=True,
               help="Resamples of a percentile bootstrap over images: a 95 % interval beside each AUC (0: none).")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
+@batch_size_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding images (0: none).")
-@click.option("--out", "out_dir", default="vitx-eval", show_default=True, type=click.Path())
+@out_option("vitx-eval")
 @click.option("--masks", type=click.Path(), help="Localisation instead: a folder with images/ and masks/, "
               "or gtsegs_ijcv.mat (pixel accuracy, mIoU, mAP, pointing game).")
 @click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "

@@ -3,12 +3,13 @@ from pathlib import Path
 
 import click
 
-from ..batches import DEFAULT_BATCH_SIZE
 from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from ..imaging import IMAGE_SUFFIXES
 from .method_options import given_options, method_option_flags, per_method
-from .options import DEFAULT_MODEL
+from .options import (
+    DEFAULT_MODEL, batch_size_option, checkpoint_option, device_option, model_option, out_option,
+)
 
 
 def expand_images(paths):
@@ -39,10 +40,8 @@ def dataset_sample(name, count, seed, data_dir):
 
 @click.command("inspect")
 @click.argument("images", nargs=-1, type=click.Path())
-@click.option("--model", "-m", "model_names", multiple=True,
-              help="Model name or checkpoint path; repeat to compare models [default: the CLI default].")
-@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
-              help="Weights for the --model of the same position (repeat with --model).")
+@model_option(multiple=True)
+@checkpoint_option(multiple=True)
 @click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES),
               help="Add a sample of this dataset's test split (for the statistics).")
 @click.option("--limit", "--n", "count", default=64, show_default=True, help="Size of the dataset sample.")
@@ -50,12 +49,12 @@ def dataset_sample(name, count, seed, data_dir):
 @click.option("--show", default=4, show_default=True, help="Images with per-image figures.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--data-dir", type=click.Path())
-@click.option("--device", default="auto", show_default=True)
-@click.option("--out", "out_dir", default="vitx-report", show_default=True, type=click.Path())
+@device_option
+@out_option("vitx-report")
 @click.option("--interactive", is_flag=True, help="Embed the attention explorer (per patch, layer, head, method) "
               "for the --show images.")
 @click.option("--sanity", is_flag=True, help="Add the cascading-randomisation sanity check of every method.")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
+@batch_size_option
 @method_option_flags(reserved=("seed",))
 def inspect_command(images, model_names, checkpoints, dataset, count, methods, show, seed, data_dir, device, out_dir,
                     interactive, sanity, batch_size, **method_flags):

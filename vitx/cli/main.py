@@ -9,11 +9,12 @@ import warnings
 
 import click
 
-from ..batches import DEFAULT_BATCH_SIZE
 from ..errors import VitxError, printable
 from .dataset import dataset_options, run_dataset_explain, wants_dataset
 from .method_options import drop_flag, flag_value, given_options, method_option_flags, per_method
-from .options import DEFAULT_MODEL
+from .options import (
+    DEFAULT_MODEL, batch_size_option, checkpoint_option, device_option, model_option, out_option,
+)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -79,8 +80,8 @@ def main():
 @main.command()
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--image_path", "--image-path", "legacy_images", multiple=True, help="Image file (vit_explain.py spelling).")
-@click.option("--model", "-m", default=None, help=f"Model name, alias or checkpoint dir [default: {DEFAULT_MODEL}].")
-@click.option("--checkpoint", type=click.Path(), help="Weights file (.safetensors, or a torch state dict) for --model.")
+@model_option()
+@checkpoint_option()
 @click.option("--pretrained/--no-pretrained", default=None, help="Fetch hub weights (default: when no --checkpoint).")
 @click.option("--method", default=None, help="Explainer (see `vitx methods`) [default: grad_rollout with a category index, else rollout].")
 @click.option("--target", "--category-index", "--category_index", "category_index", type=int,
@@ -90,10 +91,10 @@ def main():
 @click.option("--layout", "--grid", "grid", default=None,
               help="Patch grid HxW, when vitx cannot tell it (the library's layout=; extra tokens come first).")
 @click.option("--token", default=None, help="Token to explain from: cls, dist, mean, reg0... [default: what the head reads].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option
 @click.option("--use_cuda", "--use-cuda", "use_cuda", is_flag=True, help="Same as --device cuda (vit_explain.py spelling).")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Images per forward pass.")
-@click.option("--out", "out_dir", default="vitx-out", show_default=True, type=click.Path(), help="Output folder.")
+@batch_size_option
+@out_option("vitx-out")
 @click.option("--save-maps", is_flag=True, help="Also save each patch map as .npy.")
 @click.option("--colormap", default="jet", show_default=True, help="jet, inferno, viridis, turbo or magma.")
 @dataset_options

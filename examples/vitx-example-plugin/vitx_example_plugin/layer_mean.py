@@ -2,14 +2,13 @@
 
 A whole explainer plugin: options, the math, and one hook. vitx does the rest.
 """
-import vitx
-from vitx.ops import fuse_heads
+from vitx.plugin import Explainer, Option, fuse_heads, hookimpl
 
 
-class LayerMean(vitx.Explainer):
+class LayerMean(Explainer):
     name = "layer_mean"
     summary = "head-averaged attention from the explained token, averaged over layers"
-    options = (vitx.Option("first_layer", int, 0, "first layer included in the average", minimum=0),)
+    options = (Option("first_layer", int, 0, "first layer included in the average", minimum=0),)
 
     def keep(self, layer, attention):
         return fuse_heads(attention, "mean") if layer >= self.first_layer else None
@@ -19,6 +18,6 @@ class LayerMean(vitx.Explainer):
         return sum(query @ a for a in kept) / len(kept)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(LayerMean)

@@ -8,7 +8,7 @@ from ...hookspecs import hookimpl
 from .base import IMAGENET_MEAN, IMAGENET_STD, Adapter, grid_from_patch_conv, infer_token_layout, patch_conv
 from .open_clip import OpenClipAdapter
 from .sdpa import SDPAAdapter
-from .swin import TimmSwinAdapter
+from .timm_swin import TimmSwinAdapter
 from .timm_pooled import TimmPooledAdapter
 from .timm_mvit import TimmMvitAdapter
 from .timm_hiera import TimmHieraAdapter

@@ -9,7 +9,7 @@ taken at the dropout after the softmax. The grid and the window come from the la
 """
 from contextlib import ExitStack, contextmanager
 
-from .swin import WHY, WindowedPyramidAdapter, record_windows
+from .timm_swin import WHY, WindowedPyramidAdapter, record_windows
 from .transformers import TransformersAdapter, _active, hf_model
 
 MODEL_TYPES = {"swin": "Swin (Hugging Face)", "swinv2": "SwinV2 (Hugging Face)"}

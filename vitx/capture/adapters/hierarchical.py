@@ -13,7 +13,7 @@ would only see "batch 128" or "different token counts") are never the user's exp
 A family that becomes explainable gets its own adapter and leaves this table: Swin and SwinV2
 (timm, torchvision, Hugging Face) did, with their window layers written as block-diagonal
 attention per stage and the patch merging as a mixing matrix (vitx.capture.windows, adapters
-swin / torchvision_swin / hf_swin), and so did PiT, PVTv2, Twins, MViTv2, Hiera and SAM2's Hiera (timm, PvtV2 in
+timm_swin / torchvision_swin / hf_swin), and so did PiT, PVTv2, Twins, MViTv2, Hiera and SAM2's Hiera (timm, PvtV2 in
 Hugging Face), their attention chained through the pooling between stages (vitx.capture.stages,
 adapters timm_pooled, hf_pvt_v2, timm_mvit, timm_hiera).
 """

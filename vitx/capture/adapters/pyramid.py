@@ -5,11 +5,12 @@ attention-flow methods (those declaring `windows`) explain it: other attention m
 refused before any forward, with the family's reason. Methods without attention keep the
 behaviour of `HierarchicalAdapter` (data config, a layout from the last token state).
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from ..stages import Merge
 from ..support import needs_attention, refusal, stage_refusal, window_methods
 from .hierarchical import HierarchicalAdapter, class_path
+from .toolkit import hook, timm_attention
 
 
 class StageChain:
@@ -70,13 +71,7 @@ def explicit_probs(attn, on_probs):
     """Route a timm attention module (fused_attn, then attn_drop after the softmax) through its
     non-fused path and pass its probabilities (B, heads, Nq, Nk) through `on_probs`, whose
     return value the module continues with."""
-    fused = getattr(attn, "fused_attn", None)
-    handle = attn.attn_drop.register_forward_hook(lambda module, inputs, out: on_probs(out))
-    if fused is not None:
-        attn.fused_attn = False
-    try:
+    with ExitStack() as stack:
+        stack.enter_context(timm_attention([attn]))
+        hook(stack, attn.attn_drop.register_forward_hook(lambda module, inputs, out: on_probs(out)))
         yield
-    finally:
-        handle.remove()
-        if fused is not None:
-            attn.fused_attn = fused

@@ -1,11 +1,12 @@
 """timm's ViT family (ViT, DeiT, distilled, register tokens, EVA, BEiT, ...)."""
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import List
 
 from torch import nn
 
 from ..layout import MEAN_TOKEN, TokenLayout
 from .base import PROBE_NOTE, Adapter
+from .toolkit import hook, timm_attention
 
 
 class TimmAdapter(Adapter):
@@ -32,18 +33,11 @@ class TimmAdapter(Adapter):
     @contextmanager
     def attach(self, model, record):
         sites = self.sites(model)
-        saved = [(m, m.fused_attn) for m in sites]
-        handles = []
-        try:
+        with ExitStack() as stack:
+            stack.enter_context(timm_attention(sites))
             for m in sites:
-                m.fused_attn = False
-                handles.append(m.attn_drop.register_forward_hook(lambda mod, inp, out: record(out)))
+                hook(stack, m.attn_drop.register_forward_hook(lambda mod, inp, out: record(out)))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            for m, flag in saved:
-                m.fused_attn = flag
 
     def token_sites(self, model):
         blocks = getattr(model, "blocks", None)
@@ -57,16 +51,8 @@ class TimmAdapter(Adapter):
         F.scaled_dot_product_attention calls go to `attend`."""
         from .sdpa import route_sdpa
 
-        sites = self.sites(model)
-        saved = [(m, m.fused_attn) for m in sites]
-        try:
-            for m in sites:
-                m.fused_attn = True
-            with route_sdpa(attend):
-                yield
-        finally:
-            for m, flag in saved:
-                m.fused_attn = flag
+        with timm_attention(self.sites(model), fused=True), route_sdpa(attend):
+            yield
 
     def layout(self, model, input_size, num_tokens):
         embed = model.patch_embed

@@ -18,7 +18,7 @@ compute attention explicitly in their own classes, or attend over part of the se
   class-attention layers are real token attention: raw_attention reads them, and every
   attention-flow method is refused.
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import List, Tuple
 
 from torch import nn
@@ -26,8 +26,9 @@ from torch import nn
 from ..layout import MEAN_TOKEN, TokenLayout
 from ..support import needs_attention, refusal
 from .hierarchical import class_path
-from .timm import TimmAdapter
 from ..requirements import BLOCK_STATES
+from .timm import TimmAdapter
+from .toolkit import hook, timm_attention
 from .timm_tokens import Site, class_attention, late_prefix, self_attention
 
 CAIT = "timm.models.cait.Cait"
@@ -89,20 +90,11 @@ class TimmTokenFamiliesAdapter(TimmAdapter):
     @contextmanager
     def attach(self, model, record):
         found = sites(model)
-        saved = [(m, m.fused_attn) for m, _ in found if isinstance(getattr(m, "fused_attn", None), bool)]
-        handles = []
-        try:
+        with ExitStack() as stack:
+            stack.enter_context(timm_attention(module for module, _ in found))
             for module, site in found:
-                if isinstance(getattr(module, "fused_attn", None), bool):
-                    module.fused_attn = False
-                handles.append(module.attn_drop.register_forward_hook(
-                    lambda mod, inp, out, site=site: site(out, record)))
+                hook(stack, module.attn_drop.register_forward_hook(lambda mod, inp, out, site=site: site(out, record)))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            for module, flag in saved:
-                module.fused_attn = flag
 
     def layout(self, model, input_size, num_tokens):
         path = class_path(model)

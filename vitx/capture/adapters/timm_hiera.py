@@ -38,8 +38,9 @@ from ..pooled_windows import PooledWindows
 from ..stages import Pooled, conv_merge
 from ..windows import Windowed, window_index
 from .pyramid import PyramidAdapter
-from .swin import record_windows
+from .timm_swin import record_windows
 from .timm_mvit import SoftmaxTap
+from .toolkit import hook, timm_attention
 
 HIERA = "timm.models.hiera.Hiera"
 HIERA_DET = "timm.models.hieradet_sam2.HieraDet"
@@ -153,7 +154,7 @@ def _block(block, tokens, tap, record):
     """While the block's attention runs, its softmax is recorded as the block's stage layer
     and the model continues with the recorded values (their gradient is the layer's).
     `tokens`: where a timm Hiera block's unrolled tokens lie; None for SAM2's (a grid)."""
-    attn, fused = block.attn, block.attn.fused_attn
+    attn = block.attn
 
     def on_hiera(probs):
         recorded = record(stage_layer(block, tokens, probs)).blocks
@@ -169,12 +170,8 @@ def _block(block, tokens, tap, record):
     def stop(module, args, out):
         tap.active = None
 
-    handles = [(block if tokens is None else attn).register_forward_pre_hook(start),
-               attn.register_forward_hook(stop)]
-    attn.fused_attn = False
-    try:
+    with ExitStack() as stack:
+        stack.enter_context(timm_attention([attn]))
+        hook(stack, (block if tokens is None else attn).register_forward_pre_hook(start))
+        hook(stack, attn.register_forward_hook(stop))
         yield
-    finally:
-        attn.fused_attn = fused
-        for handle in handles:
-            handle.remove()

@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 
 from ..stages import Pooled, adaptive_merge, conv_merge, pair
 from .pyramid import PyramidAdapter, explicit_probs
-from .swin import record_windows
+from .timm_swin import record_windows
 
 PIT = "timm.models.pit.PoolingVisionTransformer"
 PVT_V2 = "timm.models.pvt_v2.PyramidVisionTransformerV2"

@@ -17,13 +17,14 @@ unstacked for recording and restacked for the model.
 Memory: each window layer is recorded as a full (tokens x tokens) matrix per head, like a
 global layer (about 0.8 GB per layer and image for SAM-B at 1024 px before head fusion).
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
 from ..layout import MEAN_TOKEN, TokenLayout
 from .hierarchical import class_path
 from .timm import TimmAdapter
+from .toolkit import hook, timm_attention
 
 SAM = "timm.models.vision_transformer_sam.VisionTransformerSAM"
 
@@ -62,12 +63,11 @@ class SamAdapter(TimmAdapter):
 
     @contextmanager
     def attach(self, model, record):
-        saved, handles, shapes = [], [], {}
-        try:
+        shapes = {}
+        with ExitStack() as stack:
+            stack.enter_context(timm_attention(block.attn for block in model.blocks))
             for block in model.blocks:
                 attn = block.attn
-                saved.append((attn, attn.fused_attn))
-                attn.fused_attn = False
 
                 def grab(mod, args, block=block):
                     shapes[block] = args[0].shape[:3]  # (batch, H, W) of the grid
@@ -91,14 +91,9 @@ class SamAdapter(TimmAdapter):
                         full = real
                     return _grid_to_window(full, heads, padded, size)
 
-                handles.append(block.register_forward_pre_hook(grab))
-                handles.append(attn.attn_drop.register_forward_hook(on_attention))
+                hook(stack, block.register_forward_pre_hook(grab))
+                hook(stack, attn.attn_drop.register_forward_hook(on_attention))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            for module, flag in saved:
-                module.fused_attn = flag
 
     def layout(self, model, input_size, num_tokens):
         embed = model.patch_embed

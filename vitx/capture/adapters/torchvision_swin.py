@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 import torch.nn.functional as torch_functional
 
 from .hierarchical import class_path
-from .swin import WindowedPyramidAdapter, record_windows
+from .timm_swin import WindowedPyramidAdapter, record_windows
 
 TORCHVISION_SWIN = "torchvision.models.swin_transformer.SwinTransformer"
 _local = threading.local()

@@ -1,9 +1,9 @@
 """Attention rollout (Abnar & Zuidema 2020): attention propagated through the residual path."""
 import torch
 
-import vitx
-from vitx.attribution.explainer import Explainer, Option
-from vitx.attribution.ops import HEAD_FUSIONS, discard_lowest, fuse_heads, rollout_row, with_residual
+from vitx.plugin import (
+    HEAD_FUSIONS, Explainer, Option, discard_lowest, fuse_heads, hookimpl, rollout_row, with_residual,
+)
 
 
 # Folding costs N^3 per layer against roughly 12 N D^2 for the layer itself: under 10 % of a
@@ -48,6 +48,6 @@ class Rollout(Explainer):
         return rollout_row(attentions, query, lambda layer, fused: with_residual(discard_lowest(fused, self.discard_ratio, query)))
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(Rollout)

@@ -8,10 +8,7 @@ code computes it per token). Under LibraGrad these, with the head's own bias ter
 the score exactly (FullGrad-completeness, the property the paper restores). Every other
 gradient method takes LibraGrad as its option `grad_mode=libragrad`.
 """
-import vitx
-from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.libragrad import token_fullgrad
-from vitx.errors import VitxError
+from vitx.plugin import MODEL, Explainer, Option, VitxError, hookimpl, token_fullgrad
 
 
 class LibraGrad(Explainer):
@@ -35,6 +32,6 @@ class LibraGrad(Explainer):
         return relevance
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(LibraGrad)

@@ -6,9 +6,7 @@ one backward of the target score; the relevance is pixels x modified gradient, s
 each patch's pixels and channels (LXT's recipe for ViTs: relevance at the input). Prefix
 tokens get 0. The explained quantity is the target score itself, so `token` has no effect.
 """
-import vitx
-from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.lrp import VARIANTS, input_relevance
+from vitx.plugin import LRP_VARIANTS, MODEL, Explainer, Option, hookimpl, input_relevance
 
 
 class AttnLRP(Explainer):
@@ -18,7 +16,7 @@ class AttnLRP(Explainer):
     requires = (MODEL,)
     options = (
         Option("variant", str, "attnlrp", "attnlrp: relevance through the attention softmax (uniform rule on "
-               "q@k and attention@v); cp: attention held constant (CP-LRP, LXT's default for ViTs)", VARIANTS),
+               "q@k and attention@v); cp: attention held constant (CP-LRP, LXT's default for ViTs)", LRP_VARIANTS),
         Option("epsilon", float, 0.0, "epsilon of the epsilon rule on linear layers and convolutions (0, the "
                "default, as LXT: their plain gradient, which never divides by z)", minimum=0.0),
     )
@@ -29,6 +27,6 @@ class AttnLRP(Explainer):
         return evidence.pixels_to_tokens(result.relevance)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(AttnLRP)

@@ -16,9 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-import vitx
-from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.options import MASKED_IMAGES_OPTION, MAX_SEED, baseline_option
+from vitx.plugin import MASKED_IMAGES_OPTION, MAX_SEED, MODEL, Explainer, Option, baseline_option, hookimpl
 
 
 def _patch_masks(grid, size, cells, device):
@@ -106,7 +104,7 @@ class RISE(Explainer):
         return evidence.pixels_to_tokens(saliency) / area
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(Occlusion)
     register(RISE)

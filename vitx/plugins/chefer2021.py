@@ -4,10 +4,7 @@ R = I; for each block, R <- R + mean_heads((dA * A)^+) R, where dA is the gradie
 target logit w.r.t. the post-softmax attention A; the map is R[token, patches]. Since
 R_L = (I + Abar_L) ... (I + Abar_1), the explained token's row is a rollout of (I + Abar).
 """
-import vitx
-from vitx.attribution.explainer import Explainer
-from vitx.attribution.libragrad import GRAD_MODE_OPTION
-from vitx.attribution.ops import add_identity, rollout_row
+from vitx.plugin import GRAD_MODE_OPTION, Explainer, add_identity, hookimpl, rollout_row
 
 
 class Chefer2021(Explainer):
@@ -30,6 +27,6 @@ class Chefer2021(Explainer):
         return rollout_row(attentions, query, lambda layer, fused: add_identity(fused))
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(Chefer2021)

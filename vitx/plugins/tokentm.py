@@ -16,10 +16,9 @@ Eqs. describe.
 import torch
 import torch.nn.functional as F
 
-import vitx
-from vitx.attribution.explainer import ATTENTION, ATTENTION_GRAD, BLOCK_STATES, Explainer
-from vitx.attribution.ops import norm_ratio, rollout_row
-from vitx.errors import VitxError
+from vitx.plugin import (
+    ATTENTION, ATTENTION_GRAD, BLOCK_STATES, Explainer, VitxError, hookimpl, norm_ratio, rollout_row,
+)
 
 
 def transformation_weights(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -54,6 +53,6 @@ class TokenTM(Explainer):
         return rollout_row(layers, evidence.query)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(TokenTM)

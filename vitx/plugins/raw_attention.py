@@ -1,8 +1,5 @@
 """Raw attention: what one layer's heads look at from the explained token."""
-import vitx
-from vitx.errors import VitxError
-from vitx.attribution.explainer import Explainer, Option
-from vitx.attribution.ops import HEAD_FUSIONS, fuse_heads, layer_row, skip
+from vitx.plugin import HEAD_FUSIONS, Explainer, Option, VitxError, fuse_heads, hookimpl, layer_row, skip
 
 
 class RawAttention(Explainer):
@@ -31,6 +28,6 @@ class RawAttention(Explainer):
         return layer_row(attentions, self.layer, query)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(RawAttention)

@@ -24,9 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-import vitx
-from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.options import MASKED_IMAGES_OPTION, MAX_SEED, baseline_option
+from vitx.plugin import MASKED_IMAGES_OPTION, MAX_SEED, MODEL, Explainer, Option, baseline_option, hookimpl
 
 
 def player_of_patch(grid, cells):
@@ -88,6 +86,6 @@ class Shapley(Explainer):
         return relevance
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(Shapley)

@@ -8,9 +8,7 @@ attention values multiplied in), the column of that patch's key.
 """
 import torch
 
-import vitx
-from vitx.attribution.explainer import ATTENTION, MODEL, TOKENS, Explainer, Option
-from vitx.errors import VitxError
+from vitx.plugin import ATTENTION, MODEL, TOKENS, Explainer, Option, VitxError, hookimpl
 
 
 class LeGrad(Explainer):
@@ -48,6 +46,6 @@ class LeGrad(Explainer):
         return relevance
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(LeGrad)

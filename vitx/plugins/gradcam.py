@@ -6,10 +6,7 @@ reshape_transform does), each channel is weighted by its gradient averaged over 
 tokens, and cam = ReLU(sum_c w_c A_c). Hierarchical models (Swin) are explained through the
 last stage's feature map, the same way.
 """
-import vitx
-from vitx.attribution.explainer import TOKEN_GRAD, TOKENS, Explainer, Option
-from vitx.attribution.libragrad import GRAD_MODE_OPTION
-from vitx.errors import VitxError
+from vitx.plugin import GRAD_MODE_OPTION, TOKEN_GRAD, TOKENS, Explainer, Option, VitxError, hookimpl
 
 
 def default_layer(layout) -> int:
@@ -50,6 +47,6 @@ class GradCAM(Explainer):
         return relevance
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(GradCAM)

@@ -1,8 +1,5 @@
 """Gradient rollout: attention weighted by its gradient for the target class, then rolled out."""
-import vitx
-from vitx.attribution.explainer import Explainer, Option
-from vitx.attribution.libragrad import GRAD_MODE_OPTION
-from vitx.attribution.ops import discard_lowest, rollout_row, with_residual
+from vitx.plugin import GRAD_MODE_OPTION, Explainer, Option, discard_lowest, hookimpl, rollout_row, with_residual
 
 
 class GradRollout(Explainer):
@@ -31,6 +28,6 @@ class GradRollout(Explainer):
         return rollout_row(attentions, query, factor)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(GradRollout)

@@ -27,13 +27,12 @@ and the token-wise head mean also averages over the images); here every image ha
 import numpy as np
 import torch
 
-import vitx
-from vitx.attribution.explainer import ATTENTION, ATTENTION_GRAD, MODEL, Explainer, Option
-from vitx.attribution.options import MAX_PER_PASS
-from vitx.attribution.ops import norm_ratio
-from vitx.errors import VitxError
+from vitx.plugin import (
+    ATTENTION, ATTENTION_GRAD, MAX_PER_PASS, MODEL, Explainer, Option, VitxError, hookimpl, norm_ratio,
+)
 
-VARIANTS = ("head", "token")
+
+LRP_VARIANTS = ("head", "token")
 
 
 def head_wise(attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -57,7 +56,7 @@ class BeyondIntuition(Explainer):
     requires = (ATTENTION, ATTENTION_GRAD, MODEL)
     options = (
         Option("variant", str, "head", "head: heads weighted by mean |A^T dA| (Ours-H); token: head-mean attention "
-               "times each token's |W_o v| / |z| (Ours-T, one extra forward)", VARIANTS),
+               "times each token's |W_o v| / |z| (Ours-T, one extra forward)", LRP_VARIANTS),
         Option("steps", int, 20, "points alpha on the path 0 -> image for the last block's attention gradient",
                minimum=1, maximum=1024),
         Option("first_block", int, 0, "first block rolled out, counted from 0 (the authors use 3 of ViT-B's 12 "
@@ -102,6 +101,6 @@ class BeyondIntuition(Explainer):
         return (total / self.steps).clamp(min=0).mean(dim=1)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(BeyondIntuition)

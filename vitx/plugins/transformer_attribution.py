@@ -13,11 +13,9 @@ machinery' means here.
 """
 import torch
 
-import vitx
-from vitx.attribution.explainer import ATTENTION, ATTENTION_GRAD, MODEL, Explainer, Option
-from vitx.attribution.lrp import input_relevance
-from vitx.attribution.ops import rollout_row
-from vitx.errors import VitxError
+from vitx.plugin import (
+    ATTENTION, ATTENTION_GRAD, MODEL, Explainer, Option, VitxError, hookimpl, input_relevance, rollout_row,
+)
 
 
 class TransformerAttribution(Explainer):
@@ -50,6 +48,6 @@ class TransformerAttribution(Explainer):
         return rollout_row(layers, evidence.query)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(TransformerAttribution)

@@ -11,11 +11,8 @@ its share of f(x) - f(x'). The steps are stacked on the batch, `internal_batch_s
 import numpy as np
 import torch
 
-import vitx
-from vitx.attribution.explainer import MODEL, Explainer, Option
-from vitx.attribution.libragrad import GRAD_MODE_OPTION
-from vitx.errors import VitxError
-from vitx.attribution.options import MAX_PER_PASS, baseline_option
+from vitx.plugin import GRAD_MODE_OPTION, MAX_PER_PASS, MODEL, Explainer, Option, VitxError, baseline_option, hookimpl
+
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
@@ -75,7 +72,7 @@ class InputXGradient(Explainer):
         return evidence.pixels_to_tokens(evidence.pixels * grad)
 
 
-@vitx.hookimpl
+@hookimpl
 def vitx_register_explainers(register):
     register(IntegratedGradients)
     register(InputXGradient)
