@@ -36,13 +36,6 @@ def test_layer_scatter_and_training_curves_are_matplotlib_figures():
     assert has_colour(curves, figures.PALETTE[3]) and has_colour(curves, figures.PALETTE[0])
 
 
-def test_no_hand_drawn_chart_code_is_left():
-    assert not hasattr(imaging, "line_chart")
-    for path in list((ROOT / "vitx").rglob("*.py")) + list((ROOT / "reference_models").rglob("*.py")):
-        text = path.read_text()
-        assert "cv2.polylines" not in text and "line_chart" not in text, path
-
-
 def test_panel_title_strip_sits_above_the_unchanged_panel():
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     relevance = np.random.default_rng(1).random((4, 4))
