@@ -130,6 +130,6 @@ def test_import_vitx_loads_neither_matplotlib_nor_opencv():
     import sys
 
     code = ("import sys, vitx; vitx.explain; print('matplotlib' in sys.modules, 'cv2' in sys.modules); "
-            "vitx.views; print('matplotlib' in sys.modules)")
+            "vitx.figures; print('matplotlib' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False", "True"]
