@@ -7,6 +7,7 @@ from ..baselines import BASELINES, DEFAULT_BASELINE
 from ..datasets import DATASET_NAMES
 from ..errors import VitxError
 from ..evaluate.confidence import MAX_RESAMPLES
+from ..evaluate.cost import DEFAULT_BUDGET
 from .checks import MAX_BATCH, MAX_WORKERS, model_and_checkpoint, out_folder, positive, within
 from .method_options import given_options, method_option_flags, per_method
 from .options import (
@@ -38,6 +39,26 @@ def _cell(result, key) -> str:
     return f"{result['auc'][key]:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
+def _priced(net, probe, names, options, limit, main):
+    """(the methods to run, {method: forward-equivalents per image}): each method's cost counted
+    on one image (vitx.evaluate.cost), printed before the run, and those over `limit` left out."""
+    from ..evaluate.cost import describe, method_costs, within_budget
+
+    if limit is not None and not limit > 0:
+        raise VitxError(f"--budget must be a positive number of forward-equivalents, got {limit:g}")
+    costs = method_costs(net, probe.unsqueeze(0), names, options, limit)
+    kept, left = within_budget(costs, limit) if limit is not None else (list(names), [])
+    if main:
+        click.echo(f"note: cost per image in forward-equivalents (counted on one image; a backward counts as two): "
+                   f"{describe({m: costs[m] for m in kept})}"
+                   + (f"; left out by the budget of {limit:g}: {describe({m: costs[m] for m in left}, limit)}"
+                      if left else ""), err=True)
+    if not kept:
+        raise VitxError(f"no method fits a budget of {limit:g} forward-equivalents per image: "
+                        f"{describe(costs, limit)}")
+    return kept, costs
+
+
 def _cost(cost) -> str:
     """Time per image relative to a plain forward ('-' for the random map)."""
     return "-" if cost is None else f"{cost['cost']:.1f}x"
@@ -48,7 +69,11 @@ def _cost(cost) -> str:
 @checkpoint_option()
 @click.option("--dataset", default=None, type=click.Choice(DATASET_NAMES), help="Test split of a dataset.")
 @click.option("--images", "folder", type=click.Path(), help="Or a folder with one sub-folder of images per class.")
-@click.option("--methods", default=None, help="Comma-separated methods [default: every registered method].")
+@click.option("--methods", default=None,
+              help="Comma-separated methods [default: every registered method within --budget].")
+@click.option("--budget", type=float, default=None,
+              help="Forward-equivalents per image a method may cost, counted on one image before the run (a "
+              f"backward counts as two); methods over it are left out [default: {DEFAULT_BUDGET:g} without --methods].")
 @click.option("--limit", "--n", "count", default=1000, show_default=True,
               help="Number of images (a seeded random subset; --n: the same).")
 @click.option("--baseline", "--protocol", "baseline", default=DEFAULT_BASELINE, show_default=True,
@@ -71,8 +96,8 @@ def _cost(cost) -> str:
 @click.option("--sanity", is_flag=True, help="Also run the cascading model-randomisation sanity check "
               "(Adebayo et al. 2018) on the same images: sanity.json/.md/.png.")
 @method_option_flags(reserved=("baseline", "seed", "masks"))
-def evaluate_command(model, checkpoint, dataset, folder, methods, count, baseline, bootstrap, batch_size, seed, data_dir,
-                     device, workers, out_dir, sanity, masks=None, **method_flags):
+def evaluate_command(model, checkpoint, dataset, folder, methods, budget, count, baseline, bootstrap, batch_size, seed,
+                     data_dir, device, workers, out_dir, sanity, masks=None, **method_flags):
     """Rank explanation methods by faithfulness (perturbation and deletion/insertion AUCs).
 
     Under torchrun the batches are dealt to the ranks and rank 0 writes one result, equal to
@@ -118,6 +143,9 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if len(data) == 0:
         raise VitxError("no images to evaluate")
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    limit = budget if budget is not None else (None if methods else DEFAULT_BUDGET)
+    names, forward_costs = _priced(net, data[indices[0]][0], names, options, limit, world.is_main)
+    options = {name: options[name] for name in names}
     plan = batch_plan(indices, batch_size)
     mine = my_batch_ids(len(plan), world)
     skipped, costs = [], {}
@@ -135,14 +163,17 @@ def evaluate_command(model, checkpoint, dataset, folder, methods, count, baselin
     if not world.is_main:
         return
     evaluated = len(indices) - len(skipped)
-    (out / "results.json").write_text(json.dumps({"n": evaluated, "baseline": baseline, "bootstrap": bootstrap, "seed": seed,
-                                                  "batch_size": batch_size, "options": given, "results": results, "costs": costs}, indent=1))
+    (out / "results.json").write_text(json.dumps({
+        "n": evaluated, "baseline": baseline, "bootstrap": bootstrap, "seed": seed, "batch_size": batch_size,
+        "budget": limit, "options": given, "results": results, "costs": costs,
+        "forward_equivalents": {m: c for m, c in forward_costs.items() if c != float("inf")}}, indent=1))
     draw_curves(results, out / "curves.png")
     header = ["method", "pos. acc AUC (lower)", "neg. acc AUC (higher)", "pos. prob AUC (lower)", "neg. prob AUC (higher)",
-              "deletion (lower)", "insertion (higher)", "cost vs. forward"]
+              "deletion (lower)", "insertion (higher)", "forward-equivalents", "time vs. forward"]
     keys = ["positive_accuracy_auc", "negative_accuracy_auc", "positive_probability_auc", "negative_probability_auc",
             "deletion_auc", "insertion_auc"]
-    table = markdown_table(header, [[name] + [_cell(result, k) for k in keys] + [_cost(costs.get(name))]
+    table = markdown_table(header, [[name] + [_cell(result, k) for k in keys]
+                                    + [f"{forward_costs[name]:g}" if name in forward_costs else "-", _cost(costs.get(name))]
                                     for name, result in results.items()])
     intervals = f", 95 % bootstrap intervals ({bootstrap} resamples)" if bootstrap else ""
     if bootstrap and evaluated == 1:

@@ -167,15 +167,20 @@ def _targets(net, category_index, texts, reference):
 
 
 @main.command()
-def methods():
+@click.option("--cost", is_flag=True, help=f"Also count each method's cost, in forward-equivalents per image (a "
+              f"backward counts as two), on the bundled {DEFAULT_MODEL} with default options.")
+def methods(cost):
     """List every registered explainer, its options and the plugin it came from."""
     from ..attribution.api import list_methods
     from ..registry import get_registry
 
+    costs = _default_costs(list_methods()) if cost else {}
     for name, (cls, plugin) in list_methods().items():
         grad = "  [needs gradients]" if cls.needs_gradients() else ""
         click.echo(f"{name}  (plugin: {plugin}){grad}")
         click.echo(f"    {cls.summary}")
+        if name in costs:
+            click.echo(f"    cost: {costs[name]:g} forward-equivalents per image ({DEFAULT_MODEL}, default options)")
         if cls.paper:
             click.echo(f"    paper: {cls.paper}")
         for o in cls.options:
@@ -184,6 +189,19 @@ def methods():
             click.echo(f"    --{o.name.replace('_', '-')}={o.default}{choices}  {o.help}{was}")
     for name, reason in get_registry().failed.items():
         click.echo(f"(plugin {name} failed to load: {reason})")
+
+
+def _default_costs(methods) -> dict:
+    """{method: forward-equivalents per image} counted on the bundled model (vitx.evaluate.cost)."""
+    import torch
+
+    from ..evaluate.cost import method_costs
+    from ..models import load_model
+    from ..registry import data_config
+
+    net = load_model(DEFAULT_MODEL)
+    image = torch.rand(1, *data_config(net)["input_size"], generator=torch.Generator().manual_seed(0))
+    return method_costs(net, image, methods)
 
 
 @main.command()
