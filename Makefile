@@ -7,6 +7,10 @@ VENV ?= $(HOME)/.cache/vitx/venv-$(SPEC_HASH)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.deps-installed
 
+# Real MNIST for tests/test_mnist.py: a folder holding MNIST/raw/*.gz (the official files), here the
+# shared read-only copy beside the checkout when there is one; those tests skip without it.
+export VITX_DATASETS ?= $(if $(wildcard ../shared/datasets/MNIST/raw),$(abspath ../shared/datasets))
+
 .PHONY: venv install system-deps demo report test test-fast imports bench clean-venv
 
 $(STAMP): requirements.txt requirements-test.txt
