@@ -1,4 +1,4 @@
-"""Augmentations applied to a whole batch of decoded tensors (`--augment flip|affine`).
+"""Augmentations applied to a whole batch of decoded tensors (`--augment flip|affine|affine-half`).
 
 Per-image PIL/torchvision transforms redo the decode and a Python call per image every
 epoch (~13 s of a 45 s Fashion-MNIST epoch on 2 cores); on a batch already in memory the
@@ -35,7 +35,16 @@ def random_affine(x: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-BATCH_AUGMENTS = {"flip": random_flip, "affine": random_affine}
+def random_affine_half(x: torch.Tensor) -> torch.Tensor:
+    """`random_affine` on a random half of the images; the other half stays as it was. The
+    bilinear resampling softens every digit it moves, and a ViT that only ever saw softened
+    digits reads the crisp test digits worse than softened ones (MNIST, 9 epochs: 98.95 %
+    clean vs. 99.22 % on the same test digits moved by half a pixel)."""
+    moved = random_affine(x)
+    return torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, moved, x)
+
+
+BATCH_AUGMENTS = {"flip": random_flip, "affine": random_affine, "affine-half": random_affine_half}
 
 
 def augment_batch(kind: str, x: torch.Tensor) -> torch.Tensor:

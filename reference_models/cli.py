@@ -43,8 +43,9 @@ def _sizes(value):
 @click.option("--ema", default=0.0, help="EMA decay (0: off).")
 @click.option("--augment", default="default", show_default=True, type=click.Choice(AUGMENTS),
               help="default: random crop+flip (CIFAR-10, Fashion-MNIST) or affine (MNIST) per image; flip: random "
-                   "horizontal flip only; affine: small random rotation, scale and shift (digits); none. flip, "
-                   "affine and none decode the split once and augment on the batch (faster on a CPU).")
+                   "horizontal flip only; affine: small random rotation, scale and shift (digits); affine-half: affine on "
+                   "a random half of each batch, the rest kept crisp; none. All but default decode the split once "
+                   "and augment on the batch (faster on a CPU).")
 @click.option("--mixup", default=0.0, help="Mixup alpha; > 0 mixes batches with Mixup or CutMix (torchvision v2).")
 @click.option("--dim", default=64, show_default=True, help="From-scratch ViT: embedding width.")
 @click.option("--depth", default=4, show_default=True, help="From-scratch ViT: transformer blocks.")

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 MODES = ("teacher", "baseline", "kd", "deit", "finetune")
-AUGMENTS = ("default", "flip", "affine", "none")
+AUGMENTS = ("default", "flip", "affine", "affine-half", "none")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TrainConfig:
     curriculum: List[int] = field(default_factory=list)
     ema: float = 0.0
     mixup: float = 0.0
-    augment: str = "default"  # default (the dataset's transforms); flip, affine, none: on the batch, in memory
+    augment: str = "default"  # default (the dataset's transforms); flip, affine, affine-half, none: on the batch, in memory
     teacher_width: int = 16
     train_limit: int = 0
     test_limit: int = 0

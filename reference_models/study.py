@@ -28,7 +28,7 @@ PRESETS = {
                  vit=dict(dim=192, depth=9, heads=12, patch_size=4, mlp_ratio=2.0, drop_path=0.1, local_ffn=True)),
     # The bundled mnist_vit / mnist_deit recipe: all 60k digits, the full 10k test set, each
     # run under 20 minutes on a 2-core CPU (reference_models/weights/README.md has the figures).
-    "mnist": dict(epochs=9, train_limit=0, test_limit=0, batch_size=128, teacher_epochs=5, augment="affine",
+    "mnist": dict(epochs=7, train_limit=0, test_limit=0, batch_size=128, teacher_epochs=5, augment="affine-half",
                   teacher_augment="affine", students=("baseline", "deit", "deit_soft"),
                   vit=dict(dim=64, depth=4, heads=4, patch_size=4, mlp_ratio=2.0, local_ffn=True)),
 }

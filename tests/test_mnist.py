@@ -131,3 +131,59 @@ def test_study_report_opens_in_a_browser(tmp_path, monkeypatch):
                               ".map(i => i.dataset.file)")
         assert len(shown) == page.locator("img").count()  # every figure decoded
         assert {"study-curves.png", "study-attention-maps.png", "deit-sanity.png", "deit-soft-sanity.png"} <= set(shown)
+
+
+@pytest.mark.parametrize("name,tokens", [("mnist_vit", ["cls"]), ("mnist_deit", ["cls", "dist"])])
+def test_bundled_mnist_models_read_the_example_digits(name, tokens):
+    model = vitx.load_model(name)
+    meta = model.vitx_meta
+    assert meta["dataset"] == "mnist" and meta["test_accuracy"] >= 0.99  # on the 10,000 official test digits
+    assert meta["history"][-1]["test_accuracy"] == meta["test_accuracy"]
+    assert not any(str(value).startswith("/") for value in meta["train"].values())  # no machine's paths shipped
+    files = [ROOT / "examples" / "mnist" / f"{digit}.png" for digit in range(10)]
+    for token in tokens:
+        explanation = vitx.explain(model, [str(f) for f in files], method="rollout", token=token)
+        assert explanation.maps.shape == (10, 7, 7)
+    assert [int(p[0].name) for p in explanation.predictions] == list(range(10))
+
+
+def test_explain_cli_with_the_bundled_mnist_vit(tmp_path):
+    result = CliRunner().invoke(main, ["explain", "--model", "mnist_vit", str(ROOT / "examples" / "mnist" / "3.png"),
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    top = next(line for line in result.output.splitlines() if line.strip().startswith("1."))
+    assert top.split()[-1] == "3" and (tmp_path / "3_rollout.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_wheel_built_outside_the_repository_explains_with_mnist_vit(tmp_path):
+    """The weights travel inside the package: a wheel built from a copy of the sources, on
+    sys.path ahead of any installed vitx, explains an MNIST digit from a folder with no repository."""
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for part in ("setup.py", "MANIFEST.in", "README.md", "requirements.txt", "requirements-test.txt"):
+        shutil.copy(ROOT / part, source)
+    for package in ("vitx", "plugins", "reference_models"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("vitx-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"vitx/reference_models/weights/mnist_vit.safetensors", "vitx/reference_models/weights/mnist_vit.json",
+            "vitx/reference_models/weights/mnist_deit.safetensors"} <= set(names)
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    shutil.copy(ROOT / "examples" / "mnist" / "3.png", work)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    where = subprocess.run([sys.executable, "-c", "import vitx; print(vitx.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(tmp_path / "site"))  # the wheel's vitx, not the checkout's
+    done = subprocess.run([sys.executable, "-m", "vitx", "explain", "--model", "mnist_vit", "3.png", "--out", "maps"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (work / "maps" / "3_rollout.png").is_file() and " 3" in done.stdout
