@@ -90,13 +90,19 @@ def explanation_results(students: dict, images) -> dict:
 
     out = {}
     for name, model in students.items():
-        stats = attention_statistics(model, images)
-        entry = {"attention_distance_per_layer": [round(float(v), 3) for v in stats.distance.mean(1)],
-                 "uniform_attention_distance": round(stats.uniform_distance, 3),
-                 "sanity": sanity_check(model, images[:SANITY_IMAGES], SANITY_METHODS)}
+        entry = out[name] = {}
+        try:
+            stats = attention_statistics(model, images)
+            entry.update(attention_distance_per_layer=[round(float(v), 3) for v in stats.distance.mean(1)],
+                         uniform_attention_distance=round(stats.uniform_distance, 3))
+        except vitx.VitxError as exc:  # a model whose attention vitx cannot read this way: said, not fatal
+            entry["attention_distance_skipped"] = str(exc)
+        try:
+            entry["sanity"] = sanity_check(model, images[:SANITY_IMAGES], SANITY_METHODS)
+        except vitx.VitxError as exc:  # e.g. a fine-tuned network without a block list to randomise
+            entry["sanity_skipped"] = str(exc)
         if getattr(model, "dist_token", None) is not None:
             entry["cls_dist_rollout_correlation"] = dist_token_agreement(model, images)
-        out[name] = entry
     return out
 
 
@@ -121,17 +127,21 @@ def write_study_report(out: Path, dataset: str, preset: str, results: dict, stud
         section.image(attention, "Rollout and grad_rollout of each student on the same test images, and each DeiT's "
                       "distillation-token map", "study-attention-maps")
         section.table(["student", "mean attention distance per layer (px)", "cls / dist rollout correlation"],
-                      [[name, ", ".join(f"{d:.1f}" for d in e["attention_distance_per_layer"]),
+                      [[name, ", ".join(f"{d:.1f}" for d in e.get("attention_distance_per_layer", [])) or "-",
                         e.get("cls_dist_rollout_correlation", "-")] for name, e in explained.items()])
         sanity = report.section("Sanity check")
         sanity.text(SANITY_INTRO + f" ({SANITY_IMAGES} test images.)")
         for name, entry in explained.items():
-            add_sanity(sanity, name, entry["sanity"])
+            if "sanity" in entry:
+                add_sanity(sanity, name, entry["sanity"])
+            else:
+                sanity.text(f"{name}: not checked ({entry['sanity_skipped']})", "note")
 
     report = inspect_models(students, images, out / "report", show=num_images, extra=study_section,
                             title=f"vitx study: {dataset} ({preset})")
     for entry in explained.values():
-        entry["sanity"] = entry["sanity"].as_dict()
+        if "sanity" in entry:
+            entry["sanity"] = entry["sanity"].as_dict()
     (out / "results.json").write_text(json.dumps(
         {"dataset": dataset, "preset": preset, "results": results, "explanations": explained,
          "attention_figure_columns": titles, "report": str(report)}, indent=1, default=_plain))
