@@ -86,11 +86,12 @@ def test_trains_on_a_slice_of_the_official_mnist_files(real_mnist, tmp_path):
     split = load_split("mnist", train=False, data_dir=real_mnist, download=False, augment=False)
     assert len(split) == 10000 and all((raw / name).is_file() for name in MNIST_FILES)  # unpacked, MD5 checked
     assert [int(split[i][1]) for i in range(10)] == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the first test digits
-    config = TrainConfig(dataset="mnist", mode="baseline", out=str(tmp_path / "run"), epochs=2, batch_size=64,
-                         lr=3e-3, warmup_epochs=0.2, augment="affine", train_limit=3000, test_limit=500,
-                         data_dir=str(real_mnist), download=False, vit=dict(dim=32, depth=2, heads=2, patch_size=7))
+    # the CNN: a tiny one learns real digits within seconds, where a tiny ViT needs minutes
+    config = TrainConfig(dataset="mnist", mode="teacher", teacher_width=4, out=str(tmp_path / "run"), epochs=2,
+                         batch_size=32, lr=3e-3, warmup_epochs=0.2, augment="none", train_limit=4000, test_limit=500,
+                         data_dir=str(real_mnist), download=False)
     history = train(config, progress=False)
-    assert history[-1]["test_accuracy"] > 0.7  # chance is 0.1
+    assert history[-1]["test_accuracy"] > 0.8  # chance is 0.1 (0.89 here)
 
 
 def test_study_report_opens_in_a_browser(tmp_path, monkeypatch):
@@ -120,7 +121,7 @@ def test_study_report_opens_in_a_browser(tmp_path, monkeypatch):
     assert set(explained["deit"]["sanity"]["passed"]) == {"rollout", "grad_rollout", "chefer2021"}
     assert "deit_soft dist token" in saved["attention_figure_columns"]
     soft = json.loads((out / "deit_soft" / "model.json").read_text())["train"]
-    assert soft["mode"] == "deit" and soft["deit_soft"] and soft["augment"] == "affine"
+    assert soft["mode"] == "deit" and soft["deit_soft"] and soft["augment"] == "affine-half"
     if browser() is None:
         pytest.skip(SKIP_REASON)
     with headless_page(out / "report" / "report.html") as page:
