@@ -171,7 +171,7 @@ def test_a_wheel_built_outside_the_repository_explains_with_mnist_vit(tmp_path):
     for package in ("vitx", "plugins", "reference_models"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=600)
     wheel = next((tmp_path / "dist").glob("vitx-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {"vitx/reference_models/weights/mnist_vit.safetensors", "vitx/reference_models/weights/mnist_vit.json",
@@ -185,6 +185,6 @@ def test_a_wheel_built_outside_the_repository_explains_with_mnist_vit(tmp_path):
                            capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(tmp_path / "site"))  # the wheel's vitx, not the checkout's
     done = subprocess.run([sys.executable, "-m", "vitx", "explain", "--model", "mnist_vit", "3.png", "--out", "maps"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (work / "maps" / "3_rollout.png").is_file() and " 3" in done.stdout
