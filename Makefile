@@ -12,6 +12,10 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(RUN_VENV)/.deps-installed
 STAMP := $(VENV)/.deps-installed
 
+# Real MNIST for tests/test_mnist.py: a folder holding MNIST/raw/*.gz (the official files), here the
+# shared read-only copy beside the checkout when there is one; those tests skip without it.
+export VITX_DATASETS ?= $(if $(wildcard ../shared/datasets/MNIST/raw),$(abspath ../shared/datasets))
+
 .PHONY: venv run-venv install install-run system-deps demo report test test-fast imports docs bench clean-venv
 
 $(RUN_STAMP): requirements.txt

@@ -34,6 +34,7 @@ setup(
         "test": TEST_REQUIRES,
         "hf": ["transformers>=5.0", "safetensors"],  # Hugging Face models (--model hf:...), imported lazily
         "clip": ["open_clip_torch>=3.0"],  # open_clip models (--model open_clip:...), imported lazily
+        "tensorboard": ["tensorboard>=2.14"],  # vitx train --log tensorboard, imported lazily
     },
     entry_points={
         "console_scripts": ["vitx = vitx.cli.main:main"],

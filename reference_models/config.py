@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 MODES = ("teacher", "baseline", "kd", "deit", "finetune")
-AUGMENTS = ("default", "flip", "none")
+AUGMENTS = ("default", "flip", "affine", "affine-half", "none")
 
 
 @dataclass
@@ -23,14 +23,16 @@ class TrainConfig:
     kd_temperature: float = 4.0
     kd_alpha: float = 0.5
     kd_hard: bool = False
+    deit_soft: bool = False  # deit: the dist token learns the teacher's softened outputs (KL), not its labels
     curriculum: List[int] = field(default_factory=list)
     ema: float = 0.0
     mixup: float = 0.0
-    augment: str = "default"  # default (the dataset's transforms), flip (in memory), none (in memory)
+    augment: str = "default"  # default (the dataset's transforms); flip, affine, affine-half, none: on the batch, in memory
     teacher_width: int = 16
     train_limit: int = 0
     test_limit: int = 0
     data_dir: Optional[str] = None
     download: bool = True
     device: str = "cpu"
+    log: str = "none"  # none, or tensorboard (OUT/tensorboard; see watch.py)
     vit: dict = field(default_factory=dict)

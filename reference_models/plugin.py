@@ -13,6 +13,8 @@ WEIGHTS = Path(__file__).parent / "weights"
 BUNDLED = {
     "fashion_vit": "reference ViT trained from scratch on Fashion-MNIST (bundled)",
     "fashion_deit": "reference DeiT (distillation token, CNN teacher) on Fashion-MNIST (bundled)",
+    "mnist_vit": "reference ViT trained from scratch on MNIST (bundled)",
+    "mnist_deit": "reference DeiT (distillation token, CNN teacher) on MNIST (bundled)",
 }
 
 

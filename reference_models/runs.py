@@ -14,11 +14,13 @@ from pathlib import Path
 
 from vitx.errors import VitxError
 
+from .watch import LOGS
+
 RUN_FILES = ("state.pt", "model.safetensors", "model.json", "history.json", "history.csv", "curves.png")
 LOCK_NAME = ".train.lock"
 # Settings that may differ on --resume: they change where the run is read and written, not
 # what it computes. `epochs` may grow: the schedule and curriculum then follow the new total.
-RESUMABLE_CHANGES = ("out", "data_dir", "download", "device", "epochs")
+RESUMABLE_CHANGES = ("out", "data_dir", "download", "device", "epochs", "log")
 
 
 def _positive_int(value, flag):
@@ -56,6 +58,8 @@ def validate_config(config, full_size: int) -> None:
     if config.ema >= 1:
         raise VitxError(f"--ema must be below 1 (a decay such as 0.999), got {config.ema}")
     _finite(config.mixup, "--mixup", low=0.0)
+    if config.log not in LOGS:
+        raise VitxError(f"unknown --log {config.log!r}; use one of {', '.join(LOGS)}")
     for flag, limit in (("--train-limit", config.train_limit), ("--test-limit", config.test_limit)):
         if limit < 0:
             raise VitxError(f"{flag} must be 0 (all) or a positive number of images, got {limit}")
@@ -151,6 +155,8 @@ def check_resume(config, saved: dict) -> None:
     for key, value in current.items():
         if key in RESUMABLE_CHANGES or key not in saved:
             continue
+        if key == "vit" and config.mode == "teacher":  # the CNN teacher has no ViT settings to keep
+            continue
         old = saved[key]
         if key == "vit":  # a missing key means the architecture's default
             defaults = _vit_defaults()
@@ -162,7 +168,7 @@ def check_resume(config, saved: dict) -> None:
             changed.append(f"--{key.replace('_', '-')} {old} -> {value}")
     if changed:
         raise VitxError("cannot resume with changed settings (" + ", ".join(changed) + "); use the run's settings, "
-                        "or train into another --out (only --epochs, --device and --data-dir may change)")
+                        "or train into another --out (only --epochs, --device, --data-dir and --log may change)")
 
 
 def _vit_defaults():

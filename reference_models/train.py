@@ -27,12 +27,14 @@ from tqdm import tqdm
 from vitx.errors import VitxError
 from vitx.models import resolve_device
 
+from .augment import augment_batch
 from .checkpoint import load_model_file, load_state, save_model, save_state
 from .config import AUGMENTS, MODES, TrainConfig  # noqa: F401 (AUGMENTS, MODES: re-exported for the train CLI)
 from . import distributed as ddp
 from vitx.datasets import dataset_info, load_split
 from .runs import check_more_epochs, check_resume, run_folder, space_error, validate_config
 from .teacher import TeacherCNN
+from .watch import NoLog, open_log
 from .vit import ViT, ViTConfig
 
 
@@ -66,17 +68,24 @@ def loss_fn(config: TrainConfig, model, teacher, x, y):
         return F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
     with torch.no_grad():
         teacher_logits = teacher(x)
-    if config.mode == "deit":
+    if config.mode == "deit":  # DeiT: the cls token learns the labels, the dist token the teacher
         cls_logits, dist_logits = output
-        return 0.5 * F.cross_entropy(cls_logits, y, label_smoothing=config.label_smoothing) + \
-            0.5 * F.cross_entropy(dist_logits, teacher_logits.argmax(-1))
+        true_loss = F.cross_entropy(cls_logits, y, label_smoothing=config.label_smoothing)
+        if config.deit_soft:
+            return 0.5 * true_loss + 0.5 * soft_distillation(dist_logits, teacher_logits, config.kd_temperature)
+        return 0.5 * true_loss + 0.5 * F.cross_entropy(dist_logits, teacher_logits.argmax(-1))
     true_loss = F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
     if config.kd_hard:
         return 0.5 * true_loss + 0.5 * F.cross_entropy(output, teacher_logits.argmax(-1))
-    t = config.kd_temperature
-    soft = F.kl_div(F.log_softmax(output / t, -1), F.log_softmax(teacher_logits / t, -1),
+    return (1 - config.kd_alpha) * true_loss + config.kd_alpha * soft_distillation(output, teacher_logits,
+                                                                                   config.kd_temperature)
+
+
+def soft_distillation(student_logits, teacher_logits, t: float):
+    """KL from the teacher's to the student's softmax at temperature t, times t^2 (Hinton et
+    al.: keeps the gradient's scale independent of t)."""
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
                     reduction="batchmean", log_target=True) * t * t
-    return (1 - config.kd_alpha) * true_loss + config.kd_alpha * soft
 
 
 @torch.no_grad()
@@ -255,8 +264,7 @@ def _epoch(run: Session, config: TrainConfig, train_set, epoch: int, size: int, 
     bar = tqdm(loader, desc=f"{config.mode} epoch {epoch + 1}/{config.epochs} ({size}px)", disable=not progress, leave=False)
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
-        if config.augment == "flip":  # per image, on the batch: the split stays decoded
-            x = torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, x.flip(-1), x)
+        x = augment_batch(config.augment, x)  # flip / affine: per image, on the batch (the split stays decoded)
         if size != full:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if run.mixer is not None:
@@ -303,6 +311,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
     state_path = out / "state.pt"
     if resume and state_path.exists():
         _restore(run, state_path, config)
+    log = open_log(config.log, out / "tensorboard", test_set, run.start_epoch) if world.is_main else NoLog()
     try:
         for epoch in range(run.start_epoch, config.epochs):
             size = curriculum_size(config, epoch, info.size)
@@ -316,8 +325,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, device, out: Path,
                 continue  # rank 0 alone writes checkpoints and history
             if progress:
                 print(f"{config.mode} epoch {epoch + 1}: loss {loss:.4f}, test accuracy {accuracy:.4f}")
+            log.epoch(run.evaluated, run.history[-1])  # before the save: a resume re-logs an unsaved epoch
             _save(run, config, info, out, state_path, epoch, accuracy)
     except KeyboardInterrupt:
         done = run.history[-1]["epoch"] if run.history else 0
         print(f"\ninterrupted: {done} epoch(s) saved in {out}; continue with --resume")
+    finally:
+        log.close()
     return run.history

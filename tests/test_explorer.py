@@ -2,13 +2,12 @@
 (Playwright driving Debian's chromium) clicking patches, changing layers, switching methods."""
 import json
 import re
-import shutil
-from contextlib import contextmanager
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from browser import SKIP_REASON, browser, headless_page
 from helpers import images_for, reference_attention, tiny_timm
 
 import vitx
@@ -65,39 +64,16 @@ def test_embedded_rows_are_the_models_attention(report):
         assert m["images"][0]["predicted"] == int(exp.targets[0])
 
 
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
-    except ImportError:
-        return None
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def row(panel):
     return np.array([int(v) for v in panel.get_attribute("data-row").split(",")])
 
 
-@contextmanager
 def explorer_page(path):
-    """A headless chromium on the report at `path` with the explorer ready; an error on the
-    page fails the test once the block ends."""
-    from playwright.sync_api import sync_playwright
-
-    errors = []
-    with sync_playwright() as p:
-        chrome = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--headless", "--disable-gpu"])
-        try:
-            page = chrome.new_page(viewport={"width": 1200, "height": 900})
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(path.resolve().as_uri())
-            page.wait_for_selector("#vitx-explorer[data-ready='1']", timeout=60000)
-            yield page
-        finally:
-            chrome.close()
-    assert not errors, errors
+    """A headless chromium on the report at `path` with the explorer ready."""
+    return headless_page(path, ready="#vitx-explorer[data-ready='1']")
 
 
-@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
+@pytest.mark.skipif(browser() is None, reason=SKIP_REASON)
 def test_explorer_in_a_headless_browser(report, tmp_path):
     path, _, _ = report
     data = embedded(path.read_text())
@@ -191,7 +167,7 @@ def window_row(model_data, layer, token, head):
     return out, set(keys[keys >= 0].tolist())
 
 
-@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
+@pytest.mark.skipif(browser() is None, reason=SKIP_REASON)
 def test_swin_explorer_by_stage_in_a_headless_browser(swin_report):
     """Clicking patch (5, 7) of the 16x32 first grid queries token (5, 7) = 167 of stage 1, (2, 3) = 35 of
     the 8x16 stage 2 and (1, 1) = 9 of the 4x8 stage 3 (by hand); each layer shows that token's
@@ -241,7 +217,7 @@ def pooled_report(tmp_path_factory):
                           methods=["rollout"], show=1, interactive=True)
 
 
-@pytest.mark.skipif(browser() is None, reason="needs the playwright package and a chromium (make test installs it: scripts/system-deps.sh)")
+@pytest.mark.skipif(browser() is None, reason=SKIP_REASON)
 def test_pooled_explorer_by_stage_in_a_headless_browser(pooled_report):
     """PVTv2: clicking patch (5, 7) of the 8x12 first grid shows, per layer, the row of the stage
     token covering it over the layer's pooled keys (the embedded row); PiT: the class token's row

@@ -36,10 +36,11 @@ def teacher(tmp_path_factory):
     return str(root / "teacher" / "model.safetensors")
 
 
-@pytest.mark.parametrize("mode", ["baseline", "kd", "kd_hard", "deit"])
+@pytest.mark.parametrize("mode", ["baseline", "kd", "kd_hard", "deit", "deit_soft"])
 def test_each_mode_trains_and_the_loss_drops(mode, teacher, tmp_path):
     extra = {"teacher": teacher} if mode != "baseline" else {}
-    config = tiny_config(tmp_path, mode, mode="kd" if mode == "kd_hard" else mode, kd_hard=mode == "kd_hard", **extra)
+    config = tiny_config(tmp_path, mode, mode={"kd_hard": "kd", "deit_soft": "deit"}.get(mode, mode),
+                         kd_hard=mode == "kd_hard", deit_soft=mode == "deit_soft", **extra)
     history = train(config, progress=False)
     assert len(history) == 3
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -53,7 +54,7 @@ def test_distillation_modes_need_a_teacher(tmp_path):
         train(tiny_config(tmp_path, "x", mode="deit"), progress=False)
 
 
-@pytest.mark.parametrize("augment", ["default", "flip"])
+@pytest.mark.parametrize("augment", ["default", "flip", "affine"])
 def test_resume_after_interrupt_reproduces_the_uninterrupted_run(augment, tmp_path, interrupted_in_second_epoch):
     config = tiny_config(tmp_path, "straight", vit=dict(TINY_VIT, drop_path=0.1), ema=0.9, curriculum=[14, 28],
                          augment=augment)
@@ -178,9 +179,11 @@ def test_study_end_to_end_on_a_micro_preset(tmp_path, monkeypatch):
     table = (tmp_path / "study" / "results.md").read_text()
     for name in results:
         assert f"| {name} | {results[name]['test_accuracy']:.4f} |" in table
-    figure = np.asarray(Image.open(tmp_path / "study" / "attention_maps.png"))
     # input + 2 maps for baseline and kd + 3 for deit (cls rollout, grad, dist rollout) = 8 columns
-    assert figure.shape[1] == 8 * 84 and figure.shape[0] == 28 + 3 * 84
+    columns = json.loads((tmp_path / "study" / "results.json").read_text())["attention_figure_columns"]
+    assert columns == ["input", "baseline rollout", "baseline grad", "kd rollout", "kd grad", "deit rollout",
+                       "deit grad", "deit dist token"]
+    assert Image.open(tmp_path / "study" / "attention_maps.png").size[0] > 8 * 84  # a matplotlib figure
     page = (tmp_path / "study" / "report" / "report.html").read_text()
     assert "<h2>Study results</h2>" in page and "study-attention-maps.png" in page
     for name in ("baseline", "kd", "deit"):  # the three students side by side in one report

@@ -78,16 +78,22 @@ def _unpack_debian_fashion(data_dir: Path) -> bool:
 
 
 def load_split(name: str, train: bool, data_dir=None, download: bool = True, augment: bool = None):
-    """A torchvision dataset for one split, with the right transforms."""
+    """A torchvision dataset for one split, with the right transforms. Looks in `data_dir`
+    (unpacking official archives found there), then Debian's Fashion-MNIST, then downloads;
+    when all fail, one error naming the files `data_dir` lacks."""
     from torchvision import datasets
+
+    from .dataset_files import missing_files, unpack_archives
 
     info = dataset_info(name)
     dataset_class = getattr(datasets, info.torchvision_class)
     data_dir = Path(data_dir or DEFAULT_DATA_DIR)
     transform = transforms(name, train if augment is None else augment)
     attempts: List[str] = []
-    for how in ("local", "debian", "download"):
+    for how in ("local", "archives", "debian", "download"):
         if how == "download" and not download:
+            continue
+        if how == "archives" and not (data_dir.is_dir() and unpack_archives(dataset_class, data_dir)):
             continue
         if how == "debian" and not (name == "fashion_mnist" and _unpack_debian_fashion(data_dir)):
             continue
@@ -95,8 +101,11 @@ def load_split(name: str, train: bool, data_dir=None, download: bool = True, aug
             return dataset_class(str(data_dir), train=train, transform=transform, download=how == "download")
         except Exception as exc:  # not found, or no network
             attempts.append(f"{how}: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
+    missing = missing_files(dataset_class, data_dir)
+    lacks = f"it lacks {', '.join(missing)}" if missing else "its files are there but unreadable"
+    tried = "" if not download else f" and could not be downloaded ({attempts[-1]})"
     hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else ""
     raise VitxError(
-        f"{name} not found in {data_dir} and could not be downloaded ({'; '.join(attempts)}). "
-        f"Put the torchvision files under --data-dir, run where the network is reachable{hint}"
+        f"{name} not found in {data_dir}: {lacks}{tried}. Put the torchvision files (or their official "
+        f"archives) under --data-dir, run where the network is reachable{hint}"
     )

@@ -183,6 +183,50 @@ def training_curves(history: List[dict]) -> np.ndarray:
     return render(figure)
 
 
+def compared_curves(histories: Mapping[str, List[dict]]) -> np.ndarray:
+    """Several runs' train loss and test accuracy per epoch on shared axes (one colour per
+    run, its last accuracy in the legend), so that their speed and end points compare."""
+    figure = new_figure(10.0, 3.6)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        epochs = [h.get("epoch", j + 1) for j, h in enumerate(history)]
+        accuracy = [100 * h["test_accuracy"] for h in history]
+        loss_axes.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3, color=colour, label=name)
+        accuracy_axes.plot(epochs, accuracy, marker="o", ms=3, color=colour, label=f"{name} ({accuracy[-1]:.2f} %)")
+    loss_axes.set_title("train loss")
+    accuracy_axes.set_title("test accuracy")
+    accuracy_axes.set_ylabel("%")
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return render(figure)
+
+
+def image_table(tiles: Sequence[Sequence[np.ndarray]], column_titles: Sequence[str], row_labels: Sequence[str] = (),
+                cell: float = 1.15) -> np.ndarray:
+    """Rows of RGB images (e.g. one input and its maps per row) under column titles, drawn with
+    matplotlib so that titles of any length stay legible; `cell`: inches per image."""
+    rows, columns = len(tiles), max(len(row) for row in tiles)
+    figure = new_figure(cell * columns + 0.4, cell * rows + 0.5)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for r, row in enumerate(tiles):
+        for c in range(columns):
+            axes = grid[r][c]
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if c < len(row):
+                axes.imshow(row[c], interpolation="nearest")
+            else:
+                axes.set_axis_off()
+            if r == 0 and c < len(column_titles):
+                axes.set_title(column_titles[c], fontsize="x-small")
+            if c == 0 and r < len(row_labels):
+                axes.set_ylabel(row_labels[r], fontsize="small")
+    return render(figure)
+
+
 EVALUATION_TESTS = (("positive_accuracy", "positive perturbation (lower is better)", "fraction of patches removed",
                      "top-1 accuracy"),
                     ("negative_accuracy", "negative perturbation (higher is better)", "fraction of patches removed",

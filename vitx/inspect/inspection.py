@@ -213,24 +213,32 @@ def _curves(report, models):
         section.text("No model carries a training history (reference checkpoints do).", "note")
 
 
+SANITY_INTRO = ("Cascading model-parameter randomisation (Adebayo et al. 2018): the model is re-initialised from "
+                "the head down to the embeddings; similarity (Spearman, SSIM) of each method's maps to the trained "
+                "model's. A method whose maps do not change with the weights fails.")
+
+
 def _sanity(report, models, images, methods, options, batch_size):
     """Cascading randomisation (vitx.evaluate.sanity) of every method, per model."""
     from ..evaluate.sanity import sanity_check
 
     section = report.section("Sanity check")
-    section.text("Cascading model-parameter randomisation (Adebayo et al. 2018): the model is re-initialised from "
-                 "the head down to the embeddings; similarity (Spearman, SSIM) of each method's maps to the trained "
-                 "model's. A method whose maps do not change with the weights fails.")
+    section.text(SANITY_INTRO)
     for name, model in models.items():
         try:
             result = sanity_check(model, images, methods, batch_size=batch_size, options=options)
         except VitxError as exc:
             _skip(section, name, exc)
             continue
-        section.heading(name)
-        section.table(result.header(), result.rows())
-        section.image(figures.sanity_curves(result), f"{name}: similarity to the trained model's maps per step",
-                      f"{name}-sanity")
+        add_sanity(section, name, result)
+
+
+def add_sanity(section, name, result):
+    """One model's sanity check (a `SanityResult`) in a report section: table and curves."""
+    section.heading(name)
+    section.table(result.header(), result.rows())
+    section.image(figures.sanity_curves(result), f"{name}: similarity to the trained model's maps per step",
+                  f"{name}-sanity")
 
 
 def inspect_models(models: Dict[str, nn.Module], images: Sequence, out, methods: Sequence[str] = DEFAULT_METHODS,
