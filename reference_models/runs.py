@@ -23,9 +23,17 @@ LOCK_NAME = ".train.lock"
 RESUMABLE_CHANGES = ("out", "data_dir", "download", "device", "epochs", "log")
 
 
+# Sizes that build tensors: bounded so that one argument cannot drive training past the
+# machine's memory (`--dim 1000000` would ask for terabytes of weights before failing).
+MAX_SIZES = {"--batch-size": 4096, "--dim": 4096, "--depth": 64, "--heads": 64, "--patch-size": 512,
+             "--teacher-width": 1024}
+
+
 def _positive_int(value, flag):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise VitxError(f"{flag} must be a positive integer, got {value!r}")
+    if flag in MAX_SIZES and value > MAX_SIZES[flag]:
+        raise VitxError(f"{flag} must be at most {MAX_SIZES[flag]}, got {value}")
 
 
 def _finite(value, flag, low=None, positive=False):

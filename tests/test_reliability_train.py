@@ -172,3 +172,9 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_module, "save_file", real)
     result = cli(tmp_path, "--epochs", "2", "--resume")  # and it resumes from there
     assert result.exit_code == 0 and "after 2 epochs -> " in result.output, result.output
+
+
+@pytest.mark.parametrize("flag", ["--dim", "--depth", "--batch-size"])
+def test_a_model_or_batch_size_past_the_machine_is_one_error_line(tmp_path, flag):
+    """`--dim 1000000` once went on to build the model (terabytes of weights) before failing."""
+    one_error(cli(tmp_path, flag, str(10 ** 6)), flag, "at most")
