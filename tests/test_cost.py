@@ -55,7 +55,8 @@ def test_evaluate_prints_costs_and_keeps_the_methods_within_the_budget(tmp_path)
 def test_vitx_methods_shows_each_counted_cost(monkeypatch):
     from vitx import registry
 
-    monkeypatch.setenv("VITX_PLUGINS", "rollout,chefer2021,integrated_gradients")  # the three counted here
+    # the three methods counted here, and the bundled model they are counted on
+    monkeypatch.setenv("VITX_PLUGINS", "rollout,chefer2021,integrated_gradients,reference_models")
     registry.reset()
     result = run("methods", "--cost")
     assert result.exit_code == 0, result.output
