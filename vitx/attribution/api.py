@@ -86,6 +86,12 @@ def _explain_chunk(model, adapter, explainer, pixels, target, token, layout=None
     return Chunk(resolved.report(evidence.output), resolved, relevance.detach(), layout)
 
 
+def _listed(indices, rows) -> str:
+    """'3, 4, 7 ...': the caller's image numbers of a chunk's rows `indices` (`rows`: the chunk)."""
+    first = rows.start if rows is not None and rows.start is not None else 0
+    return ", ".join(str(first + i) for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
+
+
 def _warn_if_constant(relevance, layout, explainer, rows):
     """A gradient method whose map is the same on every patch learnt nothing: the target's
     score does not respond to the input there (a zero gradient: a constant or saturated
@@ -95,9 +101,7 @@ def _warn_if_constant(relevance, layout, explainer, rows):
     flat = (finite & ((patches.amax(dim=1) - patches.amin(dim=1)) <= 1e-12 * patches.abs().amax(dim=1).clamp(min=1)))
     flat = flat.nonzero().flatten().tolist()
     if flat:
-        first = rows.start if rows is not None and rows.start is not None else 0
-        listed = ", ".join(str(first + i) for i in flat[:5]) + (" ..." if len(flat) > 5 else "")
-        warnings.warn(f"image {listed}: {explainer.name}'s map is the same on every patch: the target's score does "
+        warnings.warn(f"image {_listed(flat, rows)}: {explainer.name}'s map is the same on every patch: the target's score does "
                       "not respond to the input (its gradient is zero), so the map says nothing about it",
                       stacklevel=4)
 
@@ -107,9 +111,7 @@ def _warn_if_flat(target, output, explainer, rows):
     zero gradient: its map would be rounding noise, silently. Say so, once per chunk."""
     flat = target.saturated(output)
     if flat:
-        first = rows.start if rows is not None and rows.start is not None else 0
-        listed = ", ".join(str(first + i) for i in flat[:5]) + (" ..." if len(flat) > 5 else "")
-        warnings.warn(f"image {listed}: the target's cosine similarity is 1 (the image's own embedding), a "
+        warnings.warn(f"image {_listed(flat, rows)}: the target's cosine similarity is 1 (the image's own embedding), a "
                       f"maximum where its gradient is zero, so {explainer.name}'s map is rounding noise; explain "
                       f"SimilarityTarget(reference, measure='projection') instead", stacklevel=4)
 
