@@ -58,7 +58,16 @@ def refusal(family: str, why: str, method: str, allowed: Optional[Dict[str, str]
     )
 
 
-def stage_refusal(family: str, explainer, allowed: Optional[Dict[str, str]] = None) -> Optional[str]:
+def hierarchical_refusal(family: str, why: str, explainer, allowed: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """What a hierarchical family refuses before any forward: attention methods other than the
+    `allowed` stage methods (with the family's reason `why`), and methods that need one token
+    set; None for a method that applies."""
+    if needs_attention(explainer) and explainer.name not in (allowed or {}):
+        return refusal(family, why, explainer.name, allowed=allowed)
+    return _one_token_set_refusal(family, explainer, allowed)
+
+
+def _one_token_set_refusal(family: str, explainer, allowed: Optional[Dict[str, str]]) -> Optional[str]:
     """The refusal of a method that needs one token set (`Explainer.one_token_set`) for a
     hierarchical model, or None for any other method."""
     if not getattr(explainer, "one_token_set", False):

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from ...errors import VitxError
 from ..layout import MEAN_TOKEN, TokenLayout
-from ..support import needs_attention, refusal, stage_refusal
+from ..support import hierarchical_refusal
 from .base import Adapter
 
 WINDOWED_PYRAMID = (
@@ -86,10 +86,7 @@ def hf_refusal(model_type: str, explainer):
     """The refusal of an attention method for a transformers model of a `HF_FAMILIES` type, else None."""
     if model_type not in HF_FAMILIES:
         return None
-    family, why = HF_FAMILIES[model_type]
-    if not needs_attention(explainer):
-        return stage_refusal(family, explainer)
-    return refusal(family, why, explainer.name)
+    return hierarchical_refusal(*HF_FAMILIES[model_type], explainer)
 
 
 def class_path(model) -> str:
@@ -114,10 +111,7 @@ class HierarchicalAdapter(Adapter):
         return FAMILIES[class_path(model)]
 
     def refuse(self, model, explainer):
-        family, why = self.family(model)
-        if not needs_attention(explainer):
-            return stage_refusal(family, explainer)
-        return refusal(family, why, explainer.name)
+        return hierarchical_refusal(*self.family(model), explainer)
 
     @contextmanager
     def attach(self, model, record):

@@ -8,7 +8,7 @@ behaviour of `HierarchicalAdapter` (data config, a layout from the last token st
 from contextlib import ExitStack, contextmanager
 
 from ..stages import Merge
-from ..support import needs_attention, refusal, stage_refusal, window_methods
+from ..support import hierarchical_refusal, window_methods
 from .hierarchical import HierarchicalAdapter, class_path
 from .toolkit import hook, timm_attention
 
@@ -47,10 +47,7 @@ class PyramidAdapter(HierarchicalAdapter):
 
     def refuse(self, model, explainer):
         family, why = self.family(model)
-        allowed = {m: self.reads for m in window_methods()}
-        if not needs_attention(explainer) or getattr(explainer, "windows", False):
-            return stage_refusal(family, explainer, allowed)
-        return refusal(family, why, explainer.name, allowed=allowed)
+        return hierarchical_refusal(family, why, explainer, allowed={m: self.reads for m in window_methods()})
 
     def attention_refusal(self, model):
         return None  # the layers are recorded: an empty record is the recorder's generic case
